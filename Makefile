@@ -1,0 +1,35 @@
+# The README's two commands are `make demo` and `make test`; both install what is missing.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: deps demo test test-unit test-system bench lint format clean
+
+deps:
+	@scripts/bootstrap.sh
+
+demo: deps
+	$(PY) -m nixwarden.demo
+
+test: deps
+	$(PY) -m pytest -q tests
+
+test-unit: deps
+	$(PY) -m pytest -q tests/unit
+
+test-system: deps
+	$(PY) -m pytest -q tests/system
+
+bench: deps
+	$(PY) -m bench
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+format: deps
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

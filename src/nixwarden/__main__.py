@@ -1,0 +1,5 @@
+import sys
+
+from nixwarden.cli import main
+
+sys.exit(main())

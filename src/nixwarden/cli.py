@@ -1,0 +1,101 @@
+"""Command-line entry point: finds the subcommand and imports only the part that serves it.
+
+Each part owns a module with `main(command: str, argv: list[str]) -> int` that parses
+its own arguments (see `nixwarden.cliutil.parser`). Importing one part never imports
+another, so the gate's start-up on every SSH connection stays small.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import import_module
+
+from nixwarden.errors import EXIT_REFUSED, EXIT_USAGE, NixwardenError
+
+# command -> (module, one-line summary). Keep in the order `--help` shows them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "gate": ("nixwarden.gate.cli", "SSH forced command: allow only the Nix remote protocol"),
+    "authorized-keys-line": (
+        "nixwarden.gate.cli",
+        "print the restrict,command=… authorized_keys line for a principal's key",
+    ),
+    "tenant": ("nixwarden.tenants.cli", "list, garbage-collect and remove tenant stores"),
+    "nar": ("nixwarden.trust.cli", "dump, hash, list and restore Nix archives"),
+    "key": ("nixwarden.trust.cli", "generate Nix signing keys"),
+    "sign": ("nixwarden.trust.cli", "sign store paths"),
+    "verify": ("nixwarden.trust.cli", "verify store paths' signatures against trusted keys"),
+    "cache": ("nixwarden.trust.cli", "export a closure as a signed file:// binary cache"),
+    "closure": ("nixwarden.confine.cli", "print the closure of store paths"),
+    "confine": ("nixwarden.confine.cli", "run a program or a service seeing only its closure"),
+    "audit": ("nixwarden.audit.cli", "check a machine's Nix, SSH and nixwarden trust settings"),
+}
+
+USAGE = "usage: nixwarden [--debug] COMMAND [ARGS…]   (nixwarden COMMAND --help for details)"
+
+
+def _help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [USAGE, "", "Least-privilege remote building and deployment for Nix and Lix.", ""]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [
+        "",
+        "Exit status: 0 success, 1 refused or a finding, 2 bad usage or bad input.",
+        "--debug (anywhere before `--`) shows tracebacks; so does NIXWARDEN_DEBUG=1.",
+    ]
+    return "\n".join(lines)
+
+
+def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    debug = os.environ.get("NIXWARDEN_DEBUG") == "1"
+    rest: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            rest.extend(argv[index:])
+            break
+        if arg == "--debug":
+            debug = True
+        else:
+            rest.append(arg)
+    return debug, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug, args = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_help())
+        return 0 if args else EXIT_USAGE
+    if args[0] == "--version":
+        from nixwarden import __version__  # noqa: PLC0415
+
+        print(f"nixwarden {__version__}")
+        return 0
+    command, rest = args[0], args[1:]
+    entry = COMMANDS.get(command)
+    if entry is None:
+        print(f"nixwarden: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        module = import_module(entry[0])
+        result: int = module.main(command, rest)
+        return result
+    except NixwardenError as error:
+        if debug:
+            raise
+        print(f"nixwarden: {error.prefix}: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (`| head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_REFUSED
+    except Exception as error:  # the last line of defence: fail closed, one line
+        if debug:
+            raise
+        print(
+            f"nixwarden: error: internal error: {type(error).__name__}: {error} "
+            "(run with --debug for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED

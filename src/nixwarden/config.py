@@ -1,0 +1,354 @@
+"""The policy model and its TOML file.
+
+`Config.from_toml(bytes, path)` is pure: it validates everything and raises
+`ConfigError` naming the file, the key and what was expected. `load()` adds the
+one bit of I/O (finding and reading the file).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nixwarden.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/nixwarden/config.toml"
+CONFIG_ENV = "NIXWARDEN_CONFIG"
+
+PROTOCOLS = ("ssh-ng", "ssh")
+STORE_MODES = ("tenant", "host")
+
+# Where Nix's binaries live, most specific first: NixOS, a multi-user install, a distribution.
+NIX_BIN_DIRS = (
+    "/run/current-system/sw/bin",
+    "/nix/var/nix/profiles/default/bin",
+    "/usr/bin",
+    "/usr/local/bin",
+)
+
+PRINCIPAL_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
+_DURATION = re.compile(r"(\d+)\s*([smhd]?)")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def find_nix_program(name: str) -> str:
+    """The first system location that has Nix's `name`; the last candidate if none has it."""
+    for directory in NIX_BIN_DIRS:
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return os.path.join("/usr/bin", name)
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    audit_log: str = "/var/log/nixwarden/audit.jsonl"
+    state_dir: str = "/run/nixwarden"
+    nix_daemon: str = field(default_factory=lambda: find_nix_program("nix-daemon"))
+    nix_store: str = field(default_factory=lambda: find_nix_program("nix-store"))
+    line_mode: bool = True
+    ssl_cert_file: str | None = None
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    root: str = "/var/lib/nixwarden/tenants"
+    bwrap: str = "/usr/bin/bwrap"
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    protocols: tuple[str, ...] = ("ssh-ng",)
+    write: bool = False
+    store: str = "tenant"
+    max_sessions: int = 4
+    allowed_stores: tuple[str, ...] = ()
+    # Tenant-mode limits and store settings.
+    network: bool = False
+    substituters: tuple[str, ...] = ()
+    trusted_public_keys: tuple[str, ...] = ()
+    max_processes: int = 512
+    max_open_files: int = 4096
+    nice: int = 10
+    session_timeout: int = 3600
+    disk_quota: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    gate: GateSettings = field(default_factory=GateSettings)
+    tenants: TenantSettings = field(default_factory=TenantSettings)
+    principals: Mapping[str, Principal] = field(default_factory=dict)
+
+    @classmethod
+    def from_toml(cls, data: bytes, path: str) -> Config:
+        try:
+            document = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise ConfigError(path, "", f"not UTF-8 ({error.reason})") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(path, "", f"not valid TOML: {error}") from error
+        return cls.from_mapping(document, path)
+
+    @classmethod
+    def from_mapping(cls, document: Mapping[str, Any], path: str) -> Config:
+        reader = _Reader(path)
+        reader.only_keys("", document, ("gate", "tenants", "principals"))
+        gate_table = reader.table("gate", document.get("gate", {}))
+        tenants_table = reader.table("tenants", document.get("tenants", {}))
+        principals_table = reader.table("principals", document.get("principals", {}))
+        principals = {
+            name: _principal(reader, name, reader.table(f"principals.{name}", value))
+            for name, value in principals_table.items()
+        }
+        return cls(
+            path=path,
+            gate=_gate(reader, gate_table),
+            tenants=_tenants(reader, tenants_table),
+            principals=principals,
+        )
+
+    def principal(self, name: str) -> Principal:
+        try:
+            return self.principals[name]
+        except KeyError:
+            raise ConfigError(self.path, f"principals.{name}", "no such principal") from None
+
+
+def config_path(explicit: str | None) -> str:
+    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def load(explicit: str | None = None) -> Config:
+    path = config_path(explicit)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise ConfigError(path, "", f"cannot read: {error.strerror}") from error
+    return Config.from_toml(data, path)
+
+
+def parse_size(text: str | int) -> int:
+    """`10G`, `512MiB`, `4096` → bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError("must not be negative")
+        return text
+    match = _SIZE.fullmatch(str(text).strip())
+    if not match:
+        raise ValueError("expected a size such as 4096, 512M or 10G")
+    return int(match[1]) * _SIZE_UNITS[match[2].upper()]
+
+
+def parse_duration(text: str | int) -> int:
+    """`90`, `90s`, `30m`, `2h`, `1d` → seconds."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError("must not be negative")
+        return text
+    match = _DURATION.fullmatch(str(text).strip())
+    if not match:
+        raise ValueError("expected a duration such as 90, 30m or 2h")
+    return int(match[1]) * _DURATION_UNITS[match[2]]
+
+
+class _Reader:
+    """Typed access to a TOML document that names the file and key in every error."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, key, problem)
+
+    def table(self, key: str, value: object) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {_kind(value)}")
+        return value
+
+    def only_keys(self, prefix: str, table: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail(
+                    f"{prefix}.{key}" if prefix else key,
+                    f"unknown key (expected one of: {', '.join(allowed)})",
+                )
+
+    def boolean(self, key: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"expected true or false, got {_kind(value)}")
+        return value
+
+    def integer(self, key: str, value: object, minimum: int, maximum: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(key, f"expected an integer, got {_kind(value)}")
+        if not minimum <= value <= maximum:
+            raise self.fail(key, f"expected an integer from {minimum} to {maximum}, got {value}")
+        return value
+
+    def string(self, key: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"expected a string, got {_kind(value)}")
+        if "\0" in value:
+            raise self.fail(key, "must not contain NUL")
+        return value
+
+    def absolute_path(self, key: str, value: object) -> str:
+        text = self.string(key, value)
+        if not os.path.isabs(text):
+            raise self.fail(key, f"expected an absolute path, got {text!r}")
+        return os.path.normpath(text)
+
+    def strings(self, key: str, value: object) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"expected a list of strings, got {_kind(value)}")
+        return tuple(self.string(f"{key}[{index}]", item) for index, item in enumerate(value))
+
+    def choice(self, key: str, value: object, choices: tuple[str, ...]) -> str:
+        text = self.string(key, value)
+        if text not in choices:
+            expected = " or ".join(f'"{choice}"' for choice in choices)
+            raise self.fail(key, f"expected {expected}, got {text!r}")
+        return text
+
+    def converted(self, key: str, value: object, convert: Any) -> int:
+        if not isinstance(value, int | str) or isinstance(value, bool):
+            raise self.fail(key, f"expected a number or a string, got {_kind(value)}")
+        try:
+            result: int = convert(value)
+        except ValueError as error:
+            raise self.fail(key, f"{error}, got {value!r}") from None
+        return result
+
+
+def _kind(value: object) -> str:
+    match value:
+        case bool():
+            return "a boolean"
+        case int():
+            return "an integer"
+        case float():
+            return "a float"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case dict():
+            return "a table"
+        case _:
+            return type(value).__name__
+
+
+def _gate(reader: _Reader, table: Mapping[str, Any]) -> GateSettings:
+    keys = ("audit_log", "state_dir", "nix_daemon", "nix_store", "line_mode", "ssl_cert_file")
+    reader.only_keys("gate", table, keys)
+    values: dict[str, Any] = {}
+    for key in ("audit_log", "state_dir", "nix_daemon", "nix_store", "ssl_cert_file"):
+        if key in table:
+            values[key] = reader.absolute_path(f"gate.{key}", table[key])
+    if "line_mode" in table:
+        values["line_mode"] = reader.boolean("gate.line_mode", table["line_mode"])
+    return GateSettings(**values)
+
+
+def _tenants(reader: _Reader, table: Mapping[str, Any]) -> TenantSettings:
+    reader.only_keys("tenants", table, ("root", "bwrap"))
+    values = {key: reader.absolute_path(f"tenants.{key}", table[key]) for key in table}
+    return TenantSettings(**values)
+
+
+_PRINCIPAL_KEYS = (
+    "protocols",
+    "write",
+    "store",
+    "max_sessions",
+    "allowed_stores",
+    "network",
+    "substituters",
+    "trusted_public_keys",
+    "max_processes",
+    "max_open_files",
+    "nice",
+    "session_timeout",
+    "disk_quota",
+)
+_TENANT_ONLY = (
+    "network",
+    "substituters",
+    "trusted_public_keys",
+    "max_processes",
+    "max_open_files",
+    "nice",
+    "session_timeout",
+    "disk_quota",
+)
+
+
+def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principal:
+    prefix = f"principals.{name}"
+    if not PRINCIPAL_NAME.fullmatch(name):
+        raise reader.fail(
+            prefix, "a principal name is 1-32 of a-z, 0-9, '_' and '-', starting with a letter or _"
+        )
+    reader.only_keys(prefix, table, _PRINCIPAL_KEYS)
+    values: dict[str, Any] = {"name": name}
+
+    def key(k: str) -> str:
+        return f"{prefix}.{k}"
+
+    if "protocols" in table:
+        protocols = reader.strings(key("protocols"), table["protocols"])
+        for index, protocol in enumerate(protocols):
+            reader.choice(f"{key('protocols')}[{index}]", protocol, PROTOCOLS)
+        if not protocols:
+            raise reader.fail(key("protocols"), 'expected at least one of "ssh-ng", "ssh"')
+        values["protocols"] = tuple(dict.fromkeys(protocols))
+    for flag in ("write", "network"):
+        if flag in table:
+            values[flag] = reader.boolean(key(flag), table[flag])
+    if "store" in table:
+        values["store"] = reader.choice(key("store"), table["store"], STORE_MODES)
+    if "max_sessions" in table:
+        values["max_sessions"] = reader.integer(key("max_sessions"), table["max_sessions"], 1, 1024)
+    for listed in ("allowed_stores", "substituters", "trusted_public_keys"):
+        if listed in table:
+            values[listed] = reader.strings(key(listed), table[listed])
+    if "max_processes" in table:
+        values["max_processes"] = reader.integer(
+            key("max_processes"), table["max_processes"], 1, 1 << 22
+        )
+    if "max_open_files" in table:
+        values["max_open_files"] = reader.integer(
+            key("max_open_files"), table["max_open_files"], 16, 1 << 20
+        )
+    if "nice" in table:
+        values["nice"] = reader.integer(key("nice"), table["nice"], 0, 19)
+    if "session_timeout" in table:
+        values["session_timeout"] = reader.converted(
+            key("session_timeout"), table["session_timeout"], parse_duration
+        )
+    if "disk_quota" in table:
+        values["disk_quota"] = reader.converted(key("disk_quota"), table["disk_quota"], parse_size)
+
+    principal = Principal(**values)
+    if principal.write and "ssh" not in principal.protocols:
+        raise reader.fail(key("write"), 'write = true only matters with "ssh" in protocols')
+    if principal.store == "tenant" and principal.allowed_stores:
+        raise reader.fail(
+            key("allowed_stores"), 'a tenant principal\'s store is its own; only store = "host" '
+            "may let the client choose --store"
+        )
+    if principal.store == "host":
+        for tenant_key in _TENANT_ONLY:
+            if tenant_key in table:
+                raise reader.fail(key(tenant_key), 'only applies to store = "tenant"')
+    return principal

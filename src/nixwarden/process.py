@@ -1,0 +1,92 @@
+"""The one module that starts programs.
+
+Every program is started from an argv list with an explicit environment and an
+explicit decision on whether failure raises. Nothing here ever uses a shell.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from nixwarden.errors import CommandFailed
+
+if TYPE_CHECKING:
+    import subprocess
+
+Argv = Sequence[str]
+
+
+def _describe(argv: Argv) -> str:
+    return " ".join(argv[:3]) + (" …" if len(argv) > 3 else "")
+
+
+def run(
+    argv: Argv,
+    *,
+    env: Mapping[str, str] | None,
+    check: bool,
+    input: bytes | None = None,
+    timeout: float | None = None,
+    cwd: str | None = None,
+    capture: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run argv to completion. `env=None` inherits ours, which callers must choose on purpose."""
+    import subprocess  # noqa: PLC0415 - kept off the gate's start-up path
+
+    try:
+        result = subprocess.run(
+            list(argv),
+            env=None if env is None else dict(env),
+            input=input,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            timeout=timeout,
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError as error:
+        raise CommandFailed(f"{argv[0]}: not found") from error
+    except subprocess.TimeoutExpired as error:
+        raise CommandFailed(f"{_describe(argv)}: timed out after {timeout} s") from error
+    if check and result.returncode != 0:
+        detail = (result.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+        last = detail[-1] if detail else ""
+        raise CommandFailed(
+            f"{_describe(argv)}: exit status {result.returncode}" + (f": {last}" if last else "")
+        )
+    return result
+
+
+def start(
+    argv: Argv,
+    *,
+    env: Mapping[str, str] | None,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
+    new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start argv in the background; the caller owns the returned process."""
+    import subprocess  # noqa: PLC0415 - kept off the gate's start-up path
+
+    return subprocess.Popen(
+        list(argv),
+        env=None if env is None else dict(env),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        pass_fds=tuple(pass_fds),
+        start_new_session=new_session,
+    )
+
+
+def exec_replace(argv: Argv, env: Mapping[str, str]) -> None:
+    """Replace this process with argv (absolute path, no PATH search). Only returns by raising."""
+    if not argv or not os.path.isabs(argv[0]):
+        raise CommandFailed(f"refusing to exec a relative program: {argv[:1]!r}")
+    os.execve(argv[0], list(argv), dict(env))

@@ -1,0 +1,1 @@
+"""bubblewrap argument building, shared by tenant stores and confine."""

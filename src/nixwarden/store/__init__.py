@@ -1,0 +1,1 @@
+"""Reading the local Nix store: paths, the database, closures."""

@@ -1,0 +1,40 @@
+"""Fixtures for the system tests: see harness.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.system import harness
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/system/" in str(item.fspath):
+            item.add_marker(pytest.mark.system)
+
+
+@pytest.fixture(scope="session")
+def system() -> None:
+    harness.require_system()
+
+
+@pytest.fixture(scope="session")
+def nix_daemon(system: None) -> harness.NixDaemon:
+    return harness.ensure_nix_daemon()
+
+
+@pytest.fixture(scope="session")
+def sshd(system: None) -> Iterator[harness.Sshd]:
+    with harness.started_sshd() as server:
+        yield server
+
+
+@pytest.fixture
+def users(system: None) -> Iterator[harness.Users]:
+    made = harness.Users()
+    try:
+        yield made
+    finally:
+        made.cleanup()

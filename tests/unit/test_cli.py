@@ -1,0 +1,31 @@
+"""The CLI's contract: --help, unknown commands, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from nixwarden import cli
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in cli.COMMANDS:
+        assert command in out
+
+
+def test_no_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+
+
+def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["frobnicate"]) == 2
+    assert "nixwarden: error: unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_debug_flag_is_removed_before_the_command() -> None:
+    assert cli._split_debug(["--debug", "audit", "-x"]) == (True, ["audit", "-x"])
+    assert cli._split_debug(["confine", "run", "--", "--debug"]) == (
+        False,
+        ["confine", "run", "--", "--debug"],
+    )
