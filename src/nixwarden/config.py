@@ -344,8 +344,9 @@ def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principa
         raise reader.fail(key("write"), 'write = true only matters with "ssh" in protocols')
     if principal.store == "tenant" and principal.allowed_stores:
         raise reader.fail(
-            key("allowed_stores"), 'a tenant principal\'s store is its own; only store = "host" '
-            "may let the client choose --store"
+            key("allowed_stores"),
+            'a tenant principal\'s store is its own; only store = "host" '
+            "may let the client choose --store",
         )
     if principal.store == "host":
         for tenant_key in _TENANT_ONLY:

@@ -246,9 +246,7 @@ class Users:
     def __init__(self) -> None:
         self.created: list[str] = []
 
-    def create(
-        self, *, groups: Sequence[str] = (NIX_USERS_GROUP,), shell: str = "/bin/sh"
-    ) -> User:
+    def create(self, *, groups: Sequence[str] = (NIX_USERS_GROUP,), shell: str = "/bin/sh") -> User:
         name = f"{USER_PREFIX}{secrets.token_hex(3)}"
         argv = ["useradd", "--create-home", "--shell", shell, "--user-group"]
         if groups:

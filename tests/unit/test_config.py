@@ -92,7 +92,7 @@ def test_not_toml_and_not_utf8() -> None:
 
 
 def test_unknown_principal() -> None:
-    with pytest.raises(ConfigError, match="principals.bob: no such principal"):
+    with pytest.raises(ConfigError, match=r"principals\.bob: no such principal"):
         load("[principals.alice]\n").principal("bob")
 
 
@@ -103,6 +103,8 @@ def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize(("text", "value"), [("90", 90), ("30m", 1800), ("2h", 7200), ("1d", 86400)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("90", 90), ("30m", 1800), ("2h", 7200), ("1d", 86400)]
+)
 def test_parse_duration(text: str, value: int) -> None:
     assert parse_duration(text) == value
