@@ -8,7 +8,7 @@ deps:
 	@scripts/bootstrap.sh
 
 demo: deps
-	$(PY) -m nixwarden.demo
+	$(PY) -m demo
 
 test: deps
 	$(PY) -m pytest -q tests
@@ -23,13 +23,13 @@ bench: deps
 	$(PY) -m bench
 
 lint: deps
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench demo
+	$(VENV)/bin/ruff format --check src tests bench demo
 	$(VENV)/bin/mypy
 
 format: deps
-	$(VENV)/bin/ruff format src tests bench
-	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench demo
+	$(VENV)/bin/ruff check --fix src tests bench demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

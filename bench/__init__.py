@@ -1,0 +1,1 @@
+"""make bench: each part measured against the real tool in the same run."""

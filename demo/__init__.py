@@ -1,0 +1,1 @@
+"""make demo: a throwaway builder on loopback, and each landed part in turn."""
