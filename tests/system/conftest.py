@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.system import harness
+from tests.system.gate_setup import ClientStore, GatedBuilder, client_store, gated_builder
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,3 +39,17 @@ def users(system: None) -> Iterator[harness.Users]:
         yield made
     finally:
         made.cleanup()
+
+
+@pytest.fixture
+def builder(
+    sshd: harness.Sshd, users: harness.Users, nix_daemon: harness.NixDaemon
+) -> Iterator[GatedBuilder]:
+    with gated_builder(sshd, users) as made:
+        yield made
+
+
+@pytest.fixture
+def client(sshd: harness.Sshd) -> Iterator[ClientStore]:
+    with client_store(sshd) as made:
+        yield made

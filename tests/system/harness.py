@@ -50,6 +50,7 @@ experimental-features = nix-command
 
 CLIENT_NIX_CONF = """\
 sandbox = false
+build-users-group =
 substituters =
 experimental-features = nix-command
 builders-use-substitutes = false

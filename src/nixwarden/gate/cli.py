@@ -1,0 +1,89 @@
+"""`nixwarden gate` and `nixwarden authorized-keys-line`.
+
+The gate runs on every SSH connection, so its arguments are parsed by hand (argparse
+costs more to import than the whole decision); `--help` and the key-line command,
+which people run, use the usual parser.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nixwarden.errors import EXIT_OK, EXIT_REFUSED, UsageError
+
+GATE_USAGE = """\
+usage: nixwarden gate --principal NAME [--config FILE]
+       nixwarden gate --check --principal NAME --command STRING [--config FILE]
+
+The forced command of an authorized_keys line (with `restrict`) or a sshd ForceCommand.
+Reads SSH_ORIGINAL_COMMAND and allows exactly the Nix remote protocol commands the
+principal's policy permits:
+
+  nix-daemon --stdio              ssh-ng://  (protocols includes "ssh-ng")
+  nix-store --serve [--write]     ssh://     (protocols includes "ssh"; --write needs write = true)
+
+An absolute remote-program path ending in /nix-daemon or /nix-store and one leading
+`exec ` are accepted; `--store URL` only where allowed_stores lists it. With an empty,
+`bash` or `sh` command (Lix 2.93), commands are read from stdin: `echo started` is
+answered and the first allowed command runs. The pinned binary from the configuration
+runs with a clean environment; everything else is denied, exit 1. Every decision is a
+JSON line in the audit log.
+
+  --principal NAME   the policy to apply (a [principals.NAME] table)
+  --config FILE      configuration (default: $NIXWARDEN_CONFIG or /etc/nixwarden/config.toml)
+  --check            print the decision for --command without running anything
+  --command STRING   the command line to decide on, with --check
+"""
+
+
+def main(command: str, argv: list[str]) -> int:
+    if command == "authorized-keys-line":
+        from nixwarden.gate.keyline import main as keyline_main  # noqa: PLC0415
+
+        return keyline_main(argv)
+    options = _parse_gate_args(argv)
+    if options is None:
+        print(GATE_USAGE, end="")
+        return EXIT_OK
+    principal, config_path, check_command = options
+    from nixwarden.gate import run  # noqa: PLC0415
+
+    if check_command is not None:
+        allowed, detail = run.check(principal, config_path, check_command)
+        print(f"{'allow' if allowed else 'deny'}: {detail}")
+        return EXIT_OK if allowed else EXIT_REFUSED
+    return run.serve(principal, config_path, os.environb)
+
+
+def _parse_gate_args(argv: list[str]) -> tuple[str, str | None, str | None] | None:
+    """(principal, config, check command), or None for --help."""
+    values: dict[str, str] = {}
+    check = False
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in ("-h", "--help"):
+            return None
+        if arg == "--check":
+            check = True
+            index += 1
+            continue
+        name, has_value, value = arg.partition("=")
+        if name not in ("--principal", "--config", "--command"):
+            raise UsageError(
+                f"nixwarden gate: unknown argument {arg!r} (see 'nixwarden gate --help')"
+            )
+        if not has_value:
+            if index + 1 >= len(argv):
+                raise UsageError(f"nixwarden gate: {name} needs a value")
+            value = argv[index + 1]
+            index += 1
+        if name in values:
+            raise UsageError(f"nixwarden gate: {name} given twice")
+        values[name] = value
+        index += 1
+    if "--principal" not in values:
+        raise UsageError("nixwarden gate: --principal is required (see 'nixwarden gate --help')")
+    if check != ("--command" in values):
+        raise UsageError("nixwarden gate: --check and --command go together")
+    return values["--principal"], values.get("--config"), values.get("--command")

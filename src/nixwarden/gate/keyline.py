@@ -1,0 +1,106 @@
+"""`nixwarden authorized-keys-line`: the authorized_keys line that pins a key to the gate.
+
+sshd runs a `command=` through the user's login shell, so every path in it must be
+absolute and free of anything the shell would interpret; such paths are refused
+rather than quoted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import shutil
+import sys
+
+from nixwarden import config as config_module
+from nixwarden.cliutil import parser
+from nixwarden.errors import InvalidInput, UsageError
+
+KEY_TYPES = (
+    "ssh-ed25519",
+    "sk-ssh-ed25519@openssh.com",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-rsa",
+)
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*")
+_SAFE_COMMENT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+
+
+def parse_public_key(text: str, source: str) -> tuple[str, str, str]:
+    """(type, base64 blob, comment) of a single OpenSSH public key line without options."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if len(lines) != 1:
+        raise InvalidInput(f"{source}: expected exactly one public key line, found {len(lines)}")
+    fields = lines[0].strip().split(None, 2)
+    if len(fields) < 2 or fields[0] not in KEY_TYPES:
+        raise InvalidInput(
+            f"{source}: not an OpenSSH public key (expected '<type> <base64> [comment]' "
+            f"with type one of {', '.join(KEY_TYPES)}; options are added here, not read)"
+        )
+    key_type, blob = fields[0], fields[1]
+    try:
+        decoded = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{source}: the key's base64 is malformed") from None
+    # The blob starts with its own type as an SSH string; a mismatch means a mangled key.
+    name_length = int.from_bytes(decoded[:4], "big") if len(decoded) >= 4 else -1
+    if decoded[4 : 4 + name_length].decode("ascii", "replace") != key_type:
+        raise InvalidInput(f"{source}: the key blob does not match its type {key_type}")
+    comment = fields[2].strip() if len(fields) > 2 else ""
+    if comment and not _SAFE_COMMENT.fullmatch(comment):
+        raise InvalidInput(f"{source}: the key comment has control characters")
+    return key_type, blob, comment
+
+
+def render(nixwarden: str, principal: str, config_path: str, key: tuple[str, str, str]) -> str:
+    for label, path in (("nixwarden", nixwarden), ("config", config_path)):
+        if not _SAFE_PATH.fullmatch(path):
+            raise InvalidInput(
+                f"{label} path {path!r} must be absolute and use only letters, digits and ._/+-"
+            )
+    command = f"{nixwarden} gate --principal {principal} --config {config_path}"
+    key_type, blob, comment = key
+    line = f'restrict,command="{command}" {key_type} {blob}'
+    return f"{line} {comment}" if comment else line
+
+
+def _own_path() -> str | None:
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "nixwarden" and os.access(argv0, os.X_OK):
+        return os.path.abspath(argv0)
+    found = shutil.which("nixwarden")
+    return os.path.abspath(found) if found else None
+
+
+def main(argv: list[str]) -> int:
+    cli = parser(
+        "authorized-keys-line",
+        "Print the authorized_keys line that pins a public key to the gate as a principal:\n"
+        '  restrict,command="/…/nixwarden gate --principal NAME --config FILE" <key>\n'
+        "`restrict` turns off forwarding, the pty and ~/.ssh/rc; the command runs whatever\n"
+        "the client asked for through the gate.",
+    )
+    cli.add_argument("--principal", required=True, help="a principal in the configuration")
+    cli.add_argument("--key", required=True, metavar="FILE.pub", help="the client's public key")
+    cli.add_argument("--config", help="configuration file (its absolute path goes in the line)")
+    cli.add_argument("--nixwarden", help="absolute path of the nixwarden executable to run")
+    args = cli.parse_args(argv)
+    config = config_module.load(args.config)
+    config.principal(args.principal)  # must exist: a line for an unknown principal only denies
+    try:
+        with open(args.key, encoding="utf-8") as handle:
+            key = parse_public_key(handle.read(), args.key)
+    except OSError as error:
+        raise InvalidInput(f"{args.key}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{args.key}: not a text file") from None
+    nixwarden = args.nixwarden or _own_path()
+    if not nixwarden:
+        raise UsageError("cannot tell where nixwarden is installed; pass --nixwarden PATH")
+    print(render(nixwarden, args.principal, os.path.abspath(config.path), key))
+    return 0

@@ -1,0 +1,239 @@
+"""The gate's imperative shell: read the request, decide, log, take a session slot, exec.
+
+Runs on every SSH connection as the connecting unix user. Fail closed: any error on
+the way to the exec is a denial, logged when the log can be written, and nothing runs.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from nixwarden.errors import NixwardenError, Refused
+from nixwarden.gate import audit_log, policy, request, sessions
+
+if TYPE_CHECKING:
+    from nixwarden.config import Config, Principal
+
+MAX_LINES = 16
+LINE_MODE_TIMEOUT = 30.0  # seconds a line-mode client has to send its command
+
+
+class GateDenied(Refused):
+    """The gate refused this session; the message names the principal and the reason."""
+
+
+class _Session:
+    """What is known about this connection, for the audit log."""
+
+    def __init__(self, principal: str, environ: Mapping[bytes, bytes]) -> None:
+        self.principal = principal
+        self.client = _client(environ.get(b"SSH_CONNECTION", b""))
+        self.keys = _auth_keys(environ.get(b"SSH_USER_AUTH"))
+        self.user = _user_name()
+        self.mode = "command"
+        self.request = ""
+
+    def log(self, log_path: str, decision: str, reason: str, argv: Sequence[str] | None) -> None:
+        audit_log.append(
+            log_path,
+            audit_log.entry(
+                principal=self.principal,
+                decision=decision,
+                reason=reason,
+                request=self.request,
+                mode=self.mode,
+                client=self.client,
+                keys=self.keys,
+                user=self.user,
+                argv=argv,
+            ),
+        )
+
+
+def serve(
+    principal_name: str,
+    config_path: str | None,
+    environ: Mapping[bytes, bytes],
+    stdin_fd: int = 0,
+    stdout_fd: int = 1,
+) -> int:
+    """Decide on this connection and exec the Nix program; returns only by raising."""
+    from nixwarden import config as config_module  # noqa: PLC0415 - after argv checks
+
+    session = _Session(principal_name, environ)
+    try:
+        config = config_module.load(config_path)
+    except NixwardenError as error:
+        # No trustworthy log path without a config: stderr (sshd's log) is all we have.
+        raise GateDenied(f"principal {principal_name}: configuration error: {error}") from None
+    log_path = config.gate.audit_log
+    try:
+        principal = config.principal(principal_name)
+        argv, env, slot = _decide_and_prepare(
+            config, principal, session, environ, stdin_fd, stdout_fd
+        )
+    except NixwardenError as error:
+        reason = str(error)
+        try:
+            session.log(log_path, "deny", reason, None)
+        except audit_log.AuditLogUnwritable as log_error:
+            reason = f"{reason}; and {log_error}"
+        raise GateDenied(f"principal {principal_name}: {reason}") from None
+    try:
+        session.log(log_path, "allow", "allowed", argv)
+    except audit_log.AuditLogUnwritable as error:
+        raise GateDenied(f"principal {principal_name}: {error}") from None
+    from nixwarden import process  # noqa: PLC0415
+
+    sys.stdout.flush()
+    process.exec_replace(argv, env)
+    os.close(slot)  # only reached if exec_replace returned, which it never does
+    return 1
+
+
+def check(principal_name: str, config_path: str | None, command: str) -> tuple[bool, str]:
+    """The decision for `command`, without logging, session slots or executing anything."""
+    from nixwarden import config as config_module  # noqa: PLC0415
+
+    config = config_module.load(config_path)
+    principal = config.principal(principal_name)
+    raw = command.encode("utf-8", "surrogateescape")
+    if request.is_line_mode(raw):
+        return False, "line mode (Lix 2.93 'bash'): the decision depends on the lines sent on stdin"
+    try:
+        argv = _argv_for(config, principal, request.parse(raw))
+    except Refused as error:
+        return False, str(error)
+    return True, " ".join(argv) + f"  (principal {principal.name}, store = {principal.store})"
+
+
+def _decide_and_prepare(  # noqa: PLR0917
+    config: Config,
+    principal: Principal,
+    session: _Session,
+    environ: Mapping[bytes, bytes],
+    stdin_fd: int,
+    stdout_fd: int,
+) -> tuple[tuple[str, ...], dict[str, str], int]:
+    raw = environ.get(b"SSH_ORIGINAL_COMMAND", b"")
+    if request.is_line_mode(raw) and config.gate.line_mode:
+        session.mode = "line"
+        session.request = request.describe(raw)
+        parsed = _read_line_mode(session, stdin_fd, stdout_fd)
+    else:
+        session.request = request.describe(raw)
+        parsed = request.parse(raw)
+    argv = _argv_for(config, principal, parsed)
+    slot = sessions.acquire(config.gate.state_dir, principal.name, principal.max_sessions)
+    return argv, _exec_env(config, principal), slot
+
+
+def _argv_for(config: Config, principal: Principal, parsed: request.Request) -> tuple[str, ...]:
+    argv = policy.decide(parsed, principal, config.gate)
+    if principal.store == "tenant":
+        raise policy.PolicyRefused(
+            'store = "tenant" is not available in this version of nixwarden; use store = "host"'
+        )
+    return argv
+
+
+def _exec_env(config: Config, principal: Principal) -> dict[str, str]:
+    """Only what Nix needs; nothing the client sent (sshd may pass LANG, TERM, …)."""
+    import pwd  # noqa: PLC0415
+
+    entry = pwd.getpwuid(os.getuid())
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": entry.pw_dir,
+        "USER": entry.pw_name,
+        "LOGNAME": entry.pw_name,
+        "LANG": "C.UTF-8",
+    }
+    if config.gate.ssl_cert_file:
+        env["NIX_SSL_CERT_FILE"] = config.gate.ssl_cert_file
+    return env
+
+
+def _read_line_mode(session: _Session, stdin_fd: int, stdout_fd: int) -> request.Request:
+    """Lix 2.93: answer `echo started`; the first allowed command wins, anything else ends it."""
+    deadline = time.monotonic() + LINE_MODE_TIMEOUT
+    for _ in range(MAX_LINES):
+        line = _read_line(stdin_fd, deadline)
+        session.request = request.describe(line)
+        if line == b"echo started":
+            os.write(stdout_fd, b"started\n")
+            continue
+        return request.parse(line)
+    raise request.RequestRefused(f"more than {MAX_LINES} lines without an allowed command")
+
+
+def _read_line(fd: int, deadline: float) -> bytes:
+    """One line from fd, a byte at a time: what follows the command belongs to Nix's protocol."""
+    buffer = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise request.RequestRefused("timed out waiting for a command on stdin")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        byte = os.read(fd, 1)
+        if not byte:
+            if buffer:
+                raise request.RequestRefused("input ended in the middle of a line")
+            raise request.RequestRefused("input ended without an allowed command")
+        if byte == b"\n":
+            return bytes(buffer)
+        buffer += byte
+        if len(buffer) > request.MAX_REQUEST_BYTES:
+            raise request.RequestRefused(
+                f"line longer than {request.MAX_REQUEST_BYTES} bytes on stdin"
+            )
+
+
+def _client(connection: bytes) -> str | None:
+    parts = connection.decode("ascii", "replace").split()
+    if len(parts) < 2:
+        return None
+    address, port = parts[0], parts[1]
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _auth_keys(path: bytes | None) -> list[str]:
+    """Fingerprints of the keys sshd says this session authenticated with (ExposeAuthInfo)."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read(65536)
+    except OSError:
+        return []
+    import base64  # noqa: PLC0415
+    import binascii  # noqa: PLC0415
+    import hashlib  # noqa: PLC0415
+
+    keys = []
+    for line in content.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] == b"publickey":
+            try:
+                blob = base64.b64decode(fields[2], validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            digest = base64.b64encode(hashlib.sha256(blob).digest()).rstrip(b"=")
+            keys.append(f"{fields[1].decode('ascii', 'replace')} SHA256:{digest.decode()}")
+    return keys
+
+
+def _user_name() -> str:
+    import pwd  # noqa: PLC0415
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

@@ -1,0 +1,1 @@
+touch M & nix-daemon --stdio

@@ -1,0 +1,1 @@
+/nix/store/x/../../../tmp/nix-daemon --stdio

@@ -1,0 +1,1 @@
+exec exec nix-daemon --stdio

@@ -1,0 +1,1 @@
+NIX_REMOTE=local nix-daemon --stdio

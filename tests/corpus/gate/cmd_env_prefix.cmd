@@ -1,0 +1,1 @@
+env nix-daemon --stdio

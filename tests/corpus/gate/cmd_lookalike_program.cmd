@@ -1,0 +1,1 @@
+/tmp/evil-nix-daemon --stdio

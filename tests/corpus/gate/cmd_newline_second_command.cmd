@@ -1,0 +1,2 @@
+nix-daemon --stdio
+touch M

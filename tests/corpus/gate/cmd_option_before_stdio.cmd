@@ -1,0 +1,1 @@
+nix-daemon --option build-hook /tmp/evil --stdio

@@ -1,0 +1,1 @@
+nix-daemon --stdio --option build-hook /tmp/evil

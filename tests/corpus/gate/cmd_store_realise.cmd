@@ -1,0 +1,1 @@
+nix-store --realise /nix/store/00000000000000000000000000000000-x

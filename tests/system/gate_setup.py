@@ -1,0 +1,180 @@
+"""A gated builder for system tests: config, principals, users and their keys behind the sshd."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.system import harness
+
+
+def toml_value(value: object) -> str:
+    match value:
+        case bool():
+            return "true" if value else "false"
+        case int():
+            return str(value)
+        case str():
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        case list() | tuple():
+            return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+@dataclass
+class Principal:
+    name: str
+    user: harness.User
+    alias: str
+    key: Path
+
+
+@dataclass
+class GatedBuilder:
+    """One config file, one audit log, principals that each have a user, a key and an alias."""
+
+    sshd: harness.Sshd
+    users: harness.Users
+    directory: Path
+    gate: dict[str, object] = field(default_factory=dict)
+    tenants: dict[str, object] = field(default_factory=dict)
+    policies: dict[str, dict[str, object]] = field(default_factory=dict)
+    principals: dict[str, Principal] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "config.toml"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.directory / "log" / "audit.jsonl"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.directory / "state"
+
+    def write_config(self) -> None:
+        sections = {"gate": {"audit_log": str(self.audit_log), "state_dir": str(self.state_dir)}}
+        sections["gate"].update({k: v for k, v in self.gate.items()})
+        lines: list[str] = []
+        for name, table in sections.items():
+            lines.append(f"[{name}]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+        if self.tenants:
+            lines.append("[tenants]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in self.tenants.items()]
+        for name, policy in self.policies.items():
+            lines.append(f"[principals.{name}]")
+            lines += [f"{key} = {toml_value(value)}" for key, value in policy.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.config.chmod(0o644)
+
+    def add(
+        self, name: str, *, groups: Sequence[str] = (harness.NIX_USERS_GROUP,), **policy: object
+    ) -> Principal:
+        self.policies[name] = dict(policy)
+        self.write_config()
+        user = self.users.create(groups=groups)
+        key = self.sshd.client_key(f"{name}-{user.name}")
+        line = harness.run(
+            [
+                harness.NIXWARDEN,
+                "authorized-keys-line",
+                "--principal",
+                name,
+                "--key",
+                str(key.with_suffix(".pub")),
+                "--config",
+                str(self.config),
+                "--nixwarden",
+                harness.NIXWARDEN,
+            ],
+            env=harness.base_env(),
+        ).stdout.decode()
+        harness.install_authorized_key(user, line)
+        alias = self.sshd.add_alias(f"{name}-{user.name}", user, key)
+        principal = Principal(name, user, alias, key)
+        self.principals[name] = principal
+        return principal
+
+    def ssh(
+        self,
+        principal: Principal,
+        *command: str,
+        input: bytes | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[bytes]:
+        return harness.run(
+            self.sshd.ssh_argv(principal.alias, *command),
+            env=harness.base_env(),
+            input=input,
+            check=False,
+            timeout=timeout,
+        )
+
+    def log_lines(self) -> list[str]:
+        if not self.audit_log.exists():
+            return []
+        return self.audit_log.read_text().splitlines()
+
+
+@contextlib.contextmanager
+def gated_builder(sshd: harness.Sshd, users: harness.Users) -> Iterator[GatedBuilder]:
+    directory = harness.world_dir("nwt-gate")
+    (directory / "log").mkdir(mode=0o777)
+    (directory / "log").chmod(0o1777)
+    # What an administrator sets up once (see docs/gate.md): the shared session slots.
+    (directory / "state" / "sessions").mkdir(parents=True)
+    (directory / "state" / "sessions").chmod(0o1777)
+    try:
+        builder = GatedBuilder(sshd, users, directory)
+        builder.write_config()
+        yield builder
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ClientStore:
+    """A Nix client with a store of its own: `/nix` bound from `root` in a mount namespace."""
+
+    root: Path
+    sshd: harness.Sshd
+
+    def argv(self, *command: str) -> list[str]:
+        bwrap = harness.which("bwrap")
+        assert bwrap is not None
+        return [bwrap, "--dev-bind", "/", "/", "--bind", str(self.root), "/nix", "--", *command]
+
+    def run(
+        self, *command: str, check: bool = True, timeout: float = 300, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        return harness.run(
+            self.argv(*command),
+            env=self.sshd.client_env(),
+            check=check,
+            timeout=timeout,
+            input=input,
+        )
+
+    def add_text(self, name: str, text: str) -> str:
+        source = self.root.parent / f"{name}.src"
+        source.write_text(text)
+        return self.run("nix-store", "--add", str(source)).stdout.decode().strip()
+
+
+@contextlib.contextmanager
+def client_store(sshd: harness.Sshd) -> Iterator[ClientStore]:
+    base = Path(f"/tmp/nwt-client-{os.urandom(4).hex()}")
+    root = base / "nix"
+    root.mkdir(parents=True)
+    try:
+        yield ClientStore(root, sshd)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(base)], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""The gate's other pieces: the audit log line, session slots, the authorized_keys line."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from nixwarden.errors import InvalidInput
+from nixwarden.gate import audit_log, keyline, sessions
+
+ED25519_BLOB = base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + b"k" * 32).decode()
+
+
+def test_audit_entry_is_one_ascii_json_line() -> None:
+    line = audit_log.entry(
+        principal="alice",
+        decision="deny",
+        reason="character ';' is not allowed",
+        request="nix-daemon --stdio; touch M\n\u00e9\\xff",
+        mode="command",
+        client="127.0.0.1:5000",
+        keys=["ssh-ed25519 SHA256:abc"],
+        user="builder",
+        argv=None,
+        now=0.5,
+    )
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    line.decode("ascii")
+    record = json.loads(line)
+    assert record["time"] == "1970-01-01T00:00:00.500Z"
+    assert record["request"] == "nix-daemon --stdio; touch M\n\u00e9\\xff"
+    assert set(record) == {
+        "time", "principal", "user", "client", "keys", "mode", "request", "decision",
+        "reason", "exec", "pid",
+    }  # fmt: skip
+
+
+def test_audit_append_and_unwritable(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    audit_log.append(str(log), b'{"a":1}\n')
+    audit_log.append(str(log), b'{"a":2}\n')
+    assert log.read_bytes() == b'{"a":1}\n{"a":2}\n'
+    assert log.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(audit_log.AuditLogUnwritable, match="No such file"):
+        audit_log.append(str(tmp_path / "missing" / "audit.jsonl"), b"x\n")
+
+
+def test_audit_log_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").write_text("")
+    (tmp_path / "audit.jsonl").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(audit_log.AuditLogUnwritable):
+        audit_log.append(str(tmp_path / "audit.jsonl"), b"x\n")
+
+
+def test_session_slots(tmp_path: Path) -> None:
+    held = [sessions.acquire(str(tmp_path), "alice", 2) for _ in range(2)]
+    assert sessions.in_use(str(tmp_path), "alice", 2) == 2
+    with pytest.raises(sessions.SessionsFull, match="all 2 sessions"):
+        sessions.acquire(str(tmp_path), "alice", 2)
+    assert all(os.get_inheritable(fd) for fd in held)
+    os.close(held[0])
+    again = sessions.acquire(str(tmp_path), "alice", 2)
+    os.close(again)
+    os.close(held[1])
+    assert sessions.in_use(str(tmp_path), "alice", 2) == 0
+
+
+def test_session_slot_planted_fifo_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "sessions").mkdir()
+    os.mkfifo(tmp_path / "sessions" / "alice.0.lock")
+    with pytest.raises(sessions.SessionStateError, match="not a regular file"):
+        sessions.acquire(str(tmp_path), "alice", 1)
+
+
+def test_session_slot_planted_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "sessions").mkdir()
+    (tmp_path / "sessions" / "alice.0.lock").symlink_to("/etc/passwd")
+    with pytest.raises(sessions.SessionStateError):
+        sessions.acquire(str(tmp_path), "alice", 1)
+
+
+def test_key_line() -> None:
+    key = keyline.parse_public_key(f"ssh-ed25519 {ED25519_BLOB} alice@laptop\n", "k.pub")
+    line = keyline.render("/opt/nw/bin/nixwarden", "alice", "/etc/nixwarden/config.toml", key)
+    assert line == (
+        'restrict,command="/opt/nw/bin/nixwarden gate --principal alice '
+        f'--config /etc/nixwarden/config.toml" ssh-ed25519 {ED25519_BLOB} alice@laptop'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "exactly one"),
+        (f"ssh-ed25519 {ED25519_BLOB}\nssh-ed25519 {ED25519_BLOB}\n", "exactly one"),
+        (f'command="id" ssh-ed25519 {ED25519_BLOB}', "not an OpenSSH public key"),
+        ("ssh-ed25519 not*base64", "base64"),
+        (f"ssh-rsa {ED25519_BLOB}", "does not match"),
+        (f"ssh-ed25519 {ED25519_BLOB} a\x07b", "control characters"),
+    ],
+)
+def test_bad_public_keys(text: str, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=reason):
+        keyline.parse_public_key(text, "k.pub")
+
+
+@pytest.mark.parametrize(
+    "path", ["relative/nixwarden", "/opt/my nixwarden", '/opt/"x', "/opt/$(id)", "/opt/a;b"]
+)
+def test_paths_the_login_shell_would_interpret_are_refused(path: str) -> None:
+    key = keyline.parse_public_key(f"ssh-ed25519 {ED25519_BLOB}", "k.pub")
+    with pytest.raises(InvalidInput, match="must be absolute"):
+        keyline.render(path, "alice", "/etc/nixwarden/config.toml", key)
