@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nixwarden.defaults import CONFIG_ENV, DEFAULT_CONFIG_PATH, config_path
 from nixwarden.errors import ConfigError
 
-DEFAULT_CONFIG_PATH = "/etc/nixwarden/config.toml"
-CONFIG_ENV = "NIXWARDEN_CONFIG"
+__all__ = ["CONFIG_ENV", "DEFAULT_CONFIG_PATH", "Config", "Principal", "config_path", "load"]
 
 PROTOCOLS = ("ssh-ng", "ssh")
 STORE_MODES = ("tenant", "host")
@@ -123,12 +123,8 @@ class Config:
             raise ConfigError(self.path, f"principals.{name}", "no such principal") from None
 
 
-def config_path(explicit: str | None) -> str:
-    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
-
-
-def load(explicit: str | None = None) -> Config:
-    path = config_path(explicit)
+def load(explicit: str | None = None, *, from_environment: bool = True) -> Config:
+    path = config_path(explicit, from_environment=from_environment)
     try:
         with open(path, "rb") as handle:
             data = handle.read()

@@ -7,15 +7,15 @@ explicit decision on whether failure raises. Nothing here ever uses a shell.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from nixwarden.errors import CommandFailed
 
+TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Mapping, Sequence
 
-Argv = Sequence[str]
+    Argv = Sequence[str]
 
 
 def _describe(argv: Argv) -> str:

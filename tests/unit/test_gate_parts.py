@@ -85,11 +85,22 @@ def test_session_slot_planted_symlink_is_refused(tmp_path: Path) -> None:
 
 def test_key_line() -> None:
     key = keyline.parse_public_key(f"ssh-ed25519 {ED25519_BLOB} alice@laptop\n", "k.pub")
-    line = keyline.render("/opt/nw/bin/nixwarden", "alice", "/etc/nixwarden/config.toml", key)
+    command = ["/opt/nw/bin/python3", "-I", "/opt/nw/bin/nixwarden-gate"]
+    line = keyline.render(command, "alice", "/etc/nixwarden/config.toml", key)
     assert line == (
-        'restrict,command="/opt/nw/bin/nixwarden gate --principal alice '
+        'restrict,command="/opt/nw/bin/python3 -I /opt/nw/bin/nixwarden-gate --principal alice '
         f'--config /etc/nixwarden/config.toml" ssh-ed25519 {ED25519_BLOB} alice@laptop'
     )
+
+
+def test_gate_command_prefers_the_launcher(tmp_path: Path) -> None:
+    nixwarden = tmp_path / "nixwarden"
+    nixwarden.write_text("")
+    assert keyline.gate_command(str(nixwarden), "/py") == ["/py", "-I", str(nixwarden), "gate"]
+    (tmp_path / "nixwarden-gate").write_text("")
+    assert keyline.gate_command(str(nixwarden), "/py") == [
+        "/py", "-I", str(tmp_path / "nixwarden-gate"),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -114,4 +125,4 @@ def test_bad_public_keys(text: str, reason: str) -> None:
 def test_paths_the_login_shell_would_interpret_are_refused(path: str) -> None:
     key = keyline.parse_public_key(f"ssh-ed25519 {ED25519_BLOB}", "k.pub")
     with pytest.raises(InvalidInput, match="must be absolute"):
-        keyline.render(path, "alice", "/etc/nixwarden/config.toml", key)
+        keyline.render([path, "gate"], "alice", "/etc/nixwarden/config.toml", key)

@@ -14,6 +14,7 @@ from nixwarden.errors import EXIT_OK, EXIT_REFUSED, UsageError
 GATE_USAGE = """\
 usage: nixwarden gate --principal NAME [--config FILE]
        nixwarden gate --check --principal NAME --command STRING [--config FILE]
+       nixwarden gate --compile [--config FILE]
 
 The forced command of an authorized_keys line (with `restrict`) or a sshd ForceCommand.
 Reads SSH_ORIGINAL_COMMAND and allows exactly the Nix remote protocol commands the
@@ -33,6 +34,9 @@ JSON line in the audit log.
   --config FILE      configuration (default: $NIXWARDEN_CONFIG or /etc/nixwarden/config.toml)
   --check            print the decision for --command without running anything
   --command STRING   the command line to decide on, with --check
+  --compile          validate the configuration and write its compiled copy beside it
+                     (.config.toml.compiled), which spares the gate parsing TOML on
+                     every connection; used only while it matches the file exactly
 """
 
 
@@ -41,6 +45,8 @@ def main(command: str, argv: list[str]) -> int:
         from nixwarden.gate.keyline import main as keyline_main  # noqa: PLC0415
 
         return keyline_main(argv)
+    if argv[:1] == ["--compile"]:
+        return _compile(argv[1:])
     options = _parse_gate_args(argv)
     if options is None:
         print(GATE_USAGE, end="")
@@ -87,3 +93,14 @@ def _parse_gate_args(argv: list[str]) -> tuple[str, str | None, str | None] | No
     if check != ("--command" in values):
         raise UsageError("nixwarden gate: --check and --command go together")
     return values["--principal"], values.get("--config"), values.get("--command")
+
+
+def _compile(argv: list[str]) -> int:
+    from nixwarden import config as config_module  # noqa: PLC0415
+    from nixwarden.gate import compiled  # noqa: PLC0415
+
+    if argv and (len(argv) != 2 or argv[0] != "--config"):
+        raise UsageError("nixwarden gate: usage: nixwarden gate --compile [--config FILE]")
+    config = config_module.load(argv[1] if argv else None)
+    print(compiled.write(config))
+    return EXIT_OK

@@ -1,5 +1,8 @@
 """`nixwarden authorized-keys-line`: the authorized_keys line that pins a key to the gate.
 
+The line runs the venv's interpreter in isolated mode (`-I`) on the gate launcher:
+isolated, so PYTHONPATH and friends are ignored even where sshd accepts them.
+
 sshd runs a `command=` through the user's login shell, so every path in it must be
 absolute and free of anything the shell would interpret; such paths are refused
 rather than quoted.
@@ -57,16 +60,25 @@ def parse_public_key(text: str, source: str) -> tuple[str, str, str]:
     return key_type, blob, comment
 
 
-def render(nixwarden: str, principal: str, config_path: str, key: tuple[str, str, str]) -> str:
-    for label, path in (("nixwarden", nixwarden), ("config", config_path)):
+def render(command: list[str], principal: str, config_path: str, key: tuple[str, str, str]) -> str:
+    """`command` is the interpreter and launcher, e.g. [python, "-I", nixwarden-gate]."""
+    for path in [*[word for word in command if not word.startswith("-")], config_path]:
         if not _SAFE_PATH.fullmatch(path):
             raise InvalidInput(
-                f"{label} path {path!r} must be absolute and use only letters, digits and ._/+-"
+                f"path {path!r} must be absolute and use only letters, digits and ._/+-"
             )
-    command = f"{nixwarden} gate --principal {principal} --config {config_path}"
+    words = [*command, "--principal", principal, "--config", config_path]
     key_type, blob, comment = key
-    line = f'restrict,command="{command}" {key_type} {blob}'
+    line = f'restrict,command="{" ".join(words)}" {key_type} {blob}'
     return f"{line} {comment}" if comment else line
+
+
+def gate_command(nixwarden: str, python: str) -> list[str]:
+    """Isolated interpreter (-I) running the lean launcher if it is installed, else `gate`."""
+    launcher = os.path.join(os.path.dirname(nixwarden), "nixwarden-gate")
+    if os.access(launcher, os.R_OK):
+        return [python, "-I", launcher]
+    return [python, "-I", nixwarden, "gate"]
 
 
 def _own_path() -> str | None:
@@ -89,6 +101,9 @@ def main(argv: list[str]) -> int:
     cli.add_argument("--key", required=True, metavar="FILE.pub", help="the client's public key")
     cli.add_argument("--config", help="configuration file (its absolute path goes in the line)")
     cli.add_argument("--nixwarden", help="absolute path of the nixwarden executable to run")
+    cli.add_argument(
+        "--python", help="absolute path of its Python interpreter (default: the running one)"
+    )
     args = cli.parse_args(argv)
     config = config_module.load(args.config)
     config.principal(args.principal)  # must exist: a line for an unknown principal only denies
@@ -102,5 +117,23 @@ def main(argv: list[str]) -> int:
     nixwarden = args.nixwarden or _own_path()
     if not nixwarden:
         raise UsageError("cannot tell where nixwarden is installed; pass --nixwarden PATH")
-    print(render(nixwarden, args.principal, os.path.abspath(config.path), key))
+    python = args.python or sys.executable
+    command = gate_command(os.path.abspath(nixwarden), python)
+    print(render(command, args.principal, os.path.abspath(config.path), key))
+    _refresh_compiled(config)
     return 0
+
+
+def _refresh_compiled(config: config_module.Config) -> None:
+    """Keep the gate's fast path current when the config's owner enrols a key."""
+    from nixwarden.gate import compiled  # noqa: PLC0415
+
+    if os.stat(config.path).st_uid != os.geteuid():
+        return
+    try:
+        compiled.write(config)
+    except OSError as error:
+        print(
+            f"nixwarden: note: could not write the gate's compiled policy: {error.strerror}",
+            file=sys.stderr,
+        )

@@ -5,11 +5,10 @@ Pure. Deny by default: every branch that does not build an argv raises `PolicyRe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from nixwarden.errors import Refused
 from nixwarden.gate.request import DAEMON, Request
 
+TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
 if TYPE_CHECKING:
     from nixwarden.config import GateSettings, Principal
 

@@ -2,6 +2,7 @@
 
 Runs on every SSH connection as the connecting unix user. Fail closed: any error on
 the way to the exec is a denial, logged when the log can be written, and nothing runs.
+Its imports are kept to what the decision needs (see docs/gate.md, "Start-up cost").
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ import os
 import select
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from nixwarden.errors import NixwardenError, Refused
-from nixwarden.gate import audit_log, policy, request, sessions
+from nixwarden import defaults
+from nixwarden.errors import ConfigError, NixwardenError, Refused
+from nixwarden.gate import audit_log, compiled, policy, request, sessions
 
+TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
 if TYPE_CHECKING:
-    from nixwarden.config import Config, Principal
+    from collections.abc import Mapping, Sequence
+
+    from nixwarden.config import GateSettings, Principal
 
 MAX_LINES = 16
 LINE_MODE_TIMEOUT = 30.0  # seconds a line-mode client has to send its command
@@ -63,29 +66,28 @@ def serve(
     stdout_fd: int = 1,
 ) -> int:
     """Decide on this connection and exec the Nix program; returns only by raising."""
-    from nixwarden import config as config_module  # noqa: PLC0415 - after argv checks
-
     session = _Session(principal_name, environ)
+    # Never $NIXWARDEN_CONFIG here: a permissive AcceptEnv would let the client choose.
+    path = defaults.config_path(config_path, from_environment=False)
     try:
-        config = config_module.load(config_path)
+        gate, principals = load_policy(path)
     except NixwardenError as error:
         # No trustworthy log path without a config: stderr (sshd's log) is all we have.
         raise GateDenied(f"principal {principal_name}: configuration error: {error}") from None
-    log_path = config.gate.audit_log
     try:
-        principal = config.principal(principal_name)
+        principal = _principal(principals, principal_name, path)
         argv, env, slot = _decide_and_prepare(
-            config, principal, session, environ, stdin_fd, stdout_fd
+            gate, principal, session, environ, stdin_fd, stdout_fd
         )
     except NixwardenError as error:
         reason = str(error)
         try:
-            session.log(log_path, "deny", reason, None)
+            session.log(gate.audit_log, "deny", reason, None)
         except audit_log.AuditLogUnwritable as log_error:
             reason = f"{reason}; and {log_error}"
         raise GateDenied(f"principal {principal_name}: {reason}") from None
     try:
-        session.log(log_path, "allow", "allowed", argv)
+        session.log(gate.audit_log, "allow", "allowed", argv)
     except audit_log.AuditLogUnwritable as error:
         raise GateDenied(f"principal {principal_name}: {error}") from None
     from nixwarden import process  # noqa: PLC0415
@@ -96,24 +98,41 @@ def serve(
     return 1
 
 
+def load_policy(path: str) -> tuple[GateSettings, Mapping[str, Principal]]:
+    """The compiled policy when it is current, else the TOML parsed and validated."""
+    fast = compiled.read(path)
+    if fast is not None:
+        return fast
+    from nixwarden import config as config_module  # noqa: PLC0415 - the slow path
+
+    config = config_module.load(path)
+    return config.gate, config.principals
+
+
+def _principal(principals: Mapping[str, Principal], name: str, path: str) -> Principal:
+    try:
+        return principals[name]
+    except KeyError:
+        raise ConfigError(path, f"principals.{name}", "no such principal") from None
+
+
 def check(principal_name: str, config_path: str | None, command: str) -> tuple[bool, str]:
     """The decision for `command`, without logging, session slots or executing anything."""
-    from nixwarden import config as config_module  # noqa: PLC0415
-
-    config = config_module.load(config_path)
-    principal = config.principal(principal_name)
+    path = defaults.config_path(config_path)
+    gate, principals = load_policy(path)
+    principal = _principal(principals, principal_name, path)
     raw = command.encode("utf-8", "surrogateescape")
     if request.is_line_mode(raw):
         return False, "line mode (Lix 2.93 'bash'): the decision depends on the lines sent on stdin"
     try:
-        argv = _argv_for(config, principal, request.parse(raw))
+        argv = _argv_for(gate, principal, request.parse(raw))
     except Refused as error:
         return False, str(error)
     return True, " ".join(argv) + f"  (principal {principal.name}, store = {principal.store})"
 
 
 def _decide_and_prepare(  # noqa: PLR0917
-    config: Config,
+    gate: GateSettings,
     principal: Principal,
     session: _Session,
     environ: Mapping[bytes, bytes],
@@ -121,20 +140,20 @@ def _decide_and_prepare(  # noqa: PLR0917
     stdout_fd: int,
 ) -> tuple[tuple[str, ...], dict[str, str], int]:
     raw = environ.get(b"SSH_ORIGINAL_COMMAND", b"")
-    if request.is_line_mode(raw) and config.gate.line_mode:
+    if request.is_line_mode(raw) and gate.line_mode:
         session.mode = "line"
         session.request = request.describe(raw)
         parsed = _read_line_mode(session, stdin_fd, stdout_fd)
     else:
         session.request = request.describe(raw)
         parsed = request.parse(raw)
-    argv = _argv_for(config, principal, parsed)
-    slot = sessions.acquire(config.gate.state_dir, principal.name, principal.max_sessions)
-    return argv, _exec_env(config, principal), slot
+    argv = _argv_for(gate, principal, parsed)
+    slot = sessions.acquire(gate.state_dir, principal.name, principal.max_sessions)
+    return argv, _exec_env(gate), slot
 
 
-def _argv_for(config: Config, principal: Principal, parsed: request.Request) -> tuple[str, ...]:
-    argv = policy.decide(parsed, principal, config.gate)
+def _argv_for(gate: GateSettings, principal: Principal, parsed: request.Request) -> tuple[str, ...]:
+    argv = policy.decide(parsed, principal, gate)
     if principal.store == "tenant":
         raise policy.PolicyRefused(
             'store = "tenant" is not available in this version of nixwarden; use store = "host"'
@@ -142,7 +161,7 @@ def _argv_for(config: Config, principal: Principal, parsed: request.Request) -> 
     return argv
 
 
-def _exec_env(config: Config, principal: Principal) -> dict[str, str]:
+def _exec_env(gate: GateSettings) -> dict[str, str]:
     """Only what Nix needs; nothing the client sent (sshd may pass LANG, TERM, …)."""
     import pwd  # noqa: PLC0415
 
@@ -154,8 +173,8 @@ def _exec_env(config: Config, principal: Principal) -> dict[str, str]:
         "LOGNAME": entry.pw_name,
         "LANG": "C.UTF-8",
     }
-    if config.gate.ssl_cert_file:
-        env["NIX_SSL_CERT_FILE"] = config.gate.ssl_cert_file
+    if gate.ssl_cert_file:
+        env["NIX_SSL_CERT_FILE"] = gate.ssl_cert_file
     return env
 
 
@@ -213,7 +232,7 @@ def _auth_keys(path: bytes | None) -> list[str]:
             content = handle.read(65536)
     except OSError:
         return []
-    import base64  # noqa: PLC0415
+    # binascii, not base64: base64 imports re, which the gate's start-up avoids.
     import binascii  # noqa: PLC0415
     import hashlib  # noqa: PLC0415
 
@@ -222,10 +241,10 @@ def _auth_keys(path: bytes | None) -> list[str]:
         fields = line.split()
         if len(fields) >= 3 and fields[0] == b"publickey":
             try:
-                blob = base64.b64decode(fields[2], validate=True)
+                blob = binascii.a2b_base64(fields[2], strict_mode=True)
             except (binascii.Error, ValueError):
                 continue
-            digest = base64.b64encode(hashlib.sha256(blob).digest()).rstrip(b"=")
+            digest = binascii.b2a_base64(hashlib.sha256(blob).digest(), newline=False).rstrip(b"=")
             keys.append(f"{fields[1].decode('ascii', 'replace')} SHA256:{digest.decode()}")
     return keys
 
