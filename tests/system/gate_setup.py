@@ -79,7 +79,7 @@ class GatedBuilder:
     ) -> Principal:
         self.policies[name] = dict(policy)
         self.write_config()
-        user = self.users.create(groups=groups)
+        user = self.users.create(groups=(*groups, harness.LOG_GROUP))
         key = self.sshd.client_key(f"{name}-{user.name}")
         line = harness.run(
             [
@@ -126,8 +126,13 @@ class GatedBuilder:
 @contextlib.contextmanager
 def gated_builder(sshd: harness.Sshd, users: harness.Users) -> Iterator[GatedBuilder]:
     directory = harness.world_dir("nwt-gate")
-    (directory / "log").mkdir(mode=0o777)
-    (directory / "log").chmod(0o1777)
+    # As an administrator would: the log exists, appendable by the gate users' group.
+    harness.run(["groupadd", "-f", harness.LOG_GROUP])
+    (directory / "log").mkdir(mode=0o755)
+    log = directory / "log" / "audit.jsonl"
+    log.touch(mode=0o620)
+    log.chmod(0o620)
+    shutil.chown(log, group=harness.LOG_GROUP)
     # What an administrator sets up once (see docs/gate.md): the shared session slots.
     (directory / "state" / "sessions").mkdir(parents=True)
     (directory / "state" / "sessions").chmod(0o1777)

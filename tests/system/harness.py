@@ -32,6 +32,8 @@ REQUIRE_SYSTEM = os.environ.get("NIXWARDEN_REQUIRE_SYSTEM") == "1"
 STATE = Path("/run/nixwarden-test")
 DAEMON_SOCKET = Path("/nix/var/nix/daemon-socket/socket")
 TRUSTED_GROUP = "nixwarden-trusted"
+# The gate users' group that may append to the audit log (see docs/gate.md).
+LOG_GROUP = "nixwarden-log"
 USER_PREFIX = "nwt"
 # Debian's nix-setup-systemd lets only this group reach the daemon socket.
 NIX_USERS_GROUP = "nix-users"

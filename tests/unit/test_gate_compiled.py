@@ -35,7 +35,7 @@ def test_round_trip(config_file: Path) -> None:
     assert os.stat(written).st_mode & 0o777 == 0o644
     result = compiled.read(str(config_file))
     assert result is not None
-    gate, principals = result
+    gate, _tenants, principals = result
     assert gate.audit_log == "/var/log/nw.jsonl"
     alice = principals["alice"]
     assert alice.protocols == ("ssh-ng", "ssh")
@@ -49,7 +49,7 @@ def test_edited_config_is_not_served_from_a_stale_copy(config_file: Path) -> Non
     time.sleep(0.01)
     config_file.write_text(CONFIG.replace("write = true", "write = false"))
     assert compiled.read(str(config_file)) is None
-    _gate, principals = run.load_policy(str(config_file))
+    _gate, _tenants, principals = run.load_policy(str(config_file))
     assert principals["alice"].write is False
 
 
@@ -62,7 +62,7 @@ def test_copy_writable_by_others_is_ignored(config_file: Path) -> None:
 def test_garbage_copy_is_ignored(config_file: Path) -> None:
     Path(compiled.path_for(str(config_file))).write_bytes(b"\x00garbage")
     assert compiled.read(str(config_file)) is None
-    assert run.load_policy(str(config_file))[1]["alice"].store == "host"
+    assert run.load_policy(str(config_file))[2]["alice"].store == "host"
 
 
 def test_gate_never_takes_its_config_from_the_environment(

@@ -21,9 +21,9 @@ import stat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from nixwarden.config import Config, GateSettings, Principal
+    from nixwarden.config import Config, GateSettings, Principal, TenantSettings
 
-FORMAT = 1
+FORMAT = 2
 
 
 class Values:
@@ -54,7 +54,9 @@ def _fingerprint(info: os.stat_result) -> tuple[int, int, int, int, int]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def read(config_path: str) -> tuple[GateSettings, dict[str, Principal]] | None:
+def read(
+    config_path: str,
+) -> tuple[GateSettings, TenantSettings, dict[str, Principal]] | None:
     """The compiled policy if it is current and trustworthy, else None (parse the TOML)."""
     try:
         config_info = os.stat(config_path)
@@ -82,8 +84,9 @@ def read(config_path: str) -> tuple[GateSettings, dict[str, Principal]] | None:
     ):
         return None
     gate = Values(document["gate"])
+    tenants = Values(document["tenants"])
     principals = {name: Values(values) for name, values in document["principals"].items()}
-    return gate, principals  # type: ignore[return-value]  # Values mirrors the dataclasses
+    return gate, tenants, principals  # type: ignore[return-value]  # Values mirrors them
 
 
 def write(config: Config) -> str:
@@ -94,6 +97,7 @@ def write(config: Config) -> str:
         "format": FORMAT,
         "source": _fingerprint(os.stat(config.path)),
         "gate": asdict(config.gate),
+        "tenants": asdict(config.tenants),
         "principals": {name: asdict(p) for name, p in config.principals.items()},
     }
     target = path_for(config.path)

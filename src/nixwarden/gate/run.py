@@ -20,7 +20,7 @@ TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up pat
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from nixwarden.config import GateSettings, Principal
+    from nixwarden.config import GateSettings, Principal, TenantSettings
 
 MAX_LINES = 16
 LINE_MODE_TIMEOUT = 30.0  # seconds a line-mode client has to send its command
@@ -70,14 +70,14 @@ def serve(
     # Never $NIXWARDEN_CONFIG here: a permissive AcceptEnv would let the client choose.
     path = defaults.config_path(config_path, from_environment=False)
     try:
-        gate, principals = load_policy(path)
+        gate, tenants, principals = load_policy(path)
     except NixwardenError as error:
         # No trustworthy log path without a config: stderr (sshd's log) is all we have.
         raise GateDenied(f"principal {principal_name}: configuration error: {error}") from None
     try:
         principal = _principal(principals, principal_name, path)
         argv, env, slot = _decide_and_prepare(
-            gate, principal, session, environ, stdin_fd, stdout_fd
+            gate, tenants, principal, session, environ, stdin_fd, stdout_fd
         )
     except NixwardenError as error:
         reason = str(error)
@@ -98,7 +98,7 @@ def serve(
     return 1
 
 
-def load_policy(path: str) -> tuple[GateSettings, Mapping[str, Principal]]:
+def load_policy(path: str) -> tuple[GateSettings, TenantSettings, Mapping[str, Principal]]:
     """The compiled policy when it is current, else the TOML parsed and validated."""
     fast = compiled.read(path)
     if fast is not None:
@@ -106,7 +106,7 @@ def load_policy(path: str) -> tuple[GateSettings, Mapping[str, Principal]]:
     from nixwarden import config as config_module  # noqa: PLC0415 - the slow path
 
     config = config_module.load(path)
-    return config.gate, config.principals
+    return config.gate, config.tenants, config.principals
 
 
 def _principal(principals: Mapping[str, Principal], name: str, path: str) -> Principal:
@@ -119,7 +119,7 @@ def _principal(principals: Mapping[str, Principal], name: str, path: str) -> Pri
 def check(principal_name: str, config_path: str | None, command: str) -> tuple[bool, str]:
     """The decision for `command`, without logging, session slots or executing anything."""
     path = defaults.config_path(config_path)
-    gate, principals = load_policy(path)
+    gate, tenants, principals = load_policy(path)
     principal = _principal(principals, principal_name, path)
     raw = command.encode("utf-8", "surrogateescape")
     if request.is_line_mode(raw):
@@ -128,11 +128,17 @@ def check(principal_name: str, config_path: str | None, command: str) -> tuple[b
         argv = _argv_for(gate, principal, request.parse(raw))
     except Refused as error:
         return False, str(error)
-    return True, " ".join(argv) + f"  (principal {principal.name}, store = {principal.store})"
+    where = (
+        f"store = tenant: in bubblewrap over {os.path.join(tenants.root, principal.name, 'nix')}"
+        if principal.store == "tenant"
+        else "store = host"
+    )
+    return True, " ".join(argv) + f"  (principal {principal.name}, {where})"
 
 
 def _decide_and_prepare(  # noqa: PLR0917
     gate: GateSettings,
+    tenants: TenantSettings,
     principal: Principal,
     session: _Session,
     environ: Mapping[bytes, bytes],
@@ -149,16 +155,20 @@ def _decide_and_prepare(  # noqa: PLR0917
         parsed = request.parse(raw)
     argv = _argv_for(gate, principal, parsed)
     slot = sessions.acquire(gate.state_dir, principal.name, principal.max_sessions)
+    if principal.store == "tenant":
+        from nixwarden.tenants import session as tenant_session  # noqa: PLC0415
+
+        try:
+            tenant_argv, env = tenant_session.prepare(tenants, principal, argv)
+        except BaseException:
+            os.close(slot)
+            raise
+        return tuple(tenant_argv), env, slot
     return argv, _exec_env(gate), slot
 
 
 def _argv_for(gate: GateSettings, principal: Principal, parsed: request.Request) -> tuple[str, ...]:
-    argv = policy.decide(parsed, principal, gate)
-    if principal.store == "tenant":
-        raise policy.PolicyRefused(
-            'store = "tenant" is not available in this version of nixwarden; use store = "host"'
-        )
-    return argv
+    return policy.decide(parsed, principal, gate)
 
 
 def _exec_env(gate: GateSettings) -> dict[str, str]:

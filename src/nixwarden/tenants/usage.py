@@ -1,0 +1,37 @@
+"""How much a tenant's store holds, from its own Nix database (read-only)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    paths: int
+    nar_bytes: int  # what `nix path-info --all --size` adds up: the paths' NAR sizes
+
+
+def store_usage(database: str) -> StoreUsage:
+    """Count and total NAR size of the valid paths; an absent database is an empty store."""
+    if not os.path.exists(database):
+        return StoreUsage(0, 0)
+    uri = f"file:{database}?mode=ro"
+    connection = sqlite3.connect(uri, uri=True, timeout=10)
+    try:
+        row = connection.execute(
+            "SELECT count(*), coalesce(sum(narSize), 0) FROM ValidPaths"
+        ).fetchone()
+    finally:
+        connection.close()
+    return StoreUsage(int(row[0]), int(row[1]))
+
+
+def human_bytes(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
