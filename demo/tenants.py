@@ -1,0 +1,80 @@
+"""Tenant stores: an untrusted user's remote build, in a store of its own."""
+
+from __future__ import annotations
+
+import platform
+import secrets
+import subprocess
+from pathlib import Path
+
+from tests.system import harness
+from tests.system.gate_setup import ClientStore, GatedBuilder
+
+from demo.framework import NIXWARDEN, Demo
+
+TITLE = "Tenant stores: remote builds without trusted-users"
+SYSTEM = f"{platform.machine()}-linux"
+
+
+def run(demo: Demo, builder: GatedBuilder, client: ClientStore) -> None:
+    root = demo.scratch / "tenants"
+    root.mkdir(mode=0o1733)
+    root.chmod(0o1733)
+    builder.tenants["root"] = str(root)
+    alice = builder.add("alice", groups=(), protocols=["ssh-ng", "ssh"], write=True)
+    bob = builder.add("bob", store="host")
+    demo.say(
+        f"principal 'alice' (store = \"tenant\") is unix user {alice.user.name}: not in\n"
+        f"trusted-users, not even in nix-users. 'bob' (store = \"host\") is {bob.user.name},\n"
+        "in nix-users but not trusted: what a careful builder gives people today."
+    )
+    demo.step(
+        "the host daemon's trust settings", ["cat", f"{harness.STATE}/nix-daemon-conf/nix.conf"]
+    )
+    demo.step("groups of alice's unix user", ["id", alice.user.name])
+    tag = secrets.token_hex(4)
+    dep = (
+        f'derivation {{ name = "demo-input-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
+        f'args = [ "-c" "echo input built on the client > $out" ]; }}'
+    )
+    top = (
+        f"let dep = {dep}; in "
+        f'derivation {{ name = "demo-tenant-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
+        'args = [ "-c" "read x < ${dep}; echo \\"built in a tenant store from: $x\\" > $out" ]; }'
+    )
+    demo.step(
+        "the client builds an input locally", client.argv("nix-build", "--no-out-link", "-E", dep)
+    )
+    env = builder.sshd.client_env()
+    for principal in (bob, alice):
+        expect = 1 if principal is bob else 0
+        what = (
+            "bob, untrusted on the host store: Nix refuses (this is why people hand out root)"
+            if principal is bob
+            else "alice builds remotely in her tenant store: input copied over, output back"
+        )
+        result = demo.step(
+            what,
+            client.argv(
+                "nix-build", "--no-out-link", "--max-jobs", "0",
+                "--builders", f"ssh-ng://{principal.alias} {SYSTEM} - 1 1", "-E", top,
+            ),
+            env=env,
+            expect_exit=expect,
+        )  # fmt: skip
+    out = result.stdout.decode().strip()
+    name = out.removeprefix("/nix/store/")
+    demo.step("the output, back in the client's store", ["cat", str(client.root / "store" / name)])
+    demo.step(
+        "the output in alice's tenant store",
+        ["ls", "-l", str(root / "alice" / "nix" / "store" / name)],
+    )
+    demo.step("and not in the host store", ["nix-store", "--check-validity", out], expect_exit=1)
+    if Path(out).exists():
+        raise AssertionError("the tenant's output reached the host store")
+    demo.step(
+        "the tenant stores",
+        [NIXWARDEN, "tenant", "--config", str(builder.config), "list"],
+    )
+    # Store files are read-only by design; let the demo's clean-up remove them.
+    subprocess.run(["/usr/bin/chmod", "-R", "u+w", str(root)], check=False)
