@@ -6,6 +6,7 @@ sharing the host store) never collide; nothing here deletes or collects store pa
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -163,3 +164,58 @@ def synthetic_chain(count: int, tag: str | None = None) -> list[str]:
 
 def nix_store_closure(*roots: str) -> set[str]:
     return set(run(["nix-store", "--query", "--requisites", *roots]).split())
+
+
+BUSY_EXPRESSION = r"""
+{ bb, tag, count }:
+let
+  b = "${builtins.storePath bb}/bin/busybox";
+  one = n: derivation {
+    name = "nwt-busy-${tag}-${toString n}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "${b} sleep 0.05; echo ${toString n} > $out" ];
+  };
+in map one (builtins.genList (n: n) count)
+"""
+
+
+def start_busy_build(busybox: str, count: int = 60) -> tuple[subprocess.Popen[bytes], str]:
+    """A background `nix-build` of `count` small derivations: the daemon writes the DB
+    again and again while it runs. Returns the process and the expression file."""
+    handle = tempfile.NamedTemporaryFile("w", suffix=".nix", prefix="nwt-busy-", delete=False)
+    with handle:
+        handle.write(BUSY_EXPRESSION)
+    process = subprocess.Popen(
+        [
+            "nix-build",
+            "--no-out-link",
+            "--max-jobs",
+            "2",
+            handle.name,
+            "--argstr",
+            "bb",
+            busybox,
+            "--argstr",
+            "tag",
+            new_tag(),
+            "--arg",
+            "count",
+            str(count),
+        ],  # fmt: skip
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return process, handle.name
+
+
+@functools.cache
+def shared_programs() -> Programs:
+    """One set of programs per test session."""
+    return build_programs()
+
+
+@functools.cache
+def shared_chain(count: int) -> tuple[str, ...]:
+    return tuple(synthetic_chain(count))

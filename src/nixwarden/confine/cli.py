@@ -132,9 +132,10 @@ def _run(argv: list[str]) -> int:
     p.add_argument("--network", action="store_true", help="share the host's network")
     p.add_argument("--setenv", action="append", default=[], metavar="K=V")
     p.add_argument("--chdir", default="/", metavar="DIR", help="working directory (default /)")
-    args = p.parse_args(options)
-    if not command:
-        raise UsageError("nixwarden confine run: no command: put it after -- (see --help)")
+    args, extra = p.parse_known_args(options)
+    if extra or not command:
+        unknown = f"unrecognized arguments: {' '.join(extra)}; " if extra else ""
+        raise UsageError(f"nixwarden confine run: {unknown}the command goes after -- (see --help)")
     request = run.Request(
         command=tuple(command),
         mode=Mode(args.mode),

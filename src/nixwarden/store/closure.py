@@ -19,6 +19,8 @@ from nixwarden.store import db as store_db
 from nixwarden.store.paths import STORE_DIR, BadStorePath, Root, in_store, parse_root
 
 MAX_LINKS = 40
+# Where to look for the store database instead of Nix's default (it may still fall back).
+DB_ENV = "NIXWARDEN_STORE_DB"
 
 # What `nix-store` may need from our environment to find the same store we would read.
 NIX_ENV = ("NIX_REMOTE", "NIX_CONF_DIR", "NIX_STATE_DIR", "NIX_STORE_DIR", "NIX_DAEMON_SOCKET_PATH")
@@ -95,13 +97,15 @@ def closure(
     nix_store: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Closure:
-    """The closure from the database (`db`, default Nix's); falls back to `nix-store -qR`
-    when the database cannot be read, unless `db` was given explicitly."""
+    """The closure from the database (`db`; by default $NIXWARDEN_STORE_DB or Nix's);
+    falls back to `nix-store -qR` when it cannot be read, unless `db` was given."""
     paths = sorted(set(store_paths))
     if not paths:
         return Closure(frozenset(), Source.DATABASE)
+    environ = os.environ if environ is None else environ
+    default = environ.get(DB_ENV) or store_db.DEFAULT_DB
     try:
-        return Closure(store_db.closure(paths, db or store_db.DEFAULT_DB), Source.DATABASE)
+        return Closure(store_db.closure(paths, db or default), Source.DATABASE)
     except store_db.DatabaseUnreadable as error:
         if db is not None:
             raise CommandFailed(str(error)) from error
@@ -109,5 +113,5 @@ def closure(
     from nixwarden.config import find_nix_program  # noqa: PLC0415 - only on the fallback
 
     program = nix_store or find_nix_program("nix-store")
-    found = nix_store_closure(paths, program, os.environ if environ is None else environ)
+    found = nix_store_closure(paths, program, environ)
     return Closure(found, Source.NIX_STORE, why)
