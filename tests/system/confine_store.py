@@ -118,10 +118,19 @@ def build_programs(tag: str | None = None) -> Programs:
         for attr in ("lib", "link", "tool", "app", "other", "sibling"):
             out = run(
                 [
-                    "nix-build", "--no-out-link", handle.name, "-A", attr,
-                    "--argstr", "bb", busybox, "--argstr", "tag", tag,
+                    "nix-build",
+                    "--no-out-link",
+                    handle.name,
+                    "-A",
+                    attr,
+                    "--argstr",
+                    "bb",
+                    busybox,
+                    "--argstr",
+                    "tag",
+                    tag,
                 ]
-            )  # fmt: skip
+            )
             built[attr] = out.strip().splitlines()[-1]
     finally:
         os.unlink(handle.name)
@@ -183,8 +192,9 @@ in map one (builtins.genList (n: n) count)
 def start_busy_build(busybox: str, count: int = 60) -> tuple[subprocess.Popen[bytes], str]:
     """A background `nix-build` of `count` small derivations: the daemon writes the DB
     again and again while it runs. Returns the process and the expression file."""
-    handle = tempfile.NamedTemporaryFile("w", suffix=".nix", prefix="nwt-busy-", delete=False)
-    with handle:
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".nix", prefix="nwt-busy-", delete=False
+    ) as handle:
         handle.write(BUSY_EXPRESSION)
     process = subprocess.Popen(
         [
@@ -202,7 +212,7 @@ def start_busy_build(busybox: str, count: int = 60) -> tuple[subprocess.Popen[by
             "--arg",
             "count",
             str(count),
-        ],  # fmt: skip
+        ],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -27,8 +27,15 @@ def closure(*roots: str, check: bool = True, env: dict[str, str] | None = None) 
 
 
 def test_equals_nix_store_on_programs(programs: Programs) -> None:
-    every = [programs.app, programs.tool, programs.lib, programs.link, programs.busybox,
-             programs.other, programs.sibling]  # fmt: skip
+    every = [
+        programs.app,
+        programs.tool,
+        programs.lib,
+        programs.link,
+        programs.busybox,
+        programs.other,
+        programs.sibling,
+    ]
     for root in every:
         assert closure(root) == nix_store_closure(root), root
     assert closure(programs.app, programs.other) == nix_store_closure(programs.app, programs.other)
@@ -134,7 +141,7 @@ def test_unprivileged_user_gets_the_same_closure(programs: Programs, users: harn
             NIXWARDEN,
             "closure",
             programs.app,
-        ],  # fmt: skip
+        ],
         env=env,
     )
     assert set(result.stdout.decode().split()) == nix_store_closure(programs.app)

@@ -57,8 +57,18 @@ def test_store_arguments_are_roots(programs: Programs) -> None:
 
 
 def test_cannot_read_outside_its_closure(programs: Programs) -> None:
-    for path in ("/etc/shadow", "/root", "/nix/var/nix/db", "/nix/var/nix/db/db.sqlite",
-                 programs.other, f"{programs.sibling}/lib", "/home", "/usr", "/proc/1/root/etc/shadow"):  # fmt: skip
+    outside = (
+        "/etc/shadow",
+        "/root",
+        "/nix/var/nix/db",
+        "/nix/var/nix/db/db.sqlite",
+        programs.other,
+        f"{programs.sibling}/lib",
+        "/home",
+        "/usr",
+        "/proc/1/root/etc/shadow",
+    )
+    for path in outside:
         # Passed through the environment: a store path in the arguments would be a root.
         result = sh(programs, 'cat "$P" || ls "$P"', "--setenv", f"P={path}")
         assert result.returncode != 0, path
@@ -149,8 +159,17 @@ def test_signals_reach_the_program(programs: Programs, signum: signal.Signals, m
 
 def test_environment_is_cleared(programs: Programs) -> None:
     env = dict(confine_store.ENV, NWT_SECRET="leak")
-    result = confine("--setenv", "GREETING=hi there", "--setenv", "EMPTY=", "--",
-                     f"{programs.app}/bin/sh", "-c", "env", env=env)  # fmt: skip
+    result = confine(
+        "--setenv",
+        "GREETING=hi there",
+        "--setenv",
+        "EMPTY=",
+        "--",
+        f"{programs.app}/bin/sh",
+        "-c",
+        "env",
+        env=env,
+    )
     variables = dict(line.split("=", 1) for line in out(result).splitlines())
     assert variables.pop("GREETING") == "hi there" and variables.pop("EMPTY") == ""
     assert "NWT_SECRET" not in variables and "NIX_REMOTE" not in variables
@@ -164,9 +183,13 @@ def test_binds_and_chdir(programs: Programs, tmp_path: Path) -> None:
     result = sh(
         programs,
         "pwd; echo written > /data/out; cat /conf/file; echo x > /conf/file",
-        "--bind", f"{tmp_path / 'rw'}:/data", "--ro-bind", f"{tmp_path / 'ro'}:/conf",
-        "--chdir", "/data",
-    )  # fmt: skip
+        "--bind",
+        f"{tmp_path / 'rw'}:/data",
+        "--ro-bind",
+        f"{tmp_path / 'ro'}:/conf",
+        "--chdir",
+        "/data",
+    )
     assert out(result) == "/data\nreadonly\n"
     assert b"Read-only file system" in result.stderr
     assert (tmp_path / "rw" / "out").read_text() == "written\n"
@@ -185,7 +208,7 @@ def test_new_session(programs: Programs) -> None:
             f"{programs.app}/bin/sh",
             "-c",
             f"echo $$; {programs.bb} sleep 5",
-        ],  # fmt: skip
+        ],
         env=confine_store.ENV,
         stdout=subprocess.PIPE,
     )

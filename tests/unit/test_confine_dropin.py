@@ -55,11 +55,19 @@ def test_full_apivfs() -> None:
         f"BindReadOnlyPaths={A}/data:{LINK}",
     ]
     for setting in (
-        "MountAPIVFS=yes", "PrivateDevices=yes", "PrivateTmp=yes", "PrivateUsers=yes",
-        "ProtectControlGroups=yes", "ProtectKernelModules=yes", "ProtectKernelTunables=yes",
-        "NoNewPrivileges=yes", "ProtectProc=invisible", "ProcSubset=pid",
-        "RestrictSUIDSGID=yes", "LockPersonality=yes",
-    ):  # fmt: skip
+        "MountAPIVFS=yes",
+        "PrivateDevices=yes",
+        "PrivateTmp=yes",
+        "PrivateUsers=yes",
+        "ProtectControlGroups=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelTunables=yes",
+        "NoNewPrivileges=yes",
+        "ProtectProc=invisible",
+        "ProcSubset=pid",
+        "RestrictSUIDSGID=yes",
+        "LockPersonality=yes",
+    ):
         assert setting in lines
     assert "InaccessiblePaths=-+/tmp" not in lines
 
