@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -236,3 +237,18 @@ def test_usage_errors(programs: Programs) -> None:
         result = confine(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr.decode(), result.stderr
+
+
+def test_print_argv_is_what_runs(programs: Programs) -> None:
+    """--print-argv shows the exact bubblewrap command line, for review or for reuse."""
+    printed = confine("--print-argv", "--", f"{programs.app}/bin/sh", "-c", "ls /nix/store")
+    assert printed.returncode == 0, printed.stderr
+    argv = shlex.split(out(printed))
+    assert argv[0] == "/usr/bin/bwrap" and argv[-3:] == [
+        f"{programs.app}/bin/sh",
+        "-c",
+        "ls /nix/store",
+    ]
+    assert "--clearenv" in argv and "--unshare-net" in argv and argv.count("--remount-ro") == 1
+    direct = harness.run(argv, env=confine_store.ENV)
+    assert {f"/nix/store/{n}" for n in out(direct).split()} == nix_store_closure(programs.app)

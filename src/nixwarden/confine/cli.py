@@ -132,6 +132,11 @@ def _run(argv: list[str]) -> int:
     p.add_argument("--network", action="store_true", help="share the host's network")
     p.add_argument("--setenv", action="append", default=[], metavar="K=V")
     p.add_argument("--chdir", default="/", metavar="DIR", help="working directory (default /)")
+    p.add_argument(
+        "--print-argv",
+        action="store_true",
+        help="print the bubblewrap command line (shell-quoted) instead of running it",
+    )
     args, extra = p.parse_known_args(options)
     if extra or not command:
         unknown = f"unrecognized arguments: {' '.join(extra)}; " if extra else ""
@@ -152,6 +157,11 @@ def _run(argv: list[str]) -> int:
     )
     run.validate(request)
     spec, command_line = run.prepare(request, os.environ)
+    if args.print_argv:
+        import shlex  # noqa: PLC0415
+
+        print(shlex.join(run.bwrap_argv(spec, command_line)))
+        return 0
     sys.stdout.flush()
     return run.execute(spec, command_line)
 

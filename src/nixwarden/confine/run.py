@@ -155,10 +155,13 @@ def _program_pids(bwrap_pid: int, info: dict[str, int], pid_namespace: bool) -> 
     return []
 
 
+def bwrap_argv(spec: RunSpec, command: Sequence[str], bwrap: str = BWRAP) -> list[str]:
+    return sandbox(spec).argv(bwrap, command)
+
+
 def execute(spec: RunSpec, command: Sequence[str], bwrap: str = BWRAP) -> int:
     """Run and wait; return the program's exit status, or die of its signal."""
-    box = sandbox(spec)
-    argv = box.argv(bwrap, command)
+    argv = bwrap_argv(spec, command, bwrap)
     read_end, write_end = os.pipe()
     argv = [argv[0], "--info-fd", str(write_end), *argv[1:]]
     info: dict[str, int] = {}
