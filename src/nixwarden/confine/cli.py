@@ -127,10 +127,14 @@ def _run(argv: list[str]) -> int:
         options, command = argv, []
     p = parser("confine run", RUN_HELP, usage="%(prog)s [options] -- CMD [ARG…]")
     _common(p)
-    p.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]")
-    p.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]")
+    p.add_argument(
+        "--ro-bind", action="append", default=[], metavar="SRC[:DST]", help="bind read-only"
+    )
+    p.add_argument(
+        "--bind", action="append", default=[], metavar="SRC[:DST]", help="bind read-write"
+    )
     p.add_argument("--network", action="store_true", help="share the host's network")
-    p.add_argument("--setenv", action="append", default=[], metavar="K=V")
+    p.add_argument("--setenv", action="append", default=[], metavar="K=V", help="set a variable")
     p.add_argument("--chdir", default="/", metavar="DIR", help="working directory (default /)")
     p.add_argument(
         "--print-argv",
