@@ -113,9 +113,11 @@ def supervise(
     import subprocess  # noqa: PLC0415
 
     child: list[subprocess.Popen[bytes]] = []
+    pending: list[int] = []  # signals that came before the child existed
 
     def relay(signum: int, _frame: object) -> None:
         if not child:
+            pending.append(signum)
             return
         pid = child[0].pid
         for target in targets(pid) or (pid,):
@@ -137,6 +139,8 @@ def supervise(
             raise CommandFailed(f"{argv[0]}: not found") from error
         if on_start is not None:
             on_start(child[0].pid)
+        while pending:
+            relay(pending.pop(0), None)
         return child[0].wait()
     finally:
         for signum, handler in previous.items():

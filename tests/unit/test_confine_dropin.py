@@ -140,6 +140,7 @@ def test_root_directory_start_only_is_refused() -> None:
 UNIT = f"""\
 [Unit]
 Description=uses {B}/share/doc
+# a comment naming /nix/store/{"f" * 32}-commented is not a root
 
 [Service]
 ExecStartPre=+{A}/bin/setup
@@ -155,16 +156,23 @@ def test_roots_from_exec_lines() -> None:
     unit = parse_unit(UNIT, "x.service")
     roots = exec_roots(unit, "x.service")
     assert roots.store_paths == (A, LINK)
-    assert len(roots.warnings) == 1 and "x.service:5" in roots.warnings[0]
+    assert len(roots.warnings) == 1 and "x.service:6" in roots.warnings[0]
     assert "'+' prefix" in roots.warnings[0]
 
 
 def test_full_unit_roots_and_secret_warnings() -> None:
     unit = parse_unit(UNIT, "x.service")
-    roots = full_unit_roots(UNIT, unit, "x.service")
-    assert set(roots.store_paths) == {A, B, LINK, SECRET}
+    roots = full_unit_roots(unit, "x.service")
+    assert set(roots.store_paths) == {A, B, LINK, SECRET}  # not the commented one
     assert len(roots.warnings) == 2
     assert any(
-        "EnvironmentFile=" in w and SECRET in w and "x.service:10" in w for w in roots.warnings
+        "EnvironmentFile=" in w and SECRET in w and "x.service:11" in w for w in roots.warnings
     )
     assert any("Environment=" in w and B in w for w in roots.warnings)
+
+
+def test_commands_outside_the_store_are_warned_about() -> None:
+    unit = parse_unit("[Service]\nExecStart=/usr/bin/env true\nExecStop=/bin/sh -c true\n")
+    roots = exec_roots(unit, "x.service")
+    assert roots.store_paths == ()
+    assert len(roots.warnings) == 1 and "/usr/bin/env is not in the store" in roots.warnings[0]

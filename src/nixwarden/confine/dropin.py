@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from nixwarden.confine.plan import BIN_SH, BinSh, Mode
 from nixwarden.confine.unitfile import EXEC_KEYS, ExecPrefix, Unit, parse_exec
 from nixwarden.errors import InvalidInput, Refused
-from nixwarden.store.paths import STORE_DIR, references_in
+from nixwarden.store.paths import STORE_DIR, in_store, references_in
 
 SERVICE = "Service"
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?")
@@ -117,14 +117,20 @@ def exec_roots(unit: Unit, origin: str) -> Roots:
                     warnings.append(
                         f"{where}: the '+' prefix runs this command outside the confinement"
                     )
+                elif not in_store(command.executable) and command.executable != BIN_SH:
+                    warnings.append(
+                        f"{where}: {command.executable} is not in the store: it will not "
+                        "exist inside the confinement"
+                    )
                 for word in command.argv:
                     found += [p.path for p in references_in(word)]
     return Roots(tuple(dict.fromkeys(found)), tuple(warnings))
 
 
-def full_unit_roots(text: str, unit: Unit, origin: str) -> Roots:
-    """Every store path in the unit (`fullUnit`), warning about environment files."""
-    found = [p.path for p in references_in(text)]
+def full_unit_roots(unit: Unit, origin: str) -> Roots:
+    """Every store path in the unit's settings (`fullUnit`; comments do not count),
+    warning about environment files."""
+    found = [p.path for item in unit.assignments for p in references_in(item.value)]
     warnings: list[str] = []
     for key in ("EnvironmentFile", "Environment"):
         for item in unit.assignments:

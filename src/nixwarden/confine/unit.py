@@ -55,7 +55,7 @@ def unit_roots(request: Request) -> tuple[Roots, Unit | None]:
         from_exec = exec_roots(unit, request.unit_file)
         if not request.full_unit:
             return from_exec, unit
-        full = full_unit_roots(text, unit, request.unit_file)
+        full = full_unit_roots(unit, request.unit_file)
         return Roots(full.store_paths, from_exec.warnings + full.warnings), unit
     if request.full_unit:
         raise UsageError("confine unit: --full-unit needs --unit-file")
