@@ -12,16 +12,20 @@ import statistics
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from demo.framework import NIXWARDEN
 from tests.system import confine_store
 
 from nixwarden.confine import run as confine_run
+from nixwarden.config import find_nix_program
 from nixwarden.confine.plan import Mode, sandbox
 
 CHAIN = 5000
 WARMUP = 3
 RUNS = 21
+NIX_STORE = find_nix_program("nix-store")
+CACHE = Path(f"/run/nixwarden-test/confine-bench-chain-{CHAIN}")
 
 
 def median_ms(argv: Sequence[str], env: dict[str, str], runs: int = RUNS) -> float:
@@ -37,6 +41,21 @@ def median_ms(argv: Sequence[str], env: dict[str, str], runs: int = RUNS) -> flo
     return statistics.median(samples)
 
 
+def reuse_or_build_chain(env: dict[str, str]) -> str:
+    """The synthetic chain's root; reused between runs so the shared store grows once."""
+    if CACHE.exists():
+        root = CACHE.read_text().strip()
+        valid = subprocess.run(
+            [NIX_STORE, "--check-validity", root], env=env, capture_output=True, check=False
+        )
+        if valid.returncode == 0:
+            return root
+    root = confine_store.synthetic_chain(CHAIN)[-1]
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    CACHE.write_text(root + "\n")
+    return root
+
+
 def row(what: str, ours: float, theirs: float, tool: str, target: str) -> str:
     ratio = ours / theirs
     return (
@@ -49,9 +68,8 @@ def run() -> None:
     env = dict(confine_store.ENV)
     local = {k: v for k, v in env.items() if k != "NIX_REMOTE"}
     print(f"building a {CHAIN}-path synthetic closure and test programs …", flush=True)
-    chain = confine_store.synthetic_chain(CHAIN)
+    root = reuse_or_build_chain(env)
     programs = confine_store.build_programs()
-    root = chain[-1]
 
     lines = [
         f"| {'measurement (median of ' + str(RUNS) + ' runs, ms)':<38} | nixwarden | "
@@ -59,8 +77,8 @@ def run() -> None:
         f"|{'-' * 40}|{'-' * 11}|{'-' * 32}|{'-' * 11}|{'-' * 8}|{'-' * 9}|",
     ]
     ours = median_ms([NIXWARDEN, "closure", root], env)
-    direct = median_ms(["nix-store", "-qR", root], local)
-    daemon = median_ms(["nix-store", "-qR", root], env)
+    direct = median_ms([NIX_STORE, "-qR", root], local)
+    daemon = median_ms([NIX_STORE, "-qR", root], env)
     lines.append(
         row(f"closure, {CHAIN} paths", ours, direct, "nix-store -qR (root, local DB)", "≤0.5x")
     )
