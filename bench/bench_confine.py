@@ -17,8 +17,8 @@ from pathlib import Path
 from demo.framework import NIXWARDEN
 from tests.system import confine_store
 
-from nixwarden.confine import run as confine_run
 from nixwarden.config import find_nix_program
+from nixwarden.confine import run as confine_run
 from nixwarden.confine.plan import Mode, sandbox
 
 CHAIN = 5000
