@@ -229,3 +229,11 @@ def shared_programs() -> Programs:
 @functools.cache
 def shared_chain(count: int) -> tuple[str, ...]:
     return tuple(synthetic_chain(count))
+
+
+def add_escaping_link(tag: str) -> str:
+    """A store path that is a symlink to a host file (/etc/passwd)."""
+    with tempfile.TemporaryDirectory(prefix="nwt-ln-") as scratch:
+        link = Path(scratch) / f"nwt-escape-{tag}"
+        link.symlink_to("/etc/passwd")
+        return run(["nix-store", "--add", str(link)]).strip()

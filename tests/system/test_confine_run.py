@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from nixwarden.confine import binsh
 from tests.system import confine_store, harness
 from tests.system.confine_store import Programs, nix_store_closure
 
@@ -252,3 +253,18 @@ def test_print_argv_is_what_runs(programs: Programs) -> None:
     assert "--clearenv" in argv and "--unshare-net" in argv and argv.count("--remount-ro") == 1
     direct = harness.run(argv, env=confine_store.ENV)
     assert {f"/nix/store/{n}" for n in out(direct).split()} == nix_store_closure(programs.app)
+
+
+def test_store_symlinks_out_of_the_store_stay_dangling(programs: Programs) -> None:
+    escape = confine_store.add_escaping_link(programs.tag)
+    result = confine("--", programs.bb, "cat", escape)
+    assert result.returncode == 1 and b"No such file" in result.stderr
+    assert b"root:" not in result.stdout
+
+
+def test_bin_sh_from_the_store_brings_its_closure(programs: Programs, tmp_path: Path) -> None:
+    """NixOS: /bin/sh is a symlink into the store; the shell's closure joins the sandbox."""
+    (tmp_path / "sh").symlink_to(f"{programs.app}/bin/sh")  # -> busybox, via the app
+    bin_sh = binsh.from_host(str(tmp_path / "sh"))
+    assert bin_sh.source == programs.bb and bin_sh.host_files == ()
+    assert bin_sh.store_roots == (programs.busybox,)

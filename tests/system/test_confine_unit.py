@@ -185,3 +185,16 @@ def test_unit_settings_win_and_templates(programs: Programs, tmp_path: Path) -> 
     assert "RootDirectory=/run/confinement/nwt-own-%i" in lines
     install(tmp_path, "nwt-own@.service", text, result.stdout)
     assert "confinement.conf" not in verify(tmp_path / "nwt-own@one.service")
+
+
+def test_store_symlinks_out_of_the_store_are_not_bound(programs: Programs) -> None:
+    escape = confine_store.add_escaping_link(programs.tag)
+    result = confine_unit(
+        "--name", "nwt-esc", "--no-bin-sh", "--exec", f"{programs.bb} cat {escape}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "/etc/passwd" not in result.stdout.decode()
+    assert store_binds(result.stdout.decode()) == nix_store_closure(programs.bb)
+    assert f"{escape} is a symlink to /etc/passwd, outside the store: not bound" in (
+        result.stderr.decode()
+    )

@@ -22,7 +22,7 @@ from nixwarden.confine.plan import BinSh, Mode
 from nixwarden.confine.unitfile import Unit, parse_exec, parse_unit
 from nixwarden.errors import InvalidInput, UsageError
 from nixwarden.store.closure import closure, resolve_root
-from nixwarden.store.paths import references_in
+from nixwarden.store.paths import in_store, references_in
 
 OWN_SETTINGS = (*APIVFS_SETTINGS, *(h.key for h in HARDENING), "DynamicUser")
 
@@ -76,7 +76,18 @@ def build(request: Request) -> tuple[str, Sequence[str]]:
     if request.bin_sh is not None:
         every += request.bin_sh.store_roots
     found = closure(dict.fromkeys(every), db=request.db)
-    links = {p: os.path.realpath(p) for p in found.paths if os.path.islink(p)}
+    warnings = list(roots.warnings)
+    paths, links = set(found.paths), {}
+    for path in sorted(found.paths):
+        if not os.path.islink(path):
+            continue
+        target = os.path.realpath(path)  # readlink -e, as the module does
+        if in_store(target) and os.path.exists(target):
+            links[path] = target
+        else:
+            # Binding it would put a host file into the chroot (or fail to start).
+            paths.discard(path)
+            warnings.append(f"{path} is a symlink to {target}, outside the store: not bound")
     own = {}
     if unit is not None:
         for key in OWN_SETTINGS:
@@ -87,13 +98,12 @@ def build(request: Request) -> tuple[str, Sequence[str]]:
         DropIn(
             unit=name,
             mode=request.mode,
-            closure=found.paths,
+            closure=frozenset(paths),
             links=links,
             bin_sh=request.bin_sh,
             unit_settings=own,
         )
     )
-    warnings = list(roots.warnings)
     if not every:
         warnings.append(f"{name.name}: no store paths found; the closure is empty")
     return text, warnings
