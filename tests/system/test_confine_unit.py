@@ -123,10 +123,18 @@ def test_verify_reads_the_drop_in(programs: Programs, tmp_path: Path) -> None:
 def test_chroot_only_exec_form_and_packages(programs: Programs, tmp_path: Path) -> None:
     name = f"nwt-chroot-{programs.tag}"
     result = confine_unit(
-        "--name", name, "--mode", "chroot-only", "--bin-sh", programs.bb,
-        "--package", programs.other,
-        "--exec", f"{programs.tool}/bin/tool", f"-{programs.bb} echo {programs.link}",
-    )  # fmt: skip
+        "--name",
+        name,
+        "--mode",
+        "chroot-only",
+        "--bin-sh",
+        programs.bb,
+        "--package",
+        programs.other,
+        "--exec",
+        f"{programs.tool}/bin/tool",
+        f"-{programs.bb} echo {programs.link}",
+    )
     assert result.returncode == 0, result.stderr
     drop_in = result.stdout.decode()
     lines = drop_in.splitlines()
