@@ -13,7 +13,7 @@ from nixwarden.errors import CommandFailed
 TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     Argv = Sequence[str]
 
@@ -90,3 +90,58 @@ def exec_replace(argv: Argv, env: Mapping[str, str]) -> None:
     if not argv or not os.path.isabs(argv[0]):
         raise CommandFailed(f"refusing to exec a relative program: {argv[:1]!r}")
     os.execve(argv[0], list(argv), dict(env))
+
+
+def supervise(
+    argv: Argv,
+    *,
+    env: Mapping[str, str],
+    forward: Sequence[int],
+    targets: Callable[[int], Sequence[int]],
+    pass_fds: Sequence[int] = (),
+    on_start: Callable[[int], None] | None = None,
+) -> int:
+    """Run argv as a child in its own session and wait for it; return its exit status.
+
+    Each signal in `forward` that reaches us is sent on to `targets(child_pid)` (the
+    child itself when that names no process), so the child decides what a SIGTERM or a
+    Ctrl-C means. The child is in a new session, so a terminal's signals reach only us.
+    The result is `subprocess`'s returncode: negative when a signal killed the child.
+    """
+    import contextlib  # noqa: PLC0415 - kept off the gate's start-up path
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    child: list[subprocess.Popen[bytes]] = []
+    pending: list[int] = []  # signals that came before the child existed
+
+    def relay(signum: int, _frame: object) -> None:
+        if not child:
+            pending.append(signum)
+            return
+        pid = child[0].pid
+        for target in targets(pid) or (pid,):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(target, signum)
+
+    previous = {signum: signal.signal(signum, relay) for signum in forward}
+    try:
+        try:
+            child.append(
+                subprocess.Popen(
+                    list(argv),
+                    env=dict(env),
+                    pass_fds=tuple(pass_fds),
+                    start_new_session=True,
+                )
+            )
+        except FileNotFoundError as error:
+            raise CommandFailed(f"{argv[0]}: not found") from error
+        if on_start is not None:
+            on_start(child[0].pid)
+        while pending:
+            relay(pending.pop(0), None)
+        return child[0].wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,69 @@
+"""Finding what `/bin/sh` is inside the confinement (reads the file system).
+
+Like NixOS's `confinement.binSh`: by default the host's `/bin/sh`, symlinks resolved
+(`readlink -e`). When that lands in the store, the shell's closure joins the
+confinement's. On a distribution (Debian: `/bin/sh -> dash` in /usr/bin) it does not:
+the host binary is bound at /bin/sh, with the dynamic loader and the libraries the
+loader reports for it (`ld.so --list`), each bound read-only at the path it is loaded
+from. `--bin-sh PATH` must be in the store.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nixwarden import process
+from nixwarden.confine.elf import interpreter, parse_loader_list
+from nixwarden.confine.plan import BinSh, HostFile
+from nixwarden.errors import CommandFailed, InvalidInput
+from nixwarden.store.closure import resolve_root
+from nixwarden.store.paths import STORE_DIR, in_store
+
+HOST_BIN_SH = "/bin/sh"
+
+
+def _executable_file(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise InvalidInput(f"{what}: {path} is not a file")
+    if not os.access(path, os.X_OK):
+        raise InvalidInput(f"{what}: {path} is not executable")
+
+
+def from_store(text: str, store_dir: str = STORE_DIR) -> BinSh:
+    """`--bin-sh PATH`: a store path or a path inside one, bound with its closure."""
+    root = resolve_root(text, store_dir)
+    real = os.path.realpath(root.path)
+    if not in_store(real, store_dir):
+        raise InvalidInput(f"--bin-sh {text!r}: resolves to {real}, outside the store")
+    _executable_file(real, f"--bin-sh {text!r}")
+    roots = (root.store_path.path, resolve_root(real, store_dir).store_path.path)
+    return BinSh(real, tuple(dict.fromkeys(roots)))
+
+
+def from_host(path: str = HOST_BIN_SH, store_dir: str = STORE_DIR) -> BinSh:
+    """The host's /bin/sh target; with its loader and libraries when outside the store."""
+    real = os.path.realpath(path)
+    _executable_file(real, f"host {path}")
+    if in_store(real, store_dir):
+        return BinSh(real, (resolve_root(real, store_dir).store_path.path,))
+    with open(real, "rb") as handle:
+        data = handle.read()
+    loader = interpreter(data, real)
+    if loader is None:
+        return BinSh(real)  # static: nothing else needed
+    result = process.run([loader, "--list", real], env={}, check=False, timeout=30)
+    if result.returncode != 0:
+        raise CommandFailed(
+            f"cannot list the libraries of {real} with {loader} --list "
+            "(use --bin-sh PATH or --no-bin-sh)"
+        )
+    files = parse_loader_list(result.stdout.decode("utf-8", "replace"), real)
+    if loader not in files:
+        files = (loader, *files)
+    host_files = []
+    for file in files:
+        source = os.path.realpath(file)
+        if in_store(source, store_dir):
+            raise InvalidInput(f"{real}: library {file} is in the store; use --bin-sh")
+        host_files.append(HostFile(source, file))
+    return BinSh(real, (), tuple(host_files))

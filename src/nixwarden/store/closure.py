@@ -1,0 +1,117 @@
+"""Closures of roots given on a command line: resolve them, then ask the database or Nix.
+
+Roots may be store paths, paths inside them, or symlinks (chains of them) that lead
+into the store, like `./result` or `/run/current-system/sw/bin/ls`. As Nix's
+`followLinksToStorePath` does, links are followed only until the path is in the
+store; from there the store path that contains it is the root.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from nixwarden import process
+from nixwarden.errors import CommandFailed, InvalidInput
+from nixwarden.store import db as store_db
+from nixwarden.store.paths import STORE_DIR, BadStorePath, Root, in_store, parse_root
+
+MAX_LINKS = 40
+# Where to look for the store database instead of Nix's default (it may still fall back).
+DB_ENV = "NIXWARDEN_STORE_DB"
+
+# What `nix-store` may need from our environment to find the same store we would read.
+NIX_ENV = ("NIX_REMOTE", "NIX_CONF_DIR", "NIX_STATE_DIR", "NIX_STORE_DIR", "NIX_DAEMON_SOCKET_PATH")
+
+
+class Source(enum.Enum):
+    DATABASE = "database"
+    NIX_STORE = "nix-store -qR"
+
+
+@dataclass(frozen=True)
+class Closure:
+    paths: frozenset[str]
+    source: Source
+    why_fallback: str = ""
+
+
+def resolve_root(text: str, store_dir: str = STORE_DIR, cwd: str | None = None) -> Root:
+    """The store path (and the part below it) that `text` names; errors name `text`."""
+    if not text:
+        raise InvalidInput("root '': empty")
+    path = text if os.path.isabs(text) else os.path.join(cwd or os.getcwd(), text)
+    for _ in range(MAX_LINKS):
+        if in_store(path, store_dir):
+            try:
+                root = parse_root(path, store_dir)
+            except BadStorePath as error:
+                raise InvalidInput(f"root {text!r}: {error}") from error
+            if root.inner and not os.path.lexists(root.path):
+                raise InvalidInput(f"root {text!r}: {root.path} does not exist")
+            return root
+        path = os.path.normpath(path)
+        if os.path.islink(path):
+            target = os.readlink(path)
+            path = target if os.path.isabs(target) else os.path.join(os.path.dirname(path), target)
+            continue
+        if not os.path.lexists(path):
+            raise InvalidInput(f"root {text!r}: does not exist (and is not in {store_dir})")
+        # A parent may be the link (`./result/bin/hello`): resolve the parents only, so
+        # that a link in the last component is still followed one step at a time.
+        parent = os.path.dirname(path)
+        real_parent = os.path.realpath(parent)
+        if real_parent == parent:
+            break
+        path = os.path.join(real_parent, os.path.basename(path))
+    else:
+        raise InvalidInput(f"root {text!r}: too many levels of symbolic links")
+    raise InvalidInput(f"root {text!r}: not in the store {store_dir} (resolves to {path})")
+
+
+def nix_store_closure(
+    store_paths: Sequence[str], nix_store: str, environ: Mapping[str, str]
+) -> frozenset[str]:
+    """`nix-store --query --requisites`: the fallback when the database cannot be read."""
+    env = {"PATH": "/usr/bin:/bin"} | {k: environ[k] for k in NIX_ENV if k in environ}
+    if "HOME" in environ:
+        env["HOME"] = environ["HOME"]
+    result = process.run(
+        [nix_store, "--query", "--requisites", "--", *store_paths], env=env, check=False
+    )
+    if result.returncode != 0:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        last = lines[-1] if lines else f"exit status {result.returncode}"
+        if "is not valid" in last:
+            raise InvalidInput(last.removeprefix("error: "))
+        raise CommandFailed(f"{nix_store} --query --requisites: {last}")
+    return frozenset(line for line in result.stdout.decode().splitlines() if line)
+
+
+def closure(
+    store_paths: Iterable[str],
+    *,
+    db: str | None = None,
+    nix_store: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Closure:
+    """The closure from the database (`db`; by default $NIXWARDEN_STORE_DB or Nix's);
+    falls back to `nix-store -qR` when it cannot be read, unless `db` was given."""
+    paths = sorted(set(store_paths))
+    if not paths:
+        return Closure(frozenset(), Source.DATABASE)
+    environ = os.environ if environ is None else environ
+    default = environ.get(DB_ENV) or store_db.DEFAULT_DB
+    try:
+        return Closure(store_db.closure(paths, db or default), Source.DATABASE)
+    except store_db.DatabaseUnreadable as error:
+        if db is not None:
+            raise CommandFailed(str(error)) from error
+        why = str(error)
+    from nixwarden.config import find_nix_program  # noqa: PLC0415 - only on the fallback
+
+    program = nix_store or find_nix_program("nix-store")
+    found = nix_store_closure(paths, program, environ)
+    return Closure(found, Source.NIX_STORE, why)

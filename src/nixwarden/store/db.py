@@ -1,0 +1,118 @@
+"""The Nix store database, read-only, safe beside a running nix-daemon.
+
+Nix keeps `/nix/var/nix/db/db.sqlite` in WAL mode. A reader that opens it with
+`mode=ro` sees one consistent snapshot for the length of one read transaction while
+the daemon keeps writing: every query here runs inside a single `BEGIN … COMMIT`.
+`SQLITE_BUSY` (WAL recovery, a checkpoint holding the lock) is retried with back-off.
+We never open with `immutable=1`: that skips locking and is wrong on a live database.
+
+Tables used (Nix's `schema.sql`, schema version 10, the same in Lix):
+`ValidPaths(id, path, …)` and `Refs(referrer, reference)` (ids of ValidPaths;
+a path may refer to itself).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from nixwarden.errors import InvalidInput, NixwardenError
+
+DEFAULT_DB = "/nix/var/nix/db/db.sqlite"
+
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+_MISSING = """
+SELECT j.value FROM json_each(?1) AS j
+LEFT JOIN ValidPaths AS v ON v.path = j.value
+WHERE v.id IS NULL
+"""
+
+# The closure as a recursive query: UNION (not UNION ALL) drops ids already seen, so
+# every path is visited once; Refs' primary key (referrer, reference) serves the join.
+_CLOSURE = """
+WITH RECURSIVE closure(id) AS (
+    SELECT v.id FROM json_each(?1) AS j JOIN ValidPaths AS v ON v.path = j.value
+    UNION
+    SELECT r.reference FROM Refs AS r JOIN closure AS c ON r.referrer = c.id
+)
+SELECT v.path FROM closure AS c JOIN ValidPaths AS v ON v.id = c.id
+"""
+
+
+class DatabaseUnreadable(NixwardenError):
+    """The database cannot be read (permissions, missing, foreign schema, busy too long)."""
+
+
+class InvalidPaths(InvalidInput):
+    """Some roots are not valid store paths; `paths` names them."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = tuple(paths)
+        listed = ", ".join(self.paths)
+        super().__init__(f"not a valid store path: {listed}")
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(error)
+    return "locked" in text or "busy" in text
+
+
+def _uri(path: str) -> str:
+    """A read-only SQLite URI; '%', '?' and '#' in the path are percent-encoded."""
+    quoted = path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return f"file:{quoted}?mode=ro"
+
+
+def closure(
+    store_paths: Sequence[str],
+    db: str = DEFAULT_DB,
+    *,
+    attempts: int = 8,
+    busy_timeout: float = 2.0,
+) -> frozenset[str]:
+    """The closure of `store_paths` (exact store paths) from the database at `db`.
+
+    Raises `InvalidPaths` when a root is not valid and `DatabaseUnreadable` when the
+    database cannot answer, so that the caller may ask Nix instead.
+    """
+    roots = json.dumps(list(store_paths))
+    delay = 0.02
+    last: sqlite3.Error | None = None
+    for _ in range(attempts):
+        try:
+            return _closure_once(db, roots, busy_timeout)
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error):
+                raise DatabaseUnreadable(f"{db}: {error}") from error
+            last = error
+        except sqlite3.Error as error:
+            raise DatabaseUnreadable(f"{db}: {error}") from error
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    raise DatabaseUnreadable(f"{db}: still busy after {attempts} attempts: {last}")
+
+
+def _closure_once(db: str, roots: str, busy_timeout: float) -> frozenset[str]:
+    connection = sqlite3.connect(
+        _uri(db), uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=True
+    )
+    try:
+        # query_only: even a bug here cannot write to the store's database.
+        connection.execute("PRAGMA query_only = ON")
+        # One read transaction: both queries see the same snapshot of the store.
+        connection.execute("BEGIN")
+        missing = [row[0] for row in connection.execute(_MISSING, (roots,))]
+        if missing:
+            raise InvalidPaths(missing)
+        paths = frozenset(row[0] for row in connection.execute(_CLOSURE, (roots,)))
+        connection.execute("COMMIT")
+    finally:
+        connection.close()  # rolls back a transaction left open by an error
+    return paths
