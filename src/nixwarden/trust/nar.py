@@ -20,7 +20,7 @@ import hashlib
 import os
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -468,3 +468,41 @@ def list_lines(stream: Readable) -> Iterator[bytes]:
 
 def _display(path: Path) -> bytes:
     return b"/".join((b".", *(escape_name(name) for name in path)))
+
+
+# --- writing from events ---------------------------------------------------------------
+
+
+def write_events(events: Iterable[Event], write: Write) -> None:
+    """Serialize a stream of events (as `parse` yields them) back into NAR bytes.
+
+    With `parse`, this gives copy-through-validation: what comes out is exactly the
+    canonical archive of the tree the events describe.
+    """
+    write(_HEADER)
+    file_size = 0
+    for event in events:
+        match event:
+            case DirectoryStart(path):
+                write(_entry_open(path) + _TYPE_DIRECTORY)
+            case DirectoryEnd(path):
+                write(_CLOSE + _entry_close(path))
+            case FileStart(path, executable, size):
+                header = _TYPE_REGULAR + (_EXECUTABLE if executable else b"")
+                write(_entry_open(path) + header + _CONTENTS + struct.pack("<Q", size))
+                file_size = size
+            case FileChunk(data):
+                write(data)
+            case FileEnd(path):
+                write(b"\0" * (-file_size % 8) + _CLOSE + _entry_close(path))
+            case Symlink(path, target):
+                write(_entry_open(path) + _TYPE_SYMLINK + _string(target) + _CLOSE)
+                write(_entry_close(path))
+
+
+def _entry_open(path: Path) -> bytes:
+    return _ENTRY + _string(path[-1]) + _NODE if path else b""
+
+
+def _entry_close(path: Path) -> bytes:
+    return _CLOSE if path else b""

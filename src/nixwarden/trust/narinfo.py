@@ -69,7 +69,10 @@ class NarInfo:
                 return None
             return values[0]
 
-        store_path = StorePath.parse(_required(one("StorePath")), store_dir)
+        try:
+            store_path = StorePath.parse(_required(one("StorePath")), store_dir)
+        except FormatError as error:
+            raise FormatError(f"narinfo: StorePath: {error}") from None
         url = _required(one("URL"))
         if not _URL.fullmatch(url):
             raise FormatError("narinfo: URL is empty or contains spaces or control characters")
