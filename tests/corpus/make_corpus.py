@@ -67,8 +67,10 @@ NARS: dict[str, bytes] = {
     "nar_truncated": GOOD[:-13],
     "nar_truncated_contents": nar(regular(b"x" * 64))[:60],
     "nar_trailing_bytes": GOOD + b"\0" * 8,
-    "nar_nonzero_padding": s("nix-archive-1") + tokens("(", "type", "regular", "contents")
-    + s(b"abc", pad=b"\x01") + tokens(")"),
+    "nar_nonzero_padding": s("nix-archive-1")
+    + tokens("(", "type", "regular", "contents")
+    + s(b"abc", pad=b"\x01")
+    + tokens(")"),
     "nar_unsorted_entries": nar(directory(entry(b"b", regular()), entry(b"a", regular()))),
     "nar_duplicate_entry": nar(directory(entry(b"a", regular()), entry(b"a", regular()))),
     "nar_empty_name": nar(directory(entry(b"", regular()))),
