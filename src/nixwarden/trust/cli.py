@@ -5,24 +5,21 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from nixwarden.cliutil import parser
 from nixwarden.errors import InvalidInput, Refused, UsageError
-from nixwarden.trust import cache, nar, pathinfo
+from nixwarden.trust import nar
 from nixwarden.trust.errors import FormatError
-from nixwarden.trust.files import write_atomic
 from nixwarden.trust.hashes import HashFormat
-from nixwarden.trust.keys import (
-    PublicKey,
-    SecretKey,
-    Signature,
-    TrustedKeys,
-    decode_secret_key,
-    fingerprint,
-    parse_public_keys,
-)
-from nixwarden.trust.restore import restore
-from nixwarden.trust.storepath import StorePath
+
+if TYPE_CHECKING:
+    from nixwarden.trust import pathinfo
+    from nixwarden.trust.keys import SecretKey, TrustedKeys
+    from nixwarden.trust.storepath import StorePath
+
+# `nar` commands import only what they use: a hash of a large tree should not wait for
+# the Ed25519 and compression libraries to load. The other commands import lazily below.
 
 MAX_KEY_FILE = 64 << 10
 
@@ -79,6 +76,8 @@ def _nar(argv: list[str]) -> int:
                 digest = nar.hash_path(args.path)
                 print(digest.hash.render(HashFormat(args.format)))
             case "restore":
+                from nixwarden.trust.restore import restore  # noqa: PLC0415
+
                 restore(sys.stdin.buffer, args.directory)
             case "ls":
                 lines = list(nar.list_lines(sys.stdin.buffer))  # all validated before any output
@@ -102,6 +101,9 @@ def _key(argv: list[str]) -> int:
     generate.add_argument("--secret", required=True, metavar="FILE", help="secret key file")
     generate.add_argument("--public", required=True, metavar="FILE", help="public key file")
     args = top.parse_args(argv)
+    from nixwarden.trust.files import write_atomic  # noqa: PLC0415
+    from nixwarden.trust.keys import SecretKey  # noqa: PLC0415
+
     for path in (args.secret, args.public):
         if os.path.lexists(path):
             raise InvalidInput(f"{path}: already exists; not overwriting it")
@@ -113,6 +115,8 @@ def _key(argv: list[str]) -> int:
 
 
 def read_secret_key(path: str) -> SecretKey:
+    from nixwarden.trust.keys import decode_secret_key  # noqa: PLC0415
+
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_KEY_FILE)
@@ -125,6 +129,8 @@ def read_secret_key(path: str) -> SecretKey:
 
 
 def read_public_keys(paths: Sequence[str]) -> TrustedKeys:
+    from nixwarden.trust.keys import PublicKey, TrustedKeys, parse_public_keys  # noqa: PLC0415
+
     keys: list[PublicKey] = []
     for path in paths:
         try:
@@ -144,6 +150,8 @@ def read_public_keys(paths: Sequence[str]) -> TrustedKeys:
 
 
 def _store_paths(arguments: Sequence[str]) -> list[StorePath]:
+    from nixwarden.trust import pathinfo  # noqa: PLC0415
+
     paths = [pathinfo.resolve(argument) for argument in arguments]
     return list(dict.fromkeys(paths))
 
@@ -164,6 +172,9 @@ def _sign(argv: list[str]) -> int:
     command.add_argument("--key", required=True, metavar="SECFILE", help="secret key file")
     command.add_argument("paths", nargs="+", metavar="PATH")
     args = command.parse_args(argv)
+    from nixwarden.trust import pathinfo  # noqa: PLC0415
+    from nixwarden.trust.keys import fingerprint  # noqa: PLC0415
+
     key = read_secret_key(args.key)
     paths = _store_paths(args.paths)
     query = pathinfo.query(paths, recursive=False)
@@ -196,6 +207,8 @@ def _verify(argv: list[str]) -> int:
     )
     command.add_argument("paths", nargs="+", metavar="PATH")
     args = command.parse_args(argv)
+    from nixwarden.trust import pathinfo  # noqa: PLC0415
+
     trusted = read_public_keys(args.trusted_key)
     paths = _store_paths(args.paths)
     query = pathinfo.query(paths, recursive=False)
@@ -218,6 +231,8 @@ def _verify(argv: list[str]) -> int:
 
 
 def _problem(info: pathinfo.PathInfo, trusted: TrustedKeys, check_contents: bool) -> str | None:
+    from nixwarden.trust.keys import Signature, fingerprint  # noqa: PLC0415
+
     if check_contents:
         digest = nar.hash_path(info.absolute)
         if (digest.hash, digest.size) != (info.nar_hash, info.nar_size):
@@ -248,6 +263,8 @@ def _problem(info: pathinfo.PathInfo, trusted: TrustedKeys, check_contents: bool
 
 
 def _cache(argv: list[str]) -> int:
+    from nixwarden.trust import cache, pathinfo  # noqa: PLC0415
+
     top = parser("cache", "file:// binary caches that nix copy and substituters accept.")
     commands = top.add_subparsers(dest="action", required=True, metavar="ACTION")
     export = commands.add_parser(
