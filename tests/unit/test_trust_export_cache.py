@@ -142,3 +142,13 @@ def test_cache_refuses_urls_outside_nar(trees: dict[StorePath, Path], tmp_path: 
     narinfo_file.write_text(text.replace(url, "URL: ../../etc/passwd"))
     with pytest.raises(FormatError, match="not a nar/ file name"):
         cache.BinaryCache(root).check(A, TrustedKeys.of([key.public()]))
+
+
+def test_cache_refuses_a_foreign_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(Refused, match="not a binary cache"):
+        cache.init(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    cache.init(str(tmp_path / "fresh"))
+    cache.init(str(tmp_path / "fresh"))  # an existing cache is fine
+    assert (tmp_path / "fresh" / "nix-cache-info").read_text() == "StoreDir: /nix/store\n"

@@ -75,9 +75,15 @@ class CacheSource:
 
 
 def init(root: str, store_dir: str = STORE_DIR) -> None:
-    """Create the cache directory (or accept an existing cache for the same store)."""
-    os.makedirs(os.path.join(root, "nar"), mode=0o755, exist_ok=True)
+    """Create the cache directory (or accept an existing cache for the same store).
+
+    A non-empty directory that is not a cache is refused: exporting into the wrong
+    directory should not scatter files among someone else's.
+    """
     info = os.path.join(root, CACHE_INFO)
+    if os.path.isdir(root) and os.listdir(root) and not os.path.exists(info):
+        raise Refused(f"{root}: not empty and not a binary cache (no {CACHE_INFO})")
+    os.makedirs(os.path.join(root, "nar"), mode=0o755, exist_ok=True)
     if os.path.exists(info):
         existing = read_store_dir(root)
         if existing != store_dir:
