@@ -1,0 +1,308 @@
+"""`nixwarden nar|key|sign|verify|cache`: the trust core on the command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from nixwarden.cliutil import parser
+from nixwarden.errors import InvalidInput, Refused, UsageError
+from nixwarden.trust import nar
+from nixwarden.trust.errors import FormatError
+from nixwarden.trust.hashes import HashFormat
+
+if TYPE_CHECKING:
+    from nixwarden.trust import pathinfo
+    from nixwarden.trust.keys import SecretKey, TrustedKeys
+    from nixwarden.trust.storepath import StorePath
+
+# `nar` commands import only what they use: a hash of a large tree should not wait for
+# the Ed25519 and compression libraries to load. The other commands import lazily below.
+
+MAX_KEY_FILE = 64 << 10
+
+
+def main(command: str, argv: list[str]) -> int:
+    handlers: dict[str, Callable[[list[str]], int]] = {
+        "nar": _nar,
+        "key": _key,
+        "sign": _sign,
+        "verify": _verify,
+        "cache": _cache,
+    }
+    return handlers[command](argv)
+
+
+def _stdout(data: bytes | bytearray | memoryview) -> None:
+    sys.stdout.buffer.write(data)
+
+
+def _io_error(path: str, error: OSError) -> InvalidInput:
+    return InvalidInput(f"{path}: {error.strerror or error}")
+
+
+# --- nar -------------------------------------------------------------------------------
+
+
+def _nar(argv: list[str]) -> int:
+    top = parser(
+        "nar",
+        "Nix archives (NAR): byte-identical to nix-store --dump, strict when reading.",
+        epilog="Reading commands refuse any malformed archive with exit status 2.",
+    )
+    commands = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dump = commands.add_parser("dump", help="write the NAR of PATH to stdout")
+    dump.add_argument("path", metavar="PATH")
+    hashing = commands.add_parser("hash", help="print the NAR hash of PATH (sha256:<nix32>)")
+    hashing.add_argument("path", metavar="PATH")
+    hashing.add_argument(
+        "--format",
+        choices=[form.value for form in HashFormat],
+        default=HashFormat.NIX32.value,
+        help="how to print the hash (default: nix32, as nix-store -q --hash)",
+    )
+    unpack = commands.add_parser("restore", help="unpack the NAR on stdin as DIR (must not exist)")
+    unpack.add_argument("directory", metavar="DIR")
+    commands.add_parser("ls", help="validate the NAR on stdin and list its contents")
+    args = top.parse_args(argv)
+    try:
+        match args.action:
+            case "dump":
+                nar.dump(args.path, _stdout)
+                sys.stdout.buffer.flush()
+            case "hash":
+                digest = nar.hash_path(args.path)
+                print(digest.hash.render(HashFormat(args.format)))
+            case "restore":
+                from nixwarden.trust.restore import restore  # noqa: PLC0415
+
+                restore(sys.stdin.buffer, args.directory)
+            case "ls":
+                lines = list(nar.list_lines(sys.stdin.buffer))  # all validated before any output
+                sys.stdout.buffer.write(b"".join(line + b"\n" for line in lines))
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        raise _io_error(error.filename or "", error) from None
+    return 0
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def _key(argv: list[str]) -> int:
+    top = parser("key", "Nix signing keys (name:base64, as nix key generate-secret writes them).")
+    commands = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    generate = commands.add_parser(
+        "generate",
+        help="generate a key pair; the secret file is mode 0600 and never overwritten",
+    )
+    generate.add_argument("--name", required=True, help="key name, e.g. builder1.example.org-1")
+    generate.add_argument("--secret", required=True, metavar="FILE", help="secret key file")
+    generate.add_argument("--public", required=True, metavar="FILE", help="public key file")
+    args = top.parse_args(argv)
+    from nixwarden.trust.files import write_atomic  # noqa: PLC0415
+    from nixwarden.trust.keys import SecretKey  # noqa: PLC0415
+
+    for path in (args.secret, args.public):
+        if os.path.lexists(path):
+            raise InvalidInput(f"{path}: already exists; not overwriting it")
+    secret = SecretKey.generate(args.name)
+    write_atomic(args.secret, secret.render().encode(), mode=0o600, replace=False)
+    write_atomic(args.public, (secret.public().render() + "\n").encode(), mode=0o644, replace=False)
+    print(secret.public().render())
+    return 0
+
+
+def read_secret_key(path: str) -> SecretKey:
+    from nixwarden.trust.keys import decode_secret_key  # noqa: PLC0415
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_KEY_FILE)
+    except OSError as error:
+        raise _io_error(path, error) from None
+    try:
+        return decode_secret_key(data)
+    except FormatError as error:
+        raise FormatError(f"{path}: {error}") from None
+
+
+def read_public_keys(paths: Sequence[str]) -> TrustedKeys:
+    from nixwarden.trust.keys import PublicKey, TrustedKeys, parse_public_keys  # noqa: PLC0415
+
+    keys: list[PublicKey] = []
+    for path in paths:
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read(MAX_KEY_FILE)
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not ASCII text"
+            raise InvalidInput(f"{path}: {reason}") from None
+        try:
+            keys += parse_public_keys(text)
+        except FormatError as error:
+            raise FormatError(f"{path}: {error}") from None
+    return TrustedKeys.of(keys)
+
+
+# --- sign and verify -------------------------------------------------------------------
+
+
+def _store_paths(arguments: Sequence[str]) -> list[StorePath]:
+    from nixwarden.trust import pathinfo  # noqa: PLC0415
+
+    paths = [pathinfo.resolve(argument) for argument in arguments]
+    return list(dict.fromkeys(paths))
+
+
+def _known(query: pathinfo.Query) -> None:
+    if query.invalid:
+        names = ", ".join(path.absolute() for path in query.invalid)
+        raise Refused(f"not valid in the store: {names}")
+
+
+def _sign(argv: list[str]) -> int:
+    command = parser(
+        "sign",
+        "Sign store paths with a Nix secret key; prints 'PATH SIGNATURE' per path.\n"
+        "The signature covers the path's fingerprint (path, NAR hash and size, references)\n"
+        "as the store records it; add it with nix store sign or ship it in a narinfo.",
+    )
+    command.add_argument("--key", required=True, metavar="SECFILE", help="secret key file")
+    command.add_argument("paths", nargs="+", metavar="PATH")
+    args = command.parse_args(argv)
+    from nixwarden.trust import pathinfo  # noqa: PLC0415
+    from nixwarden.trust.keys import fingerprint  # noqa: PLC0415
+
+    key = read_secret_key(args.key)
+    paths = _store_paths(args.paths)
+    query = pathinfo.query(paths, recursive=False)
+    _known(query)
+    for path in paths:
+        info = query.infos[path]
+        signed = fingerprint(info.absolute, info.nar_hash, info.nar_size, info.reference_paths())
+        print(f"{info.absolute} {key.sign(signed).render()}")
+    return 0
+
+
+def _verify(argv: list[str]) -> int:
+    command = parser(
+        "verify",
+        "Check that every PATH carries a valid signature by a trusted key, as\n"
+        "`nix store verify --sigs-needed 1` does: being built locally does not count,\n"
+        "and neither does being content-addressed. Exit 1 names each failing path.",
+    )
+    command.add_argument(
+        "--trusted-key",
+        action="append",
+        required=True,
+        metavar="PUBFILE",
+        help="file of public keys (name:base64, whitespace-separated); repeatable",
+    )
+    command.add_argument(
+        "--check-contents",
+        action="store_true",
+        help="also re-hash each path's contents and compare with its recorded NAR hash",
+    )
+    command.add_argument("paths", nargs="+", metavar="PATH")
+    args = command.parse_args(argv)
+    from nixwarden.trust import pathinfo  # noqa: PLC0415
+
+    trusted = read_public_keys(args.trusted_key)
+    paths = _store_paths(args.paths)
+    query = pathinfo.query(paths, recursive=False)
+    failures = 0
+    for path in paths:
+        info = query.infos.get(path)
+        problem = (
+            "not valid in the store"
+            if info is None
+            else _problem(info, trusted, args.check_contents)
+        )
+        if problem is None:
+            continue
+        failures += 1
+        print(f"nixwarden: {path.absolute()}: {problem}", file=sys.stderr)
+    if failures:
+        raise Refused(f"{failures} of {len(paths)} paths failed verification")
+    print(f"{len(paths)} paths verified", file=sys.stderr)
+    return 0
+
+
+def _problem(info: pathinfo.PathInfo, trusted: TrustedKeys, check_contents: bool) -> str | None:
+    from nixwarden.trust.keys import Signature, fingerprint  # noqa: PLC0415
+
+    if check_contents:
+        digest = nar.hash_path(info.absolute)
+        if (digest.hash, digest.size) != (info.nar_hash, info.nar_size):
+            return (
+                f"contents hash to {digest.hash.to_nix32()} ({digest.size} bytes), "
+                f"the store records {info.nar_hash.to_nix32()} ({info.nar_size} bytes)"
+            )
+    signatures: list[Signature] = []
+    malformed = 0
+    for text in info.signatures:
+        try:
+            signatures.append(Signature.parse(text))
+        except FormatError:
+            malformed += 1
+    check = trusted.check(
+        fingerprint(info.absolute, info.nar_hash, info.nar_size, info.reference_paths()),
+        signatures,
+    )
+    if check.passed:
+        return None
+    reason = check.reason()
+    if malformed:
+        reason += f"; {malformed} malformed signatures"
+    return reason
+
+
+# --- cache -----------------------------------------------------------------------------
+
+
+def _cache(argv: list[str]) -> int:
+    from nixwarden.trust import cache, pathinfo  # noqa: PLC0415
+
+    top = parser("cache", "file:// binary caches that nix copy and substituters accept.")
+    commands = top.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = commands.add_parser(
+        "export", help="write the closure of PATHs as a signed binary cache in DIR"
+    )
+    export.add_argument("--key", required=True, metavar="SECFILE", help="secret key file")
+    export.add_argument("--to", required=True, metavar="DIR", help="cache directory")
+    export.add_argument(
+        "--compression",
+        choices=[cache.Compression.NONE.value, cache.Compression.XZ.value],
+        default=cache.Compression.XZ.value,
+        help="NAR compression (default: xz)",
+    )
+    export.add_argument("paths", nargs="+", metavar="PATH")
+    args = top.parse_args(argv)
+    if args.action != "export":  # pragma: no cover - argparse allows only export
+        raise UsageError(f"unknown cache action {args.action!r}")
+    key = read_secret_key(args.key)
+    paths = _store_paths(args.paths)
+    _known(pathinfo.query(paths, recursive=False))
+    closure = pathinfo.query(paths, recursive=True)
+    _known(closure)
+    cache.init(args.to)
+    compression = cache.Compression(args.compression)
+    for info in sorted(closure.infos.values(), key=lambda item: item.path.base_name):
+        source = cache.CacheSource(
+            path=info.path,
+            references=info.references,
+            deriver=info.deriver,
+            ca=info.ca,
+            nar_hash=info.nar_hash,
+            nar_size=info.nar_size,
+            tree=info.absolute,
+        )
+        cache.add(args.to, source, key, compression)
+    print(
+        f"{len(closure.infos)} paths written to {args.to} "
+        f"({compression.value}, signed by {key.name})",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,80 @@
+"""The trust commands' own behaviour that needs no Nix: key files, nar commands, errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from nixwarden.cli import main
+from nixwarden.trust import nar
+from nixwarden.trust.keys import PublicKey, SecretKey
+
+
+def test_key_generate_writes_private_secret_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret, public = tmp_path / "k.sec", tmp_path / "k.pub"
+    argv = ["key", "generate", "--name", "ci-1", "--secret", str(secret), "--public", str(public)]
+    assert main(argv) == 0
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    key = SecretKey.parse(secret.read_text())
+    assert PublicKey.parse(public.read_text()) == key.public()
+    out = capsys.readouterr().out
+    assert key.render().split(":")[1] not in out
+    before = secret.read_bytes()
+    public.unlink()
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert secret.read_bytes() == before
+    assert not public.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["k.sec"]  # no temporary files left
+
+
+def test_nar_dump_hash_restore_ls(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"hello\n")
+    assert main(["nar", "dump", str(tree)]) == 0
+    data = capsysbinary.readouterr().out
+    assert data == nar.dump_bytes(tree)
+    assert main(["nar", "hash", str(tree)]) == 0
+    assert capsysbinary.readouterr().out.decode().strip() == nar.hash_path(tree).hash.to_nix32()
+    assert main(["nar", "hash", "--format", "sri", str(tree)]) == 0
+    assert capsysbinary.readouterr().out.startswith(b"sha256-")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert main(["nar", "restore", str(tmp_path / "out")]) == 0
+    assert nar.dump_bytes(tmp_path / "out") == data
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert main(["nar", "ls"]) == 0
+    assert capsysbinary.readouterr().out.splitlines()[-1].endswith(b" 6 ./f")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert main(["nar", "restore", str(tmp_path / "out")]) == 2
+    assert b"already exists" in capsysbinary.readouterr().err
+
+
+def test_bad_inputs_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "missing")
+    bad_key = tmp_path / "bad.sec"
+    bad_key.write_text("k-1:" + "A" * 10)
+    os.chmod(bad_key, 0o600)
+    for argv in (
+        ["nar", "hash", missing],
+        ["nar", "frobnicate"],
+        ["sign", "--key", str(bad_key), "/nix/store/" + "0" * 32 + "-x"],
+        ["sign", "--key", missing, "/nix/store/" + "0" * 32 + "-x"],
+        ["verify", "--trusted-key", str(bad_key), "/nix/store/" + "0" * 32 + "-x"],
+        ["verify", "--trusted-key", missing, "/nix/store/" + "0" * 32 + "-x"],
+        ["key", "generate", "--name", "bad name", "--secret", missing, "--public", missing + "p"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("nixwarden: error: "), err
+        assert err.count("\n") == 1, err
+        assert "AAAAAAAAAA" not in err
+    assert not os.path.exists(missing)

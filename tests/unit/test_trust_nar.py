@@ -1,0 +1,205 @@
+"""NAR: round trips on generated trees, robustness on mutated bytes, safe restore."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nixwarden.errors import InvalidInput
+from nixwarden.trust import nar
+from nixwarden.trust.errors import FormatError
+from nixwarden.trust.restore import restore
+
+# A tree model: bytes = file, (bytes, True) = executable file, str = symlink target,
+# dict = directory.
+Tree = bytes | tuple[bytes, bool] | str | dict[bytes, "Tree"]
+
+names = st.binary(min_size=1, max_size=12).filter(
+    lambda n: b"/" not in n and b"\0" not in n and n not in (b".", b"..")
+)
+targets = st.text(
+    st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=30
+)
+leaves = st.one_of(
+    st.binary(max_size=70),
+    st.tuples(st.binary(max_size=70), st.just(True)),
+    targets,
+)
+trees: st.SearchStrategy[Tree] = st.recursive(
+    leaves, lambda children: st.dictionaries(names, children, max_size=5), max_leaves=25
+)
+
+
+def events(tree: Tree, path: nar.Path = ()) -> list[nar.Event]:
+    match tree:
+        case bytes() as data:
+            return [nar.FileStart(path, False, len(data)), nar.FileChunk(data), nar.FileEnd(path)]
+        case (bytes() as data, True):
+            return [nar.FileStart(path, True, len(data)), nar.FileChunk(data), nar.FileEnd(path)]
+        case str() as target:
+            return [nar.Symlink(path, target.encode())]
+        case dict() as entries:
+            out: list[nar.Event] = [nar.DirectoryStart(path)]
+            for name in sorted(entries):
+                out += events(entries[name], (*path, name))
+            return [*out, nar.DirectoryEnd(path)]
+    raise AssertionError(tree)
+
+
+def serialize(stream: list[nar.Event]) -> bytes:
+    parts: list[bytes] = []
+    nar.write_events(stream, lambda data: parts.append(bytes(data)))
+    return b"".join(parts)
+
+
+def reserialize(data: bytes) -> bytes:
+    return serialize(list(nar.parse(io.BytesIO(data))))
+
+
+def materialize(tree: Tree, path: Path) -> None:
+    match tree:
+        case bytes() as data:
+            path.write_bytes(data)
+        case (bytes() as data, True):
+            path.write_bytes(data)
+            path.chmod(0o755)
+        case str() as target:
+            path.symlink_to(target)
+        case dict() as entries:
+            path.mkdir()
+            for name, child in entries.items():
+                materialize(child, Path(os.fsdecode(os.fsencode(path) + b"/" + name)))
+
+
+@given(trees)
+@settings(max_examples=300, deadline=None)
+def test_serialize_parse_serialize_is_identity(tree: Tree) -> None:
+    data = serialize(events(tree))
+    assert reserialize(data) == data
+    assert [e for e in nar.parse(io.BytesIO(data)) if not isinstance(e, nar.FileChunk)] == [
+        e for e in events(tree) if not isinstance(e, nar.FileChunk)
+    ]
+
+
+@given(tree=trees)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_dump_restore_dump_on_real_trees(
+    tree: Tree, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    base = tmp_path_factory.mktemp("tree")
+    materialize(tree, base / "in")
+    data = nar.dump_bytes(base / "in")
+    assert data == serialize(events(tree))
+    digest = restore(io.BytesIO(data), base / "out")
+    assert nar.dump_bytes(base / "out") == data
+    assert digest == nar.hash_path(base / "in")
+    assert digest.size == len(data)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(serialize(events(draw(trees))))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "truncate", "insert", "delete", "set"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        match kind:
+            case "flip":
+                if data:
+                    data[at] ^= 1 << draw(st.integers(0, 7))
+            case "truncate":
+                del data[at:]
+            case "insert":
+                data[at:at] = draw(st.binary(min_size=1, max_size=16))
+            case "delete":
+                del data[at : at + draw(st.integers(1, 16))]
+            case "set":
+                data[at : at + 8] = draw(st.binary(min_size=8, max_size=8))
+    return bytes(data)
+
+
+@given(mutated())
+@settings(max_examples=600, deadline=None)
+def test_parser_raises_only_its_format_error_on_mutations(data: bytes) -> None:
+    try:
+        again = reserialize(data)
+    except FormatError as error:
+        assert "\n" not in str(error)
+    else:
+        assert again == data  # anything accepted is canonical
+
+
+def test_dump_of_special_files_is_refused(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(FormatError, match="not a regular file"):
+        nar.dump_bytes(tmp_path)
+
+
+def test_executable_bit_and_modes_survive(tmp_path: Path) -> None:
+    tree = tmp_path / "in"
+    tree.mkdir()
+    (tree / "run").write_bytes(b"#!/bin/sh\n")
+    (tree / "run").chmod(0o500)
+    (tree / "data").write_bytes(b"x" * (3 << 20))  # larger than one chunk
+    data = nar.dump_bytes(tree)
+    restore(io.BytesIO(data), tmp_path / "out")
+    assert os.stat(tmp_path / "out" / "run").st_mode & stat.S_IXUSR
+    assert not os.stat(tmp_path / "out" / "data").st_mode & stat.S_IXUSR
+    assert nar.dump_bytes(tmp_path / "out") == data
+
+
+def test_restore_never_follows_or_writes_outside(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tree = {b"link": str(outside), b"z": b"inside\n"}
+    restore(io.BytesIO(serialize(events(tree))), tmp_path / "out")
+    assert os.readlink(tmp_path / "out" / "link") == str(outside)
+    assert list(outside.iterdir()) == []
+    # An archive cannot name a path under its own symlink: names have no '/', and a
+    # second entry of the same name is refused as a duplicate.
+    trick = serialize(events({b"link": str(outside)}))
+    with pytest.raises(FormatError):
+        restore(io.BytesIO(trick + b"\0" * 8), tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "empty-directory", "file", "symlink"])
+def test_restore_refuses_an_existing_target(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "out"
+    match kind:
+        case "directory":
+            target.mkdir()
+            (target / "keep").write_text("mine")
+        case "empty-directory":
+            target.mkdir()
+        case "file":
+            target.write_text("mine")
+        case "symlink":
+            target.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InvalidInput, match="already exists"):
+        restore(io.BytesIO(serialize(events(b"x"))), target)
+    assert not (tmp_path / "elsewhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_root_file_and_symlink_archives(tmp_path: Path) -> None:
+    for name, tree in (("file", (b"#!x", True)), ("link", "../somewhere")):
+        data = serialize(events(tree))
+        restore(io.BytesIO(data), tmp_path / name)
+        assert nar.dump_bytes(tmp_path / name) == data
+
+
+def test_listing_escapes_hostile_names() -> None:
+    data = serialize(events({b"a\nb": b"", b"c\\": "t\x1b[0m"}))
+    assert list(nar.list_lines(io.BytesIO(data))) == [
+        b"dr-xr-xr-x                    0 .",
+        b"-r--r--r--                    0 ./a\\x0ab",
+        b"lrwxrwxrwx                    0 ./c\\x5c -> t\\x1b[0m",
+    ]
