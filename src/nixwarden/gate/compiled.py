@@ -100,19 +100,8 @@ def write(config: Config) -> str:
         "tenants": asdict(config.tenants),
         "principals": {name: asdict(p) for name, p in config.principals.items()},
     }
+    from nixwarden.files import write_atomic  # noqa: PLC0415 - never on the gate's path
+
     target = path_for(config.path)
-    temporary = f"{target}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        os.fchmod(fd, 0o644)
-        data = memoryview(marshal.dumps(document))
-        while data:
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(temporary)
-        raise
-    os.close(fd)
-    os.rename(temporary, target)
+    write_atomic(target, marshal.dumps(document), mode=0o644, replace=True)
     return target

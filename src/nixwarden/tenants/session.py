@@ -104,17 +104,9 @@ def write_etc(layout: tenant_layout.TenantLayout, files: dict[str, str]) -> None
                     continue
         except FileNotFoundError:
             pass
-        temporary = f"{target}.{os.getpid()}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.fchmod(fd, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, target)
+        from nixwarden.files import write_atomic  # noqa: PLC0415 - only when /etc changes
+
+        write_atomic(target, data, mode=0o644, replace=True)
 
 
 def resolve_keeping_name(path: str) -> str:

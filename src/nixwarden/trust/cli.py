@@ -101,7 +101,7 @@ def _key(argv: list[str]) -> int:
     generate.add_argument("--secret", required=True, metavar="FILE", help="secret key file")
     generate.add_argument("--public", required=True, metavar="FILE", help="public key file")
     args = top.parse_args(argv)
-    from nixwarden.trust.files import write_atomic  # noqa: PLC0415
+    from nixwarden.files import write_atomic  # noqa: PLC0415
     from nixwarden.trust.keys import SecretKey  # noqa: PLC0415
 
     for path in (args.secret, args.public):
