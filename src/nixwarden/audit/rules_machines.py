@@ -77,7 +77,7 @@ def check(facts: Facts) -> list[Finding]:
             if problem:
                 findings.append(
                     BAD_HOST_KEY.finding(
-                        evidence=f"{machine.uri}: host key {problem}",
+                        evidence=f"{machine.uri}: host key column: {problem}",
                         setting="builders",
                         file=machine.file,
                         line=machine.line,
