@@ -14,9 +14,7 @@ import pytest
 from nixwarden.audit.catalog import RULES
 from tests.unit.audit_helpers import CORPUS, audit_case
 
-CASES = sorted(
-    (rule.id, kind) for rule in RULES for kind in ("positive", "negative")
-)
+CASES = sorted((rule.id, kind) for rule in RULES for kind in ("positive", "negative"))
 
 
 def test_every_rule_has_both_cases() -> None:

@@ -53,7 +53,9 @@ def test_extra_before_plain_in_the_same_file_is_lost() -> None:
 def test_an_include_applies_before_the_including_files_own_settings() -> None:
     # Nix reads an include when it reaches the line, but applies the including file's
     # own settings only after the whole file is parsed.
-    conf = load({MAIN: b"sandbox = true\ninclude extra.conf\n", "/etc/nix/extra.conf": b"sandbox = false\n"})
+    conf = load(
+        {MAIN: b"sandbox = true\ninclude extra.conf\n", "/etc/nix/extra.conf": b"sandbox = false\n"}
+    )
     assert conf.value("sandbox") == "true"
     conf = load({MAIN: b"include extra.conf\n", "/etc/nix/extra.conf": b"sandbox = false\n"})
     assert conf.value("sandbox") == "false"
@@ -78,7 +80,9 @@ def test_include_is_relative_to_the_including_file() -> None:
 
 
 def test_include_cycle_is_reported_and_broken() -> None:
-    conf = load({MAIN: b"include a.conf\nsandbox = true\n", "/etc/nix/a.conf": b"include nix.conf\n"})
+    conf = load(
+        {MAIN: b"include a.conf\nsandbox = true\n", "/etc/nix/a.conf": b"include nix.conf\n"}
+    )
     assert ProblemKind.INCLUDE_CYCLE in kinds(conf)
     assert conf.value("sandbox") == "true"
 
@@ -142,7 +146,14 @@ def test_odd_whitespace_and_trailing_comments(line: bytes, value: str) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"sandbox=false", b"sandbox =false", b"sandbox= false", b"sandbox", b"= false", b"sandbox : false"],
+    [
+        b"sandbox=false",
+        b"sandbox =false",
+        b"sandbox= false",
+        b"sandbox",
+        b"= false",
+        b"sandbox : false",
+    ],
 )
 def test_lines_nix_rejects(line: bytes) -> None:
     conf = load({MAIN: line + b"\n"})

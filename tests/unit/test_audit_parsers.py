@@ -116,7 +116,9 @@ def effective(
 
     config = sshd.parse(text.encode(), read=read, glob=glob)
     decided = config.effective(user, groups, unknown_matches=False)
-    return {key: sshd.value(decided, key)[0] for key in ("permittty", "forcecommand", "x11forwarding")}
+    return {
+        key: sshd.value(decided, key)[0] for key in ("permittty", "forcecommand", "x11forwarding")
+    }
 
 
 def test_sshd_first_value_wins_and_match_overrides_global() -> None:
@@ -186,7 +188,7 @@ def test_authorized_keys_plain_key_comments_blank_lines_and_case() -> None:
     ("line", "problem"),
     [
         ("bogus " + KEY, "unknown option"),
-        ('command=/bin/x ' + KEY, "double quotes"),
+        ("command=/bin/x " + KEY, "double quotes"),
         ('command="/bin/x ' + KEY, "closing quote"),
         ("restrict ssh-foo AAAA", "unknown key type"),
         ("ssh-ed25519 !!!", "not base64"),
@@ -271,7 +273,5 @@ def test_nix_2_8_is_affected() -> None:
         ("lix", (2, 93, 1), "CVE-2025-52992", False),
     ],
 )
-def test_advisory_ranges(
-    product: str, version: tuple[int, int, int], cve: str, hit: bool
-) -> None:
+def test_advisory_ranges(product: str, version: tuple[int, int, int], cve: str, hit: bool) -> None:
     assert any(cve in ids for ids in _affected(product, version)) is hit

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 Reader = Callable[[str], bytes]
 MAX_DEPTH = 16
+MAX_FILES = 256
 
 KEY_TYPES = frozenset(
     {
@@ -183,6 +184,9 @@ def _at_file(state: _State, path: str, file: str, number: int) -> None:
         return
     if path in state.stack or len(state.stack) >= MAX_DEPTH:
         state.problems.append(MachineProblem(file, number, f"@{path}: include cycle"))
+        return
+    if len(state.files) >= MAX_FILES:
+        state.problems.append(MachineProblem(file, number, f"@{path}: too many files"))
         return
     try:
         data = state.read(path)

@@ -24,6 +24,7 @@ Reader = Callable[[str], bytes]
 Globber = Callable[[str], list[str]]
 SSHDIR = "/etc/ssh"
 MAX_DEPTH = 16  # sshd's READCONF_MAX_DEPTH
+MAX_FILES = 256
 
 # OpenSSH 9.x compiled-in defaults for the keywords the audit looks at.
 DEFAULTS = {
@@ -161,6 +162,7 @@ class _State:
     files: list[str] = field(default_factory=list)
     match: tuple[Criterion, ...] | None = None
     match_line: tuple[str, int] | None = None
+    stack: list[str] = field(default_factory=list)
 
 
 def _criteria(args: list[str]) -> tuple[Criterion, ...] | None:
@@ -220,6 +222,12 @@ def _include(state: _State, pattern: str, path: str, number: int, depth: int) ->
         state.problems.append(SshdProblem(path, number, f"Include {pattern}: too deep"))
         return
     for target in sorted(state.glob(full)):
+        if target in state.stack:
+            state.problems.append(SshdProblem(path, number, f"Include {target}: include cycle"))
+            continue
+        if len(state.files) >= MAX_FILES:
+            state.problems.append(SshdProblem(path, number, f"Include {target}: too many files"))
+            return
         try:
             data = state.read(target)
         except OSError as error:
@@ -228,7 +236,11 @@ def _include(state: _State, pattern: str, path: str, number: int, depth: int) ->
             )
             continue
         state.files.append(target)
-        _parse(state, data.decode("utf-8", "replace"), target, depth + 1)
+        state.stack.append(target)
+        try:
+            _parse(state, data.decode("utf-8", "replace"), target, depth + 1)
+        finally:
+            state.stack.pop()
 
 
 def parse(
@@ -245,5 +257,6 @@ def parse(
 
     state = _State(read=read or no_files, glob=glob or literal)
     state.files.append(path)
+    state.stack.append(path)
     _parse(state, data.decode("utf-8", "replace"), path, 0)
     return SshdConfig(tuple(state.lines), tuple(state.problems), tuple(state.files))
