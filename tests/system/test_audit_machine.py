@@ -27,8 +27,11 @@ def test_the_real_machine(system: None) -> None:
     # Debian's packaged nix.conf says `sandbox = false` (with a comment explaining why).
     sandbox = by_rule["nix-sandbox-disabled"]
     assert sandbox["file"] == "/etc/nix/nix.conf" and sandbox["evidence"] == "sandbox = false"
-    assert Path("/etc/nix/nix.conf").read_text().splitlines()[sandbox["line"] - 1].startswith(
-        "sandbox"
+    assert (
+        Path("/etc/nix/nix.conf")
+        .read_text()
+        .splitlines()[sandbox["line"] - 1]
+        .startswith("sandbox")
     )
     # Nix 2.8 predates every fix in the advisory table.
     advisories = [f for f in findings if f["rule"] == "nix-version-advisory"]
@@ -64,7 +67,9 @@ def test_a_real_builder_user(system: None, users: harness.Users, tmp_path: Path)
     assert "ssh-key-unrestricted" not in rules
 
 
-def test_match_evaluation_agrees_with_sshd(system: None, users: harness.Users, tmp_path: Path) -> None:
+def test_match_evaluation_agrees_with_sshd(
+    system: None, users: harness.Users, tmp_path: Path
+) -> None:
     """Our reading of Include/Match against `sshd -T -C` for the same user."""
     from nixwarden.audit import sshd as sshd_parser  # noqa: PLC0415
 

@@ -277,3 +277,10 @@ def test_text_colour_only_when_asked_and_control_characters_escaped() -> None:
     plain = render.text([finding], Severity.HIGH, colour=False)
     assert "\x1b" not in plain and "\\x1b[31mfalse" in plain
     assert "\x1b[" in render.text([finding], Severity.HIGH, colour=True)
+
+
+def test_docs_describe_every_rule() -> None:
+    docs = (REPO / "docs" / "audit.md").read_text()
+    for rule in RULES:
+        assert f"#### {rule.id}\n" in docs, rule.id
+        assert f"**{rule.severity.value}** · {rule.title}." in docs, rule.id

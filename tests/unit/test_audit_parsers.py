@@ -160,6 +160,18 @@ def test_sshd_unknown_criteria_are_evaluated_both_ways() -> None:
     assert sshd.value(loose, "permittty")[0] == "no"
 
 
+def test_sshd_include_cycles_and_fan_out_are_bounded() -> None:
+    data = b"Include a b c d\nPermitTTY no\n"
+    config = sshd.parse(data, "/etc/ssh/a", read=lambda path: data, glob=lambda p: [p])
+    assert any("cycle" in p.detail for p in config.problems)
+    assert len(config.files) <= sshd.MAX_FILES + 1
+
+
+def test_authorized_keys_problems_never_quote_the_file() -> None:
+    _, problems = authorized_keys.parse(b"root:$6$secret$hash:19000:0:99999:7:::\n")
+    assert problems and "secret" not in problems[0].detail and "root" not in problems[0].detail
+
+
 def test_sshd_garbage_is_a_problem_not_a_crash() -> None:
     config = sshd.parse(b'PermitTTY "unterminated\nMatch\n\xff\xfe\x00\n')
     assert len(config.problems) == 2
