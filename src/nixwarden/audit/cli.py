@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -21,7 +22,7 @@ file that cannot be read. Rules and formats: docs/audit.md; one rule: --explain 
 SEVERITY_CHOICES = ("critical", "high", "medium", "low", "info")
 
 
-def _arguments(argv: list[str]) -> object:
+def _arguments(argv: list[str]) -> argparse.Namespace:
     p = parser("audit", DESCRIPTION)
     p.add_argument("--root", metavar="DIR", help="audit a tree (an image) instead of /")
     p.add_argument("--nix-conf", metavar="FILE", help="nix.conf (default $NIX_CONF_DIR/nix.conf)")
@@ -51,24 +52,24 @@ def explain(rule_id: str) -> str:
 
 def main(command: str, argv: list[str]) -> int:
     args = _arguments(argv)
-    if args.explain is not None:  # type: ignore[attr-defined]
-        sys.stdout.write(explain(args.explain))  # type: ignore[attr-defined]
+    if args.explain is not None:
+        sys.stdout.write(explain(args.explain))
         return EXIT_OK
 
     from nixwarden.audit import catalog, gather, render  # noqa: PLC0415
     from nixwarden.audit.model import Severity  # noqa: PLC0415
 
     options = gather.Options(
-        root=args.root,  # type: ignore[attr-defined]
-        nix_conf=args.nix_conf,  # type: ignore[attr-defined]
-        machines=args.machines,  # type: ignore[attr-defined]
-        sshd_config=args.sshd_config,  # type: ignore[attr-defined]
-        config=args.config,  # type: ignore[attr-defined]
+        root=args.root,
+        nix_conf=args.nix_conf,
+        machines=args.machines,
+        sshd_config=args.sshd_config,
+        config=args.config,
     )
-    fail_on = Severity.parse(args.fail_on)  # type: ignore[attr-defined]
+    fail_on = Severity.parse(args.fail_on)
     facts = gather.gather(options, os.environ)
     findings = catalog.run(facts)
-    match args.format:  # type: ignore[attr-defined]
+    match args.format:
         case "json":
             output = render.json_report(findings, fail_on)
         case "sarif":

@@ -10,7 +10,6 @@ from nixwarden.audit.model import SEVERITIES, Finding, Rule, Severity
 
 JSON_VERSION = 1
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-INFORMATION_URI = "https://github.com/nixwarden/nixwarden/blob/main/docs/audit.md"
 
 _COLOURS = {
     Severity.CRITICAL: "\033[1;31m",
@@ -146,7 +145,6 @@ def sarif_report(findings: Sequence[Finding], rules: Sequence[Rule]) -> str:
             "shortDescription": {"text": rule.title},
             "fullDescription": {"text": rule.why},
             "help": {"text": f"{rule.why}\nFix: {rule.fix}"},
-            "helpUri": f"{INFORMATION_URI}#{rule.id}",
             "defaultConfiguration": {"level": _level(rule.severity)},
             "properties": {
                 "tags": ["security", rule.family],
@@ -187,7 +185,6 @@ def sarif_report(findings: Sequence[Finding], rules: Sequence[Rule]) -> str:
                     "driver": {
                         "name": "nixwarden audit",
                         "version": __version__,
-                        "informationUri": INFORMATION_URI,
                         "rules": driver_rules,
                     }
                 },

@@ -433,19 +433,31 @@ def _features(facts: Facts) -> list[Finding]:
     return findings
 
 
+def _socket_note(facts: Facts) -> str:
+    """The daemon socket's directory may already narrow who connects: say so."""
+    info = facts.stat(facts.socket_dir_path)
+    if info is None or info.mode & 0o001:
+        return ""
+    group = facts.accounts.group_name(info.gid)
+    if info.mode & 0o010:
+        return f" (the socket directory admits only root and group {group})"
+    return " (the socket directory admits only its owner)"
+
+
 def _allowed_users(facts: Facts) -> list[Finding]:
     items = facts.nix_conf.items("allowed-users")
+    note = _socket_note(facts)
     if facts.nix_conf.last("allowed-users") is None and not items:
         return [
             ALLOWED_USERS_EVERYONE.finding(
-                evidence="allowed-users is not set; the default is *",
+                evidence="allowed-users is not set; the default is *" + note,
                 setting="allowed-users",
                 file=facts.nix_conf_path,
             )
         ]
     return [
         ALLOWED_USERS_EVERYONE.finding(
-            evidence=f"{setting.written} contains *",
+            evidence=f"{setting.written} contains *" + note,
             setting="allowed-users",
             file=setting.file,
             line=setting.line,
