@@ -29,8 +29,16 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--machines", metavar="FILE", help="machines file (default from `builders`)")
     p.add_argument("--sshd-config", metavar="FILE", help="default /etc/ssh/sshd_config")
     p.add_argument("--config", metavar="FILE", help="nixwarden policy (default as the gate's)")
-    p.add_argument("--format", choices=("text", "json", "sarif"), default="text")
-    p.add_argument("--fail-on", choices=SEVERITY_CHOICES, default="high", metavar="SEVERITY")
+    p.add_argument(
+        "--format", choices=("text", "json", "sarif"), default="text", help="default text"
+    )
+    p.add_argument(
+        "--fail-on",
+        choices=SEVERITY_CHOICES,
+        default="high",
+        metavar="SEVERITY",
+        help="exit 1 from this severity up: critical, high (default), medium, low, info",
+    )
     p.add_argument("--explain", metavar="RULE", help="describe one rule and exit")
     return p.parse_args(argv)
 
