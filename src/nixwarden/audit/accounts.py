@@ -1,0 +1,96 @@
+"""/etc/passwd and /etc/group, parsed from bytes: who exists and who is in which group."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+@dataclass(frozen=True)
+class GroupEntry:
+    name: str
+    gid: int
+    members: tuple[str, ...]
+
+
+def _lines(data: bytes) -> list[list[str]]:
+    rows = []
+    for raw in data.decode("utf-8", "replace").splitlines():
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        rows.append(raw.split(":"))
+    return rows
+
+
+def parse_passwd(data: bytes) -> dict[str, UserEntry]:
+    """name → entry; malformed lines are skipped (as getpwnam would not find them either)."""
+    users: dict[str, UserEntry] = {}
+    for fields in _lines(data):
+        if len(fields) < 7 or not fields[0]:
+            continue
+        try:
+            uid, gid = int(fields[2]), int(fields[3])
+        except ValueError:
+            continue
+        users.setdefault(fields[0], UserEntry(fields[0], uid, gid, fields[5], fields[6]))
+    return users
+
+
+def parse_group(data: bytes) -> dict[str, GroupEntry]:
+    groups: dict[str, GroupEntry] = {}
+    for fields in _lines(data):
+        if len(fields) < 4 or not fields[0]:
+            continue
+        try:
+            gid = int(fields[2])
+        except ValueError:
+            continue
+        members = tuple(m for m in fields[3].split(",") if m)
+        groups.setdefault(fields[0], GroupEntry(fields[0], gid, members))
+    return groups
+
+
+@dataclass(frozen=True)
+class Accounts:
+    users: Mapping[str, UserEntry] = field(default_factory=dict)
+    groups: Mapping[str, GroupEntry] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, passwd: bytes, group: bytes) -> Accounts:
+        return cls(parse_passwd(passwd), parse_group(group))
+
+    def group_members(self, name: str) -> tuple[str, ...] | None:
+        """Explicit members and users whose primary group it is; None if no such group."""
+        entry = self.groups.get(name)
+        if entry is None:
+            return None
+        primary = [u.name for u in self.users.values() if u.gid == entry.gid]
+        return tuple(sorted(set(entry.members) | set(primary)))
+
+    def groups_of(self, user: str) -> tuple[str, ...]:
+        entry = self.users.get(user)
+        names = {g.name for g in self.groups.values() if user in g.members}
+        if entry is not None:
+            names |= {g.name for g in self.groups.values() if g.gid == entry.gid}
+        return tuple(sorted(names))
+
+    def user_name(self, uid: int) -> str:
+        for entry in self.users.values():
+            if entry.uid == uid:
+                return entry.name
+        return str(uid)
+
+    def group_name(self, gid: int) -> str:
+        for entry in self.groups.values():
+            if entry.gid == gid:
+                return entry.name
+        return str(gid)

@@ -1,0 +1,181 @@
+"""authorized_keys lines as sshd reads them (auth2-pubkeyfile.c, auth-options.c), pure.
+
+The audit reads these files as root from homes their owners control (a symlink to
+/etc/shadow is possible), so problem messages never quote the file's content.
+
+A line is `[options] keytype base64 [comment]`. Options are comma-separated, either a
+flag (`restrict`, `no-pty`, `pty`, …) or `name="value"` with `\\"` escaping a quote;
+names are case-insensitive. sshd ignores a line with an unknown option or a bad key, so
+those come back as problems. `restrict` turns every capability off; flags after it
+(`pty`, `port-forwarding`, …) turn single ones back on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from nixwarden.audit.machines import KEY_TYPES, decode_wire_key
+
+CERT_SUFFIX = "-cert-v01@openssh.com"
+VALUE_OPTIONS = frozenset(
+    {"command", "environment", "expiry-time", "from", "permitlisten", "permitopen", "principals"}
+    | {"tunnel"}
+)
+FLAG_OPTIONS = frozenset(
+    {
+        "agent-forwarding",
+        "cert-authority",
+        "no-agent-forwarding",
+        "no-port-forwarding",
+        "no-pty",
+        "no-user-rc",
+        "no-x11-forwarding",
+        "no-touch-required",
+        "port-forwarding",
+        "pty",
+        "restrict",
+        "user-rc",
+        "verify-required",
+        "x11-forwarding",
+    }
+)
+# Flags that undo part of `restrict` when they come after it.
+REOPENING = frozenset({"agent-forwarding", "port-forwarding", "pty", "user-rc", "x11-forwarding"})
+MAX_LINE = 16384
+
+
+@dataclass(frozen=True)
+class AuthorizedKey:
+    options: tuple[tuple[str, str | None], ...]
+    key_type: str
+    key_data: str
+    comment: str
+    line: int
+
+    def option(self, name: str) -> str | None:
+        for key, val in self.options:
+            if key == name:
+                return val if val is not None else ""
+        return None
+
+    def has(self, name: str) -> bool:
+        return any(key == name for key, _ in self.options)
+
+    @property
+    def restricted(self) -> bool:
+        return self.has("restrict")
+
+    @property
+    def reopened(self) -> tuple[str, ...]:
+        """Capabilities turned back on after `restrict`."""
+        seen_restrict = False
+        result: list[str] = []
+        for key, _ in self.options:
+            if key == "restrict":
+                seen_restrict = True
+            elif seen_restrict and key in REOPENING:
+                result.append(key)
+        return tuple(result)
+
+    @property
+    def command(self) -> str | None:
+        return self.option("command")
+
+    @property
+    def short(self) -> str:
+        data = self.key_data
+        tail = f"…{data[-8:]}" if len(data) > 8 else data
+        return f"{self.key_type} {tail}" + (f" {self.comment}" if self.comment else "")
+
+
+@dataclass(frozen=True)
+class KeyProblem:
+    line: int
+    detail: str
+
+
+def _is_key_type(token: str) -> bool:
+    base = token[: -len(CERT_SUFFIX)] if token.endswith(CERT_SUFFIX) else token
+    return token in KEY_TYPES or base in KEY_TYPES or f"{base}@openssh.com" in KEY_TYPES
+
+
+def _split_options(text: str) -> tuple[list[tuple[str, str | None]], str] | str:
+    """Parse the options prefix; returns (options, rest of line) or an error message."""
+    options: list[tuple[str, str | None]] = []
+    index = 0
+    while True:
+        start = index
+        while index < len(text) and text[index] not in ',=" \t':
+            index += 1
+        name = text[start:index].lower()
+        if not name:
+            return "empty option"
+        value: str | None = None
+        if index < len(text) and text[index] == "=":
+            if index + 1 >= len(text) or text[index + 1] != '"':
+                return "an option value must be in double quotes"
+            index += 2
+            chars: list[str] = []
+            while index < len(text) and text[index] != '"':
+                if text[index] == "\\" and index + 1 < len(text) and text[index + 1] == '"':
+                    index += 1
+                chars.append(text[index])
+                index += 1
+            if index >= len(text):
+                return "an option value lacks its closing quote"
+            index += 1
+            value = "".join(chars)
+        if (value is None and name not in FLAG_OPTIONS) or (
+            value is not None and name not in VALUE_OPTIONS
+        ):
+            return "unknown option"
+        options.append((name, value))
+        if index < len(text) and text[index] == ",":
+            index += 1
+            continue
+        if index >= len(text) or text[index] in " \t":
+            return options, text[index:].strip()
+        return "unexpected character after an option"
+
+
+def _check_key(key_type: str, data: str) -> str | None:
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return "key data is not base64"
+    if decode_wire_key(blob) != key_type:
+        return "key data does not match its type"
+    return None
+
+
+def parse(data: bytes) -> tuple[tuple[AuthorizedKey, ...], tuple[KeyProblem, ...]]:
+    keys: list[AuthorizedKey] = []
+    problems: list[KeyProblem] = []
+    for number, raw in enumerate(data.decode("utf-8", "replace").split("\n"), start=1):
+        line = raw.strip(" \t\r")
+        if not line or line.startswith("#"):
+            continue
+        if len(line) > MAX_LINE:
+            problems.append(KeyProblem(number, "line too long; sshd ignores it"))
+            continue
+        first, _, rest = line.replace("\t", " ").partition(" ")
+        options: list[tuple[str, str | None]] = []
+        if not _is_key_type(first):
+            parsed = _split_options(line)
+            if isinstance(parsed, str):
+                problems.append(KeyProblem(number, f"{parsed}; sshd ignores this line"))
+                continue
+            options, rest_of_line = parsed
+            first, _, rest = rest_of_line.replace("\t", " ").partition(" ")
+            if not _is_key_type(first):
+                problems.append(KeyProblem(number, "unknown key type; sshd ignores this line"))
+                continue
+        data_token, _, comment = rest.strip().partition(" ")
+        problem = _check_key(first, data_token)
+        if problem:
+            problems.append(KeyProblem(number, f"{problem}; sshd ignores this line"))
+            continue
+        keys.append(AuthorizedKey(tuple(options), first, data_token, comment.strip(), number))
+    return tuple(keys), tuple(problems)

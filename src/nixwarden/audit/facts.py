@@ -1,0 +1,63 @@
+"""Everything the rules look at, gathered once: values only, so rules stay pure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from nixwarden.audit.accounts import Accounts
+from nixwarden.audit.authorized_keys import AuthorizedKey, KeyProblem
+from nixwarden.audit.machines import Machines
+from nixwarden.audit.model import FileStat
+from nixwarden.audit.nixconf import NixConf
+from nixwarden.audit.sshd import SshdConfig
+from nixwarden.config import Config
+
+# Stats a path of the audited system (following symlinks inside it); None if absent.
+Stat = Callable[[str], FileStat | None]
+
+
+def no_stat(path: str) -> FileStat | None:
+    return None
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """One authorized_keys file of one user."""
+
+    user: str
+    path: str
+    keys: tuple[AuthorizedKey, ...]
+    problems: tuple[KeyProblem, ...]
+
+
+@dataclass(frozen=True)
+class NixwardenFacts:
+    path: str
+    config: Config | None = None
+    error: str | None = None
+    text: bytes = b""
+
+
+@dataclass(frozen=True)
+class Facts:
+    nix_conf_path: str = "/etc/nix/nix.conf"
+    nix_conf: NixConf = field(default_factory=NixConf)
+    nix_conf_missing: bool = False
+    machines: Machines = field(default_factory=Machines)
+    sshd_path: str = "/etc/ssh/sshd_config"
+    sshd: SshdConfig | None = None
+    accounts: Accounts = field(default_factory=Accounts)
+    key_files: tuple[KeyFile, ...] = ()
+    stat: Stat = no_stat
+    socket_dir_path: str = "/nix/var/nix/daemon-socket"
+    # uid the running nix-daemon runs as; None when unknown (an image): assumed root.
+    daemon_uid: int | None = None
+    # Configuration-related environment of the running nix-daemon(s), when known.
+    daemon_env: Mapping[str, str] | None = None
+    nix_version: str | None = None  # e.g. "nix (Nix) 2.8.0"
+    version_source: str = "nix --version"
+    nixwarden: NixwardenFacts | None = None
+
+    def keys_of(self, user: str) -> tuple[KeyFile, ...]:
+        return tuple(k for k in self.key_files if k.user == user)

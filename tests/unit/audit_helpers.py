@@ -1,0 +1,71 @@
+"""Shared by the audit tests: run the audit over a corpus case or a tree, with fakes."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from nixwarden.audit import catalog, gather
+from nixwarden.audit.facts import Facts
+from nixwarden.audit.model import FileStat, Finding
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "audit"
+BASE = CORPUS / "_base"
+CASE_FILE = "AUDIT-CASE"
+
+
+def build_tree(case: Path, into: Path) -> Path:
+    """The base tree (passwd, group) with the case's files on top."""
+    root = into / "root"
+    shutil.copytree(BASE, root, symlinks=True)
+    shutil.copytree(case, root, symlinks=True, dirs_exist_ok=True)
+    (root / CASE_FILE).unlink(missing_ok=True)
+    return root
+
+
+def audit_tree(root: Path, meta: str = "", **options: str) -> tuple[Facts, list[Finding]]:
+    """Audit `root` as --root would. File owners default to root (git does not keep
+    owners), and modes to what is on disk; `meta` overrides them (`stat PATH UID GID MODE`)
+    and sets what a tree cannot hold (`daemon-env NAME=VALUE`, `daemon-uid N`)."""
+    overrides: dict[str, tuple[int, int, int]] = {}
+    daemon_env: dict[str, str] = {}
+    daemon_uid: int | None = None
+    for line in meta.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        match words[0]:
+            case "stat":
+                overrides[words[1]] = (int(words[2]), int(words[3]), int(words[4], 8))
+            case "daemon-env":
+                name, _, value = words[1].partition("=")
+                daemon_env[name] = value
+            case "daemon-uid":
+                daemon_uid = int(words[1])
+            case other:
+                raise AssertionError(f"unknown {CASE_FILE} line {other!r}")
+    facts = gather.gather(gather.Options(root=str(root), **options), {})
+    real_stat = facts.stat
+
+    def stat(path: str) -> FileStat | None:
+        info = real_stat(path)
+        if path in overrides:
+            uid, gid, mode = overrides[path]
+            kind = info.mode & 0o170000 if info else 0o100000
+            return FileStat(path, uid, gid, kind | mode)
+        if info is None:
+            return None
+        return FileStat(path, 0, 0, info.mode & ~0o022)  # as a root-owned install would be
+
+    facts = dataclasses.replace(
+        facts, stat=stat, daemon_env=daemon_env or None, daemon_uid=daemon_uid
+    )
+    return facts, catalog.run(facts)
+
+
+def audit_case(case: Path, tmp_path: Path) -> list[Finding]:
+    meta_file = case / CASE_FILE
+    meta = meta_file.read_text() if meta_file.exists() else ""
+    _, findings = audit_tree(build_tree(case, tmp_path), meta)
+    return findings
