@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import platform
 import secrets
+import shutil
 import struct
 import subprocess
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,10 +107,14 @@ def test_remote_build_through_the_gate(
 
 
 @pytest.fixture
-def marker_dir() -> Path:
+def marker_dir() -> Iterator[Path]:
+    """Writable by the gate's users, so a command that got through could create the marker."""
     directory = harness.world_dir("nwt-marker")
     directory.chmod(0o777)
-    return directory
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def refused_commands(marker: Path) -> dict[str, list[str]]:
