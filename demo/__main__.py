@@ -42,15 +42,18 @@ def main() -> int:
         demo.section("A throwaway builder on loopback")
         daemon = harness.ensure_nix_daemon()
         demo.say(f"nix-daemon serving {daemon.socket} (settings: {daemon.conf_dir}/nix.conf)")
-        with harness.started_sshd() as sshd, gated_builder(sshd, users) as builder:
-            demo.say(f"sshd on 127.0.0.1:{sshd.port}, host key pinned in {sshd.known_hosts}")
-            with client_store(sshd) as client:
-                demo.say(f"the client has a store of its own: {client.root} bound at /nix")
-                for name in BUILDER_PARTS:
-                    module = _part(name)
-                    if module is not None:
-                        demo.section(module.TITLE)
-                        module.run(demo, builder, client)
+        try:
+            with harness.started_sshd() as sshd, gated_builder(sshd, users) as builder:
+                demo.say(f"sshd on 127.0.0.1:{sshd.port}, host key pinned in {sshd.known_hosts}")
+                with client_store(sshd) as client:
+                    demo.say(f"the client has a store of its own: {client.root} bound at /nix")
+                    for name in BUILDER_PARTS:
+                        module = _part(name)
+                        if module is not None:
+                            demo.section(module.TITLE)
+                            module.run(demo, builder, client)
+        finally:
+            users.cleanup()  # before the audit, which would list them
         for name in OTHER_PARTS:
             module = _part(name)
             if module is not None:

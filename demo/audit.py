@@ -12,7 +12,6 @@ TITLE = "audit: a machine's Nix, SSH and nixwarden trust settings, checked"
 def run(demo: Demo) -> None:
     # The machine's own configuration, not whatever NIX_CONF_DIR the demo's clients use.
     env = {name: value for name, value in demo.env.items() if name != "NIX_CONF_DIR"}
-    demo.section(TITLE)
     demo.say(
         "Debian's packaged nix.conf sets `sandbox = false`, and Nix 2.8 predates several\n"
         "security fixes: the audit finds both and exits 1 (the default --fail-on is high)."
