@@ -7,12 +7,14 @@ import json
 import os
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from nixwarden import cli
 from nixwarden.audit import render
 from nixwarden.audit.catalog import RULES
 from nixwarden.audit.model import Finding, Severity
+from tests.system.harness import need
 
 REPO = Path(__file__).resolve().parents[2]
 SARIF_SCHEMA = REPO.parent / "shared" / "data" / "sarif-schema-2.1.0.json"
@@ -146,9 +148,7 @@ def test_fail_on_threshold(system_tree: Path, capsys: pytest.CaptureFixture[str]
 def test_sarif_validates_against_the_oasis_schema(
     system_tree: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    if not SARIF_SCHEMA.exists():
-        pytest.skip(f"{SARIF_SCHEMA} not present (CI clones shared/ beside the repo)")
+    need(SARIF_SCHEMA.exists(), f"{SARIF_SCHEMA} (CI clones shared/ beside the repo)")
     code, out, _ = run(capsys, "--root", str(system_tree), "--format", "sarif")
     assert code == 1
     document = json.loads(out)
@@ -167,9 +167,7 @@ def test_sarif_validates_against_the_oasis_schema(
 
 
 def test_sarif_without_findings_validates(tmp_path: Path) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    if not SARIF_SCHEMA.exists():
-        pytest.skip("schema not present")
+    need(SARIF_SCHEMA.exists(), f"{SARIF_SCHEMA} (CI clones shared/ beside the repo)")
     jsonschema.validate(
         json.loads(render.sarif_report([], RULES)), json.loads(SARIF_SCHEMA.read_text())
     )
