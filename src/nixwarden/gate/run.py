@@ -79,8 +79,12 @@ def serve(
         argv, env, slot = _decide_and_prepare(
             gate, tenants, principal, session, environ, stdin_fd, stdout_fd
         )
-    except NixwardenError as error:
-        reason = str(error)
+    except Exception as error:  # fail closed, and log it: every decision is a log line
+        reason = (
+            str(error)
+            if isinstance(error, NixwardenError)
+            else f"internal error: {type(error).__name__}: {error}"
+        )
         try:
             session.log(gate.audit_log, "deny", reason, None)
         except audit_log.AuditLogUnwritable as log_error:
