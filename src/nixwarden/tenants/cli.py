@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import pwd
 import shutil
@@ -10,7 +11,7 @@ import time
 
 from nixwarden import config as config_module
 from nixwarden import process
-from nixwarden.cliutil import parser
+from nixwarden.cliutil import Parser, parser
 from nixwarden.errors import InvalidInput, Refused, UsageError
 from nixwarden.gate import sessions
 from nixwarden.tenants import layout as tenant_layout
@@ -27,11 +28,24 @@ def main(command: str, argv: list[str]) -> int:
         "[tenants] root, created on its first session.",
     )
     cli.add_argument("--config", help="configuration file")
+    # --config is welcome after the action too (`nixwarden tenant list --config F`).
+    config_option = Parser(add_help=False)
+    config_option.add_argument("--config", default=argparse.SUPPRESS, help="configuration file")
     actions = cli.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("list", help="size, path count, owner and last use of each tenant store")
-    gc = actions.add_parser("gc", help="collect garbage in a tenant's store (inside its sandbox)")
+    actions.add_parser(
+        "list",
+        parents=[config_option],
+        help="size, path count, owner and last use of each tenant store",
+    )
+    gc = actions.add_parser(
+        "gc",
+        parents=[config_option],
+        help="collect garbage in a tenant's store (inside its sandbox)",
+    )
     gc.add_argument("name")
-    remove = actions.add_parser("remove", help="delete a tenant's store (refused while in use)")
+    remove = actions.add_parser(
+        "remove", parents=[config_option], help="delete a tenant's store (refused while in use)"
+    )
     remove.add_argument("name")
     args = cli.parse_args(argv)
     config = config_module.load(args.config)
