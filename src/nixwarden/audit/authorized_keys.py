@@ -12,11 +12,9 @@ those come back as problems. `restrict` turns every capability off; flags after 
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
-from nixwarden.audit.machines import KEY_TYPES, decode_wire_key
+from nixwarden.sshkeys import KEY_TYPES, key_data_problem
 
 CERT_SUFFIX = "-cert-v01@openssh.com"
 VALUE_OPTIONS = frozenset(
@@ -140,16 +138,6 @@ def _split_options(text: str) -> tuple[list[tuple[str, str | None]], str] | str:
         return "unexpected character after an option"
 
 
-def _check_key(key_type: str, data: str) -> str | None:
-    try:
-        blob = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        return "key data is not base64"
-    if decode_wire_key(blob) != key_type:
-        return "key data does not match its type"
-    return None
-
-
 def parse(data: bytes) -> tuple[tuple[AuthorizedKey, ...], tuple[KeyProblem, ...]]:
     keys: list[AuthorizedKey] = []
     problems: list[KeyProblem] = []
@@ -173,7 +161,7 @@ def parse(data: bytes) -> tuple[tuple[AuthorizedKey, ...], tuple[KeyProblem, ...
                 problems.append(KeyProblem(number, "unknown key type; sshd ignores this line"))
                 continue
         data_token, _, comment = rest.strip().partition(" ")
-        problem = _check_key(first, data_token)
+        problem = key_data_problem(first, data_token)
         if problem:
             problems.append(KeyProblem(number, f"{problem}; sshd ignores this line"))
             continue

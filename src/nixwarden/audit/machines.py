@@ -12,29 +12,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
+from nixwarden.sshkeys import KEY_TYPES, key_data_problem
+
 Reader = Callable[[str], bytes]
 MAX_DEPTH = 16
 MAX_FILES = 256
-
-KEY_TYPES = frozenset(
-    {
-        "ssh-ed25519",
-        "ssh-rsa",
-        "ssh-dss",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    }
-)
-_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
 @dataclass(frozen=True)
@@ -64,19 +50,6 @@ class Machines:
     files: tuple[str, ...] = ()
 
 
-def decode_wire_key(blob: bytes) -> str | None:
-    """The key type at the start of an SSH wire-format public key, or None."""
-    if len(blob) < 4:
-        return None
-    (length,) = struct.unpack(">I", blob[:4])
-    if length == 0 or length > 64 or len(blob) < 4 + length:
-        return None
-    try:
-        return blob[4 : 4 + length].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-
-
 def check_public_key_line(text: str) -> str | None:
     """None when `text` is `TYPE BASE64 [comment]` of a known type; else what is wrong."""
     parts = text.split()
@@ -85,15 +58,7 @@ def check_public_key_line(text: str) -> str | None:
     key_type, data = parts[0], parts[1]
     if key_type not in KEY_TYPES:
         return f"unknown key type {key_type[:40]!r}"
-    if not _B64.fullmatch(data):
-        return "key data is not base64"
-    try:
-        blob = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        return "key data is not base64"
-    if decode_wire_key(blob) != key_type:
-        return "key data does not match its type"
-    return None
+    return key_data_problem(key_type, data)
 
 
 def check_host_key_column(column: str) -> str | None:

@@ -10,8 +10,6 @@ rather than quoted.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 import shutil
@@ -20,16 +18,10 @@ import sys
 from nixwarden import config as config_module
 from nixwarden.cliutil import parser
 from nixwarden.errors import InvalidInput, UsageError
+from nixwarden.sshkeys import KEY_TYPES, key_data_problem
 
-KEY_TYPES = (
-    "ssh-ed25519",
-    "sk-ssh-ed25519@openssh.com",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-    "ssh-rsa",
-)
+# Types a new key may have: what OpenSSH still accepts by default (no DSA).
+ENROLLABLE = tuple(sorted(KEY_TYPES - {"ssh-dss"}))
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*")
 _SAFE_COMMENT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 
@@ -40,20 +32,15 @@ def parse_public_key(text: str, source: str) -> tuple[str, str, str]:
     if len(lines) != 1:
         raise InvalidInput(f"{source}: expected exactly one public key line, found {len(lines)}")
     fields = lines[0].strip().split(None, 2)
-    if len(fields) < 2 or fields[0] not in KEY_TYPES:
+    if len(fields) < 2 or fields[0] not in ENROLLABLE:
         raise InvalidInput(
             f"{source}: not an OpenSSH public key (expected '<type> <base64> [comment]' "
-            f"with type one of {', '.join(KEY_TYPES)}; options are added here, not read)"
+            f"with type one of {', '.join(ENROLLABLE)}; options are added here, not read)"
         )
     key_type, blob = fields[0], fields[1]
-    try:
-        decoded = base64.b64decode(blob, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(f"{source}: the key's base64 is malformed") from None
-    # The blob starts with its own type as an SSH string; a mismatch means a mangled key.
-    name_length = int.from_bytes(decoded[:4], "big") if len(decoded) >= 4 else -1
-    if decoded[4 : 4 + name_length].decode("ascii", "replace") != key_type:
-        raise InvalidInput(f"{source}: the key blob does not match its type {key_type}")
+    problem = key_data_problem(key_type, blob)
+    if problem is not None:
+        raise InvalidInput(f"{source}: {problem} ({key_type})")
     comment = fields[2].strip() if len(fields) > 2 else ""
     if comment and not _SAFE_COMMENT.fullmatch(comment):
         raise InvalidInput(f"{source}: the key comment has control characters")
