@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from nixwarden.errors import InvalidInput, NixwardenError
+
+T = TypeVar("T")
 
 DEFAULT_DB = "/nix/var/nix/db/db.sqlite"
 
@@ -83,11 +86,32 @@ def closure(
     database cannot answer, so that the caller may ask Nix instead.
     """
     roots = json.dumps(list(store_paths))
+
+    def query(connection: sqlite3.Connection) -> frozenset[str]:
+        missing = [row[0] for row in connection.execute(_MISSING, (roots,))]
+        if missing:
+            raise InvalidPaths(missing)
+        return frozenset(row[0] for row in connection.execute(_CLOSURE, (roots,)))
+
+    return read(db, query, attempts=attempts, busy_timeout=busy_timeout)
+
+
+def read(
+    db: str,
+    query: Callable[[sqlite3.Connection], T],
+    *,
+    attempts: int = 8,
+    busy_timeout: float = 2.0,
+) -> T:
+    """`query` run in one read-only transaction on the database at `db`, retried while busy.
+
+    Raises `DatabaseUnreadable` when the database cannot answer.
+    """
     delay = 0.02
     last: sqlite3.Error | None = None
     for _ in range(attempts):
         try:
-            return _closure_once(db, roots, busy_timeout)
+            return _read_once(db, query, busy_timeout)
         except sqlite3.OperationalError as error:
             if not _is_busy(error):
                 raise DatabaseUnreadable(f"{db}: {error}") from error
@@ -99,20 +123,17 @@ def closure(
     raise DatabaseUnreadable(f"{db}: still busy after {attempts} attempts: {last}")
 
 
-def _closure_once(db: str, roots: str, busy_timeout: float) -> frozenset[str]:
+def _read_once(db: str, query: Callable[[sqlite3.Connection], T], busy_timeout: float) -> T:
     connection = sqlite3.connect(
         _uri(db), uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=True
     )
     try:
         # query_only: even a bug here cannot write to the store's database.
         connection.execute("PRAGMA query_only = ON")
-        # One read transaction: both queries see the same snapshot of the store.
+        # One read transaction: every statement of the query sees the same snapshot.
         connection.execute("BEGIN")
-        missing = [row[0] for row in connection.execute(_MISSING, (roots,))]
-        if missing:
-            raise InvalidPaths(missing)
-        paths = frozenset(row[0] for row in connection.execute(_CLOSURE, (roots,)))
+        result = query(connection)
         connection.execute("COMMIT")
     finally:
         connection.close()  # rolls back a transaction left open by an error
-    return paths
+    return result

@@ -15,7 +15,6 @@ import stat
 from nixwarden import process
 from nixwarden.errors import NixwardenError, Refused
 from nixwarden.tenants import layout as tenant_layout
-from nixwarden.tenants.usage import human_bytes, store_usage
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's (tenant) start-up path
 if TYPE_CHECKING:
@@ -129,9 +128,13 @@ def resolve_keeping_name(path: str) -> str:
 def check_quota(layout: tenant_layout.TenantLayout, principal: Principal) -> None:
     if principal.disk_quota is None:
         return
+    # Only with a quota: sqlite3 and the store module stay off the other sessions' path.
+    from nixwarden.store.db import DatabaseUnreadable  # noqa: PLC0415
+    from nixwarden.tenants.usage import human_bytes, store_usage  # noqa: PLC0415
+
     try:
         usage = store_usage(layout.database)
-    except Exception as error:  # a database we cannot read: fail closed
+    except DatabaseUnreadable as error:  # fail closed
         raise TenantRefused(f"cannot read the tenant store's database: {error}") from None
     if usage.nar_bytes >= principal.disk_quota:
         raise TenantRefused(

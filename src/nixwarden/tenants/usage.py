@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass
+
+from nixwarden.store import db
 
 
 @dataclass(frozen=True)
@@ -17,15 +18,13 @@ def store_usage(database: str) -> StoreUsage:
     """Count and total NAR size of the valid paths; an absent database is an empty store."""
     if not os.path.exists(database):
         return StoreUsage(0, 0)
-    uri = f"file:{database}?mode=ro"
-    connection = sqlite3.connect(uri, uri=True, timeout=10)
-    try:
-        row = connection.execute(
+    paths, nar_bytes = db.read(
+        database,
+        lambda connection: connection.execute(
             "SELECT count(*), coalesce(sum(narSize), 0) FROM ValidPaths"
-        ).fetchone()
-    finally:
-        connection.close()
-    return StoreUsage(int(row[0]), int(row[1]))
+        ).fetchone(),
+    )
+    return StoreUsage(int(paths), int(nar_bytes))
 
 
 def human_bytes(count: int) -> str:
