@@ -17,9 +17,9 @@ from pathlib import Path
 from demo.framework import NIXWARDEN
 from tests.system import confine_store
 
-from nixwarden.config import find_nix_program
 from nixwarden.confine import run as confine_run
 from nixwarden.confine.plan import Mode, sandbox
+from nixwarden.nix.programs import find_nix_program
 
 CHAIN = 5000
 WARMUP = 3

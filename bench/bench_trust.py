@@ -106,7 +106,7 @@ def _build_tree(root: Path, total: int) -> tuple[int, int]:
 
 def _verify_rate(paths: int) -> tuple[float, float]:
     """Paths verified per second through TrustedKeys.check, and raw Ed25519 verifies."""
-    from nixwarden.trust import nix32  # noqa: PLC0415
+    from nixwarden.nix import nix32  # noqa: PLC0415
     from nixwarden.trust.hashes import Hash, HashAlgorithm  # noqa: PLC0415
     from nixwarden.trust.keys import SecretKey, TrustedKeys, fingerprint  # noqa: PLC0415
 

@@ -16,34 +16,18 @@ from typing import Any
 
 from nixwarden.defaults import CONFIG_ENV, DEFAULT_CONFIG_PATH, config_path
 from nixwarden.errors import ConfigError
+from nixwarden.nix.programs import find_nix_program
 
 __all__ = ["CONFIG_ENV", "DEFAULT_CONFIG_PATH", "Config", "Principal", "config_path", "load"]
 
 PROTOCOLS = ("ssh-ng", "ssh")
 STORE_MODES = ("tenant", "host")
 
-# Where Nix's binaries live, most specific first: NixOS, a multi-user install, a distribution.
-NIX_BIN_DIRS = (
-    "/run/current-system/sw/bin",
-    "/nix/var/nix/profiles/default/bin",
-    "/usr/bin",
-    "/usr/local/bin",
-)
-
 PRINCIPAL_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
 _DURATION = re.compile(r"(\d+)\s*([smhd]?)")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def find_nix_program(name: str) -> str:
-    """The first system location that has Nix's `name`; the last candidate if none has it."""
-    for directory in NIX_BIN_DIRS:
-        candidate = os.path.join(directory, name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return os.path.join("/usr/bin", name)
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,12 @@ class CommandFailed(NixwardenError):
     """A program nixwarden started failed; the message says which and how."""
 
     exit_code = EXIT_REFUSED
+
+
+class FormatError(InvalidInput):
+    """Bytes that are not valid in one of the formats nixwarden reads (NAR, narinfo, keys,
+    signatures, hashes, export streams, certificates, revocation lists).
+
+    The message is one line saying what was wrong (and where, when it is known); it never
+    contains secret material.
+    """

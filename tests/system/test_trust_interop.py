@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from nixwarden.trust import cache, export, nar, narinfo, nix32
+from nixwarden.nix import nix32
+from nixwarden.trust import cache, export, nar, narinfo
 from nixwarden.trust.keys import PublicKey, SecretKey, TrustedKeys
 from nixwarden.trust.storepath import StorePath
 from tests.system import harness

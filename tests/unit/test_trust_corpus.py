@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from nixwarden.cli import main
+from nixwarden.errors import FormatError
 from nixwarden.trust import nar, narinfo
-from nixwarden.trust.errors import FormatError
 from nixwarden.trust.restore import restore
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"

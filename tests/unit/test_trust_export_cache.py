@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nixwarden.errors import Refused
+from nixwarden.errors import FormatError, Refused
 from nixwarden.trust import cache, export, nar
-from nixwarden.trust.errors import FormatError
 from nixwarden.trust.keys import SecretKey, TrustedKeys
 from nixwarden.trust.storepath import StorePath
 

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from nixwarden.trust import nix32
-from nixwarden.trust.errors import FormatError
+from nixwarden.errors import FormatError
+from nixwarden.nix import nix32
 from nixwarden.trust.hashes import Hash, HashAlgorithm, HashFormat
 from nixwarden.trust.keys import (
     PublicKey,

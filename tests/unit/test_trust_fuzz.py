@@ -8,8 +8,8 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nixwarden.errors import FormatError
 from nixwarden.trust import export
-from nixwarden.trust.errors import FormatError
 from nixwarden.trust.hashes import Hash
 from nixwarden.trust.keys import PublicKey, SecretKey, Signature
 from nixwarden.trust.narinfo import NarInfo

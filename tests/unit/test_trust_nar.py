@@ -11,9 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nixwarden.errors import InvalidInput
+from nixwarden.errors import FormatError, InvalidInput
 from nixwarden.trust import nar
-from nixwarden.trust.errors import FormatError
 from nixwarden.trust.restore import restore
 
 # A tree model: bytes = file, (bytes, True) = executable file, str = symlink target,

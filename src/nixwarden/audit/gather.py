@@ -25,6 +25,7 @@ from nixwarden.audit.accounts import Accounts
 from nixwarden.audit.facts import Facts, KeyFile, NixwardenFacts
 from nixwarden.audit.model import FileStat
 from nixwarden.errors import InvalidInput, NixwardenError
+from nixwarden.nix.programs import find_nix_program
 
 MAX_FILE = 8 << 20
 MAX_SYMLINKS = 40
@@ -250,7 +251,7 @@ def _daemon_processes() -> tuple[int | None, dict[str, str] | None]:
 
 def _version(system: System) -> tuple[str | None, str]:
     if system.live:
-        program = nw_config.find_nix_program("nix")
+        program = find_nix_program("nix")
         try:
             result = process.run(
                 [program, "--version"],

@@ -16,8 +16,8 @@ from nixwarden import process
 from nixwarden.confine.elf import interpreter, parse_loader_list
 from nixwarden.confine.plan import BinSh, HostFile
 from nixwarden.errors import CommandFailed, InvalidInput
-from nixwarden.store.closure import resolve_root
-from nixwarden.store.paths import STORE_DIR, in_store
+from nixwarden.nix.closure import resolve_root
+from nixwarden.nix.storepath import STORE_DIR, in_store
 
 HOST_BIN_SH = "/bin/sh"
 

@@ -48,7 +48,7 @@ def main(command: str, argv: list[str]) -> int:
 
 
 def _closure(argv: list[str]) -> int:
-    from nixwarden.store.closure import Source, closure, resolve_root  # noqa: PLC0415
+    from nixwarden.nix.closure import Source, closure, resolve_root  # noqa: PLC0415
 
     p = parser("closure", CLOSURE_HELP)
     p.add_argument("--db", metavar="FILE", help="the store database (default: Nix's)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from nixwarden.confine.plan import BIN_SH, BinSh, Mode
 from nixwarden.confine.unitfile import EXEC_KEYS, ExecPrefix, Unit, parse_exec
 from nixwarden.errors import InvalidInput, Refused
-from nixwarden.store.paths import STORE_DIR, in_store, references_in
+from nixwarden.nix.storepath import STORE_DIR, in_store, references_in
 
 SERVICE = "Service"
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?")

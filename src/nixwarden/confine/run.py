@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from nixwarden import process
 from nixwarden.confine.plan import BIN_SH, Bind, BinSh, Mode, RunSpec, sandbox
 from nixwarden.errors import InvalidInput, UsageError
-from nixwarden.store.closure import closure, resolve_root
-from nixwarden.store.paths import STORE_DIR, in_store, references_in
+from nixwarden.nix.closure import closure, resolve_root
+from nixwarden.nix.storepath import STORE_DIR, in_store, references_in
 
 BWRAP = "/usr/bin/bwrap"
 FORWARDED = (

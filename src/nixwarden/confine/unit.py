@@ -21,8 +21,8 @@ from nixwarden.confine.dropin import (
 from nixwarden.confine.plan import BinSh, Mode
 from nixwarden.confine.unitfile import Unit, parse_exec, parse_unit
 from nixwarden.errors import InvalidInput, UsageError
-from nixwarden.store.closure import closure, resolve_root
-from nixwarden.store.paths import in_store, references_in
+from nixwarden.nix.closure import closure, resolve_root
+from nixwarden.nix.storepath import in_store, references_in
 
 OWN_SETTINGS = (*APIVFS_SETTINGS, *(h.key for h in HARDENING), "DynamicUser")
 

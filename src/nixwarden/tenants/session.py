@@ -129,7 +129,7 @@ def check_quota(layout: tenant_layout.TenantLayout, principal: Principal) -> Non
     if principal.disk_quota is None:
         return
     # Only with a quota: sqlite3 and the store module stay off the other sessions' path.
-    from nixwarden.store.db import DatabaseUnreadable  # noqa: PLC0415
+    from nixwarden.nix.db import DatabaseUnreadable  # noqa: PLC0415
     from nixwarden.tenants.usage import human_bytes, store_usage  # noqa: PLC0415
 
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from nixwarden.store import db
+from nixwarden.nix import db
 
 
 @dataclass(frozen=True)

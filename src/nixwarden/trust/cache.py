@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from nixwarden.errors import Refused
+from nixwarden.errors import FormatError, Refused
 from nixwarden.files import write_atomic
-from nixwarden.trust import nar, narinfo, nix32
-from nixwarden.trust.errors import FormatError
+from nixwarden.nix import nix32
+from nixwarden.trust import nar, narinfo
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.keys import SecretKey, TrustedKeys
 from nixwarden.trust.restore import restore

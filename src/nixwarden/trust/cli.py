@@ -8,9 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from nixwarden.cliutil import parser
-from nixwarden.errors import InvalidInput, Refused, UsageError
+from nixwarden.errors import FormatError, InvalidInput, Refused, UsageError
 from nixwarden.trust import nar
-from nixwarden.trust.errors import FormatError
 from nixwarden.trust.hashes import HashFormat
 
 if TYPE_CHECKING:

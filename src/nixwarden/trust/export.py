@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+from nixwarden.errors import FormatError
 from nixwarden.trust import nar
-from nixwarden.trust.errors import FormatError
 from nixwarden.trust.storepath import STORE_DIR, StorePath
 
 EXPORT_MAGIC = 0x4558494E

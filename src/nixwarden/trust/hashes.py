@@ -12,8 +12,8 @@ import enum
 import hashlib
 from dataclasses import dataclass
 
-from nixwarden.trust import nix32
-from nixwarden.trust.errors import FormatError
+from nixwarden.errors import FormatError
+from nixwarden.nix import nix32
 
 
 class HashAlgorithm(enum.Enum):

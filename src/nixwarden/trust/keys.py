@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from nixwarden.trust.errors import FormatError
+from nixwarden.errors import FormatError
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 
 SECRET_KEY_SIZE = 64

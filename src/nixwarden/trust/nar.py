@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nixwarden.trust.errors import FormatError
+from nixwarden.errors import FormatError
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 
 MAGIC = b"nix-archive-1"

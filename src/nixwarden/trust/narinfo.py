@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from nixwarden.trust.errors import FormatError
+from nixwarden.errors import FormatError
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.keys import SecretKey, Signature, fingerprint
 from nixwarden.trust.storepath import STORE_DIR, StorePath

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nixwarden import process
-from nixwarden.config import find_nix_program
-from nixwarden.trust.errors import FormatError
+from nixwarden.errors import FormatError
+from nixwarden.nix.programs import find_nix_program
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.storepath import STORE_DIR, StorePath
 

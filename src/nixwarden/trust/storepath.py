@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nixwarden.trust import nix32
-from nixwarden.trust.errors import FormatError
+from nixwarden.errors import FormatError
+from nixwarden.nix import nix32
 
 STORE_DIR = "/nix/store"
 HASH_PART_LENGTH = 32

@@ -6,7 +6,7 @@ significant first, so `encode` is an integer conversion rather than RFC 4648 bas
 
 from __future__ import annotations
 
-from nixwarden.trust.errors import FormatError
+from nixwarden.errors import FormatError
 
 ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"  # no e, o, u, t: fewer accidental words
 _DIGIT = {char: value for value, char in enumerate(ALPHABET)}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from nixwarden.errors import CommandFailed
-from nixwarden.store import db
-from nixwarden.store.closure import closure as closure_with_fallback
+from nixwarden.nix import db
+from nixwarden.nix.closure import closure as closure_with_fallback
 
 SCHEMA = """
 CREATE TABLE ValidPaths (id integer primary key autoincrement not null, path text unique not null,

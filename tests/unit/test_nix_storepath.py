@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nixwarden.errors import InvalidInput
-from nixwarden.store.paths import (
+from nixwarden.nix.storepath import (
     NIX32_ALPHABET,
     BadStorePath,
     StorePath,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from nixwarden import process
 from nixwarden.errors import CommandFailed, InvalidInput
-from nixwarden.store import db as store_db
-from nixwarden.store.paths import STORE_DIR, BadStorePath, Root, in_store, parse_root
+from nixwarden.nix import db as store_db
+from nixwarden.nix.storepath import STORE_DIR, BadStorePath, Root, in_store, parse_root
 
 MAX_LINKS = 40
 # Where to look for the store database instead of Nix's default (it may still fall back).
@@ -110,7 +110,7 @@ def closure(
         if db is not None:
             raise CommandFailed(str(error)) from error
         why = str(error)
-    from nixwarden.config import find_nix_program  # noqa: PLC0415 - only on the fallback
+    from nixwarden.nix.programs import find_nix_program  # noqa: PLC0415 - only on the fallback
 
     program = nix_store or find_nix_program("nix-store")
     found = nix_store_closure(paths, program, environ)
