@@ -85,7 +85,7 @@ class Option:
         value = self.value
         if value is None:
             return f"{escape(self.name)} (data {self.data.hex()})"
-        return escape(self.name) + (f" {escape(value)!r}" if value else "")
+        return escape(self.name) + (f" '{escape(value)}'" if value else "")
 
     @classmethod
     def of(cls, name: str, value: str | None) -> Option:
@@ -191,7 +191,7 @@ def _parse_line(line: str, what: str) -> Certificate:
 def _walk(reader: wire.Reader, blob: bytes, comment: str) -> Certificate:
     inner_type = reader.string("type", limit=64)
     if inner_type != CERT_TYPE.encode():
-        raise reader.fail(f"inner type {escape(inner_type.decode('latin-1'))!r} is not {CERT_TYPE}")
+        raise reader.fail(f"inner type '{escape(inner_type.decode('latin-1'))}' is not {CERT_TYPE}")
     nonce = reader.string("nonce", limit=MAX_NONCE)
     key = reader.string("public key", limit=PUBLIC_KEY_SIZE)
     if len(key) != PUBLIC_KEY_SIZE:
@@ -215,7 +215,7 @@ def _walk(reader: wire.Reader, blob: bytes, comment: str) -> Certificate:
     reader.string("reserved", limit=MAX_RESERVED)  # ignored, as PROTOCOL.certkeys says
     ca_key = _ca_key(reader)
     _signature(reader)  # its shape here; whether it verifies, in _agree_with_cryptography
-    reader.end()
+    reader.end("the signature")
     return Certificate(
         key=key,
         serial=serial,
@@ -259,11 +259,10 @@ def _options(reader: wire.Reader, section_name: str) -> tuple[Option, ...]:
         if options:
             previous = options[-1].name.encode()
             if name.encode() == previous:
-                raise section.fail(f"duplicate {kind} {escape(name)!r}")
+                raise section.fail(f"duplicate {kind} '{escape(name)}'")
             if name.encode() < previous:
-                raise section.fail(
-                    f"{section_name} not sorted ({escape(name)!r} after {escape(options[-1].name)!r})"
-                )
+                after = escape(options[-1].name)
+                raise section.fail(f"{section_name} not sorted ('{escape(name)}' after '{after}')")
         options.append(Option(name, data))
     return tuple(options)
 
@@ -274,11 +273,11 @@ def _ca_key(reader: wire.Reader) -> bytes:
     if key_type.endswith("-cert-v01@openssh.com"):
         raise section.fail("the CA key is a certificate: chained certificates are not supported")
     if key_type != ED25519:
-        raise section.fail(f"CA key type {escape(key_type)!r} is not accepted (only {ED25519})")
+        raise section.fail(f"CA key type '{escape(key_type)}' is not accepted (only {ED25519})")
     key = section.string("CA key", limit=PUBLIC_KEY_SIZE)
     if len(key) != PUBLIC_KEY_SIZE:
         raise section.fail(f"CA key of {len(key)} bytes, expected {PUBLIC_KEY_SIZE}")
-    section.end()
+    section.end("the CA key")
     return key
 
 
@@ -287,12 +286,12 @@ def _signature(reader: wire.Reader) -> None:
     kind = section.string("signature type", limit=64)
     if kind != ED25519.encode():
         raise section.fail(
-            f"signature type {escape(kind.decode('latin-1'))!r} does not match the {ED25519} CA key"
+            f"signature type '{escape(kind.decode('latin-1'))}' does not match the {ED25519} CA key"
         )
     signature = section.string("signature bytes", limit=SIGNATURE_SIZE)
     if len(signature) != SIGNATURE_SIZE:
         raise section.fail(f"signature of {len(signature)} bytes, expected {SIGNATURE_SIZE}")
-    section.end()
+    section.end("the signature bytes")
 
 
 def _agree_with_cryptography(ours: Certificate, what: str) -> None:
@@ -345,7 +344,7 @@ def issue(
         raise InvalidInput(f"more than {MAX_PRINCIPALS} principals")
     for principal in principals:
         if not principal or not principal.isprintable() or "," in principal:
-            raise InvalidInput(f"invalid principal {escape(principal)!r}")
+            raise InvalidInput(f"invalid principal '{escape(principal)}'")
     if not 0 <= valid_after < valid_before <= FOREVER:
         raise InvalidInput("the validity window is empty or out of range")
     names = [option.name for option in critical_options]
@@ -364,8 +363,10 @@ def issue(
     for option in critical_options:
         value = option.value
         if value is None:
-            raise InvalidInput(f"critical option {escape(option.name)!r}: unsupported data")
+            raise InvalidInput(f"critical option '{escape(option.name)}': unsupported data")
         builder = builder.add_critical_option(option.name.encode(), value.encode())
     signed = builder.sign(ca)
     encoded = signed.public_bytes().split(b" ")[1]
-    return Certificate.from_blob(base64.b64decode(encoded), "issued certificate", key_id)
+    plain = key_id.isprintable() and not any(char.isspace() for char in key_id)
+    comment = key_id if plain else ""  # the comment is part of a one-line file
+    return Certificate.from_blob(base64.b64decode(encoded), "issued certificate", comment)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from nixwarden.ca import wire
+from nixwarden.display import escape
 from nixwarden.errors import FormatError, InvalidInput
 
 ED25519 = "ssh-ed25519"
@@ -54,11 +55,11 @@ def parse_ed25519_blob(blob: bytes, what: str) -> bytes:
         shown = key_type.decode("ascii", "replace")
         if shown.endswith("-cert-v01@openssh.com"):
             raise reader.fail("is a certificate; chained certificates are not supported")
-        raise reader.fail(f"key type {shown!r} is not accepted (only {ED25519})")
+        raise reader.fail(f"key type '{escape(shown)}' is not accepted (only {ED25519})")
     key = reader.string("Ed25519 key", limit=PUBLIC_KEY_SIZE)
     if len(key) != PUBLIC_KEY_SIZE:
         raise reader.fail(f"Ed25519 key of {len(key)} bytes, expected {PUBLIC_KEY_SIZE}")
-    reader.end()
+    reader.end("the key")
     return key
 
 
@@ -88,7 +89,9 @@ class SshPublicKey:
             raise FormatError(f"{what}: expected 'ssh-ed25519 BASE64 [comment]'")
         key_type, encoded = words[0], words[1]
         if key_type != ED25519:
-            raise FormatError(f"{what}: key type {key_type!r} is not accepted (only {ED25519})")
+            raise FormatError(
+                f"{what}: key type '{escape(key_type)}' is not accepted (only {ED25519})"
+            )
         try:
             blob = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):

@@ -26,6 +26,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from nixwarden.display import escape
 from nixwarden.errors import InvalidInput
 
 FOREVER = 2**64 - 1
@@ -57,11 +58,13 @@ def parse_interval(text: str) -> int:
     while position < len(text):
         match = _INTERVAL_PART.match(text, position)
         if match is None:
-            raise InvalidInput(f"invalid time interval {text!r} (e.g. 90, 8h, 1h30m, 52w1d)")
+            raise InvalidInput(
+                f"invalid time interval '{escape(text)}' (e.g. 90, 8h, 1h30m, 52w1d)"
+            )
         seconds = int(match[1]) * _UNITS[match[2].lower()]
         total += seconds
         if total > INT_MAX:
-            raise InvalidInput(f"time interval {text!r} is longer than {INT_MAX} seconds")
+            raise InvalidInput(f"time interval '{escape(text)}' is longer than {INT_MAX} seconds")
         position = match.end()
     return total
 
@@ -103,20 +106,20 @@ def parse_time(text: str, now: int, *, end: bool) -> int:
         seconds = parse_interval(text[1:])
         if text[0] == "-":
             if seconds > now:
-                raise InvalidInput(f"time {text!r} is before 1970")
+                raise InvalidInput(f"time '{escape(text)}' is before 1970")
             return now - seconds
         return now + seconds
     if text == ("forever" if end else "always"):
         return FOREVER if end else 0
     if text.startswith("0x"):
         if not _HEX.fullmatch(text):
-            raise InvalidInput(f"invalid hexadecimal time {text!r}")
+            raise InvalidInput(f"invalid hexadecimal time '{escape(text)}'")
         return int(text, 16)
     seconds = _absolute(text)
     if seconds is None:
         which = "to" if end else "from"
         raise InvalidInput(
-            f"invalid {which} time {text!r} (YYYYMMDD[HHMM[SS]][Z], "
+            f"invalid {which} time '{escape(text)}' (YYYYMMDD[HHMM[SS]][Z], "
             f"{'forever' if end else 'always'}, +/-INTERVAL or 0xSECONDS)"
         )
     return seconds
@@ -129,12 +132,12 @@ def parse_validity(spec: str, now: int) -> Validity:
     start, colon, finish = spec.partition(":")
     if not colon or not start or not finish:
         raise InvalidInput(
-            f"invalid validity {spec!r}: expected +INTERVAL or FROM:TO "
+            f"invalid validity '{escape(spec)}': expected +INTERVAL or FROM:TO "
             "(e.g. +8h, -1d:+52w, 20261201:20261231, always:forever), as ssh-keygen -V"
         )
     validity = Validity(parse_time(start, now, end=False), parse_time(finish, now, end=True))
     if validity.valid_before <= validity.valid_after:
-        raise InvalidInput(f"validity {spec!r} is an empty interval")
+        raise InvalidInput(f"validity '{escape(spec)}' is an empty interval")
     return validity
 
 
@@ -150,7 +153,7 @@ def parse_instant(text: str, now: int) -> int:
         try:
             moment = datetime.datetime.fromisoformat(text)
         except ValueError:
-            raise InvalidInput(f"invalid time {text!r}") from None
+            raise InvalidInput(f"invalid time '{escape(text)}'") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.UTC)
         return int(moment.timestamp())

@@ -66,9 +66,11 @@ class Reader:
         except UnicodeDecodeError:
             raise self.fail(f"{field} is not UTF-8") from None
 
-    def end(self) -> None:
+    def end(self, field: str = "") -> None:
         if self.remaining:
-            raise self.fail(f"{self.remaining} trailing bytes")
+            plural = "s" if self.remaining != 1 else ""
+            where = f" after {field}" if field else ""
+            raise self.fail(f"{self.remaining} trailing byte{plural}{where}")
 
 
 def u32(value: int) -> bytes:
