@@ -203,9 +203,11 @@ def test_ledger_must_be_a_regular_file(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
     for name in ("fifo", "link"):
-        with pytest.raises(Exception, match="regular file|Too many levels|symbolic"):
-            with ledger.opened(str(tmp_path / name)):
-                pass
+        with (
+            pytest.raises(Exception, match=r"regular file|Too many levels|symbolic"),
+            ledger.opened(str(tmp_path / name)),
+        ):
+            pass
     assert not (tmp_path / "elsewhere").exists()
 
 

@@ -107,10 +107,10 @@ def test_refused_certificates_parse_but_do_not_certify(name: str) -> None:
 def test_the_good_certificate_certifies() -> None:
     certificate = Certificate.parse(corpus.line(corpus.GOOD))
     trusted = frozenset({corpus.public(corpus.CA_SEED)})
-    assert (
-        policy.certificate_problem(certificate, trusted_cas=trusted, krls=(), rules=RULES, at=corpus.AT)
-        is None
+    problem = policy.certificate_problem(
+        certificate, trusted_cas=trusted, krls=(), rules=RULES, at=corpus.AT
     )
+    assert problem is None
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
