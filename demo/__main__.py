@@ -24,7 +24,7 @@ from demo.framework import Demo, DemoFailed, default_env
 
 # Parts that need the gated builder take (demo, builder, client); the others (demo).
 BUILDER_PARTS = ("gate", "tenants")
-OTHER_PARTS = ("trust", "confine", "audit")
+OTHER_PARTS = ("trust", "ca", "confine", "audit")
 
 
 def main() -> int:
