@@ -11,6 +11,7 @@ second signer is required.
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -191,3 +192,213 @@ def _in_zone(zone: str, spec: str) -> object:
     from nixwarden.ca.validity import Validity  # noqa: PLC0415
 
     return Validity(int(out[0]), int(out[1]))
+
+
+# --- KRLs: ssh-keygen's and ours, against ssh-keygen -Q ---------------------------------
+
+
+def _people(env: dict[str, str], scratch: Path, ca: Path, serials: dict[str, int]) -> None:
+    """A Nix key, its OpenSSH form and a certificate (for `deploy`) for each person."""
+    for name, serial in serials.items():
+        _, nixpub = make_key(env, scratch, name)
+        (scratch / f"{name}.pub").write_text(nw(env, "key", "ssh-public", "--public", str(nixpub)))
+        nw(
+            env,
+            *("ca", "issue", "--ca", str(ca), "--key", str(nixpub), "--serial", str(serial)),
+            *("--principal", "deploy", "--validity", "-1h:+1d"),
+            *("--out", str(scratch / "certs" / f"{name}-cert.pub")),
+        )
+
+
+def _revoked_by_ssh_keygen(
+    env: dict[str, str], scratch: Path, krl: Path, names: list[str]
+) -> set[str]:
+    revoked = set()
+    for name in names:
+        cert = scratch / "certs" / f"{name}-cert.pub"
+        result = harness.run([KEYGEN, "-Q", "-f", str(krl), str(cert)], env=env, check=False)
+        assert result.returncode in (0, 1), result.stderr
+        if result.returncode == 1:
+            revoked.add(name)
+    return revoked
+
+
+def _refused_by_us(scratch: Path, ca_pub: Path, krl: Path) -> dict[str, str]:
+    from nixwarden.ca import load  # noqa: PLC0415
+    from nixwarden.ca.policy import CertificatePolicy, Rules  # noqa: PLC0415
+
+    policy = CertificatePolicy.build(
+        ca_keys=[key.key for key in load.ca_keys([str(ca_pub)])],
+        certificates=load.certificates([str(scratch / "certs")]),
+        krls=load.krls([str(krl)]),
+        rules=Rules(principals=("deploy",)),
+        at=int(time.time()),
+    )
+    return dict(policy.refused)
+
+
+SERIALS = {f"p{index}-1": index for index in range(1, 11)} | {"p11-1": 51, "p12-1": 53}
+
+
+def test_ssh_keygen_krls_revoke_here_what_ssh_keygen_q_says(
+    env: dict[str, str], scratch: Path
+) -> None:
+    ca, ca_pub = make_ca(env, scratch)
+    (scratch / "certs").mkdir()
+    _people(env, scratch, ca, SERIALS)
+    key_line = lambda name: (scratch / f"{name}.pub").read_text().strip()  # noqa: E731
+    fingerprint = harness.run([KEYGEN, "-l", "-f", str(scratch / "p9-1.pub")], env=env)
+    spec = scratch / "spec"
+    spec.write_text(
+        "\n".join(
+            [
+                "serial: 2",
+                "serial: 4-5",
+                *(f"serial: {serial}" for serial in range(20, 201, 3)),  # a bitmap
+                "id: p6-1",
+                f"key: {key_line('p3-1')}",
+                f"sha1: {key_line('p7-1')}",
+                f"sha256: {key_line('p8-1')}",
+                f"hash: {fingerprint.stdout.decode().split()[1]}",
+                "",
+            ]
+        )
+    )
+    krl = scratch / "keygen.krl"
+    harness.run([KEYGEN, "-q", "-k", "-s", str(ca_pub), "-f", str(krl), str(spec)], env=env)
+    expected = {"p2-1", "p3-1", "p4-1", "p5-1", "p6-1", "p7-1", "p8-1", "p9-1", "p12-1"}
+    assert _revoked_by_ssh_keygen(env, scratch, krl, list(SERIALS)) == expected
+    refused = _refused_by_us(scratch, ca_pub, krl)
+    assert set(refused) == expected
+    assert refused["p2-1"] == "revoked: serial 2"
+    assert refused["p4-1"] == "revoked: serial range 4-5"
+    assert refused["p6-1"] == "revoked: key id p6-1"
+    assert refused["p3-1"].startswith("revoked: key SHA256:")
+    assert refused["p12-1"] == "revoked: serial 53"
+
+
+def test_our_krls_revoke_in_ssh_keygen_q_what_they_revoke_here(
+    env: dict[str, str], scratch: Path
+) -> None:
+    ca, ca_pub = make_ca(env, scratch)
+    (scratch / "certs").mkdir()
+    _people(env, scratch, ca, SERIALS)
+    krl = scratch / "ours.krl"
+    revoke = ["ca", "revoke", "--ca-public", str(ca_pub), "--krl", str(krl)]
+    nw(env, *revoke, "--serial", "2", "--serial", "4-5")
+    nw(env, *revoke, "--key-id", "p6-1", "--key", str(scratch / "p3-1.nixpub"))
+    nw(env, *revoke, *(arg for s in range(20, 201, 3) for arg in ("--serial", str(s))))
+    expected = {"p2-1", "p3-1", "p4-1", "p5-1", "p6-1", "p12-1"}
+    assert _revoked_by_ssh_keygen(env, scratch, krl, list(SERIALS)) == expected
+    assert set(_refused_by_us(scratch, ca_pub, krl)) == expected
+    listing = harness.run([KEYGEN, "-Q", "-l", "-f", str(krl)], env=env).stdout.decode()
+    assert "# KRL version 3" in listing
+    assert "id: p6-1" in listing
+    shown = nw(env, "ca", "show", str(krl))
+    assert "KRL version 3" in shown and "key ids: p6-1" in shown
+
+
+# --- end to end with real Nix -----------------------------------------------------------
+
+
+@pytest.fixture
+def nix_env(env: dict[str, str], nix_daemon: harness.NixDaemon) -> dict[str, str]:
+    return env | {"NIX_CONF_DIR": str(harness.client_nix_conf_dir())}
+
+
+@pytest.fixture
+def store_paths(nix_env: dict[str, str], scratch: Path) -> Iterator[list[str]]:
+    made: list[str] = []
+    try:
+        yield made
+    finally:
+        if made:
+            harness.run(["nix-store", "--delete", *made], env=nix_env, check=False)
+
+
+def _add(nix_env: dict[str, str], scratch: Path, made: list[str], name: str) -> str:
+    tree = scratch / f"nwt-ca-{name}-{secrets.token_hex(4)}"
+    tree.mkdir()
+    (tree / "payload").write_text(f"{name} {secrets.token_hex(8)}\n")
+    path = harness.run(["nix-store", "--add", str(tree)], env=nix_env).stdout.decode().strip()
+    made.append(path)
+    return path
+
+
+def _sign(nix_env: dict[str, str], secret: Path, path: str) -> None:
+    """Sign with Nix, and check nixwarden sign computes the very same signature."""
+    ours = nw(nix_env, "sign", "--key", str(secret), path).split()
+    harness.run(["nix", "store", "sign", "--key-file", str(secret), path], env=nix_env)
+    info = harness.run(["nix", "path-info", "--sigs", path], env=nix_env).stdout.decode()
+    assert ours[0] == path and ours[1] in info.split()
+
+
+def test_paths_signed_by_certified_keys_verify_until_they_should_not(
+    nix_env: dict[str, str], scratch: Path, store_paths: list[str]
+) -> None:
+    env = nix_env
+    ca, ca_pub = make_ca(env, scratch)
+    certs = scratch / "certs"
+    certs.mkdir()
+    nix_secrets = {}
+    for serial, name in enumerate(("alice-1", "bob-1", "carol-1"), start=1):
+        secret, nixpub = make_key(env, scratch, name)
+        nix_secrets[name] = secret
+        principal = "build" if name == "carol-1" else "deploy"
+        nw(
+            env,
+            *("ca", "issue", "--ca", str(ca), "--key", str(nixpub), "--serial", str(serial)),
+            *("--principal", principal, "--validity", "-1h:+1d"),
+            *("--out", str(certs / f"{name}-cert.pub")),
+        )
+    both = _add(env, scratch, store_paths, "both")
+    _sign(env, nix_secrets["alice-1"], both)
+    _sign(env, nix_secrets["bob-1"], both)
+    only_alice = _add(env, scratch, store_paths, "alice")
+    _sign(env, nix_secrets["alice-1"], only_alice)
+    by_carol = _add(env, scratch, store_paths, "carol")
+    _sign(env, nix_secrets["carol-1"], by_carol)
+
+    verify = [NIXWARDEN, "verify", "--ca", str(ca_pub), "--certs", str(certs)]
+
+    def check(*args: str, paths: tuple[str, ...] = (both, only_alice)) -> tuple[int, str]:
+        result = harness.run([*verify, *args, *paths], env=env, check=False)
+        return result.returncode, result.stderr.decode()
+
+    assert check("--principal", "deploy")[0] == 0
+    code, err = check("--principal", "deploy", paths=(by_carol,))
+    assert code == 1 and "carol-1: principal deploy not in [build]" in err
+    code, err = check("--principal", "build")
+    assert code == 1 and "alice-1: principal build not in [deploy]" in err
+    code, err = check("--principal", "deploy", "--at", "+2d")
+    assert code == 1 and "alice-1: expired" in err and f"{only_alice}: " in err
+    assert check("--principal", "deploy", "--at", "+2d", "--clock-skew", "2d")[0] == 0
+    assert check("--max-validity", "1h", paths=(both,))[0] == 1
+    assert check("--min-signers", "2", paths=(both,))[0] == 0
+    code, err = check("--min-signers", "2")
+    assert code == 1 and f"{only_alice}: 1 certified signer (alice-1), 2 required" in err
+    assert err.count("\n") == 1 and both not in err
+
+    krl = scratch / "revoked.krl"
+    nw(env, "ca", "revoke", "--ca-public", str(ca_pub), "--krl", str(krl), "--serial", "1")
+    code, err = check("--krl", str(krl))
+    assert code == 1 and f"{only_alice}: alice-1: revoked: serial 1" in err
+    assert both not in err  # bob's signature still counts
+    code, err = check("--krl", str(krl), "--min-signers", "2", paths=(both,))
+    assert code == 1 and "1 certified signer (bob-1), 2 required; alice-1: revoked: serial 1" in err
+
+    spec = scratch / "spec"
+    spec.write_text("id: bob-1\n")
+    keygen_krl = scratch / "keygen.krl"
+    harness.run([KEYGEN, "-q", "-k", "-s", str(ca_pub), "-f", str(keygen_krl), str(spec)], env=env)
+    code, err = check("--krl", str(krl), "--krl", str(keygen_krl), paths=(both,))
+    assert code == 1 and "bob-1: revoked: key id bob-1" in err
+
+    # Malformed inputs stop verification before any path is checked: exit 2, one line.
+    broken = scratch / "broken.krl"
+    broken.write_bytes(krl.read_bytes()[:-3])
+    code, err = check("--krl", str(broken))
+    assert code == 2 and err.startswith("nixwarden: error: ") and err.count("\n") == 1
+    (certs / "zz-cert.pub").write_text("ssh-ed25519-cert-v01@openssh.com AAAA\n")
+    code, err = check()
+    assert code == 2 and "zz-cert.pub" in err and err.count("\n") == 1
