@@ -10,12 +10,16 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from nixwarden.ca import cert, load, sshkey
 from nixwarden.ca.validity import format_time, parse_validity
 from nixwarden.cliutil import parser
 from nixwarden.display import escape
-from nixwarden.errors import InvalidInput, UsageError
+from nixwarden.errors import FormatError, InvalidInput, UsageError
+
+if TYPE_CHECKING:
+    from nixwarden.ca.krl import Krl
 
 KRL_MAGIC = b"SSHKRL\n\0"
 
@@ -129,7 +133,11 @@ def _init(secret: str, public: str, comment: str) -> int:
     private = sshkey.generate_ca()
     write_atomic(secret, sshkey.render_secret(private, comment), mode=0o600, replace=False)
     line = sshkey.public_of(private, comment).render()
-    write_atomic(public, (line + "\n").encode(), mode=0o644, replace=False)
+    try:
+        write_atomic(public, (line + "\n").encode(), mode=0o644, replace=False)
+    except BaseException:
+        os.unlink(secret)  # a key pair or nothing
+        raise
     print(line)
     print(f"CA key {sshkey.public_of(private).fingerprint} written to {secret}", file=sys.stderr)
     return 0
@@ -341,47 +349,63 @@ def _show_krl(path: str, data: bytes, *, as_json: bool) -> int:
 
     try:
         krl = Krl.parse(data)
-    except InvalidInput as error:
-        raise InvalidInput(f"{path}: {error}") from None
-    sections = [
-        {
-            "ca": sshkey.fingerprint(section.ca_key_blob) if section.ca_key_blob else None,
-            "serials": [list(interval) for interval in section.serials.intervals()],
-            "serial_count": section.serials.count(),
-            "key_ids": sorted(section.key_ids),
-        }
-        for section in krl.certificates
-    ]
-    document = {
+    except FormatError as error:
+        raise FormatError(f"{path}: {error}") from None
+    if as_json:
+        print(json.dumps(_krl_json(krl), indent=2, ensure_ascii=True))
+    else:
+        print(f"{escape(path)}:")
+        print("\n".join(f"  {line}" for line in _krl_lines(krl)))
+    return 0
+
+
+def _ca_name(blob: bytes | None) -> str:
+    return sshkey.fingerprint(blob) if blob else "any CA"
+
+
+def _krl_json(krl: Krl) -> dict[str, object]:
+    return {
         "krl_version": krl.version,
         "generated": krl.generated_date,
         "comment": krl.comment,
-        "certificates": sections,
+        "certificates": [
+            {
+                "ca": _ca_name(section.ca_key_blob),
+                "serials": [[start, end] for start, end in section.serials.intervals()],
+                "serial_count": section.serials.count(),
+                "key_ids": sorted(section.key_ids),
+            }
+            for section in krl.certificates
+        ],
         "keys": sorted(sshkey.fingerprint(blob) for blob in krl.keys),
         "sha1": sorted(digest.hex() for digest in krl.sha1),
         "sha256": sorted(digest.hex() for digest in krl.sha256),
-        "signatures": [sshkey.fingerprint(s.key_blob) for s in krl.signatures],
+        "signed_by": [sshkey.fingerprint(signature.key_blob) for signature in krl.signatures],
     }
-    if as_json:
-        print(json.dumps(document, indent=2, ensure_ascii=True))
-        return 0
-    print(f"{escape(path)}:")
-    print(f"  KRL version {krl.version}, generated {format_time(krl.generated_date)}")
+
+
+def _krl_lines(krl: Krl) -> Iterator[str]:
+    yield f"KRL version {krl.version}, generated {format_time(krl.generated_date)}"
     if krl.comment:
-        print(f"  Comment: {escape(krl.comment)}")
-    for section in sections:
-        print(f"  Certificates by {section['ca'] or 'any CA'}:")
-        intervals = [f"{a}" if a == b else f"{a}-{b}" for a, b in section["serials"]]
+        yield f"Comment: {escape(krl.comment)}"
+    for section in krl.certificates:
+        yield f"Certificates by {_ca_name(section.ca_key_blob)}:"
+        intervals = [
+            str(start) if start == end else f"{start}-{end}"
+            for start, end in section.serials.intervals()
+        ]
         if intervals:
-            print(f"    serials ({section['serial_count']}): {_listed(intervals)}")
-        if section["key_ids"]:
-            print(f"    key ids: {_listed([escape(key_id) for key_id in section['key_ids']])}")
-    for name in ("keys", "sha1", "sha256"):
-        if document[name]:
-            print(f"  {name.upper() if name != 'keys' else 'Keys'}: {_listed(document[name])}")
+            yield f"  serials ({section.serials.count()}): {_listed(intervals)}"
+        if section.key_ids:
+            yield f"  key ids: {_listed([escape(key_id) for key_id in sorted(section.key_ids)])}"
+    if krl.keys:
+        yield f"Keys: {_listed(sorted(sshkey.fingerprint(blob) for blob in krl.keys))}"
+    for name, digests in (("SHA1", krl.sha1), ("SHA256", krl.sha256)):
+        if digests:
+            yield f"{name} fingerprints: {_listed(sorted(digest.hex() for digest in digests))}"
     if krl.signatures:
-        print(f"  Signed by (verified): {_listed(document['signatures'])}")
-    return 0
+        signers = [sshkey.fingerprint(signature.key_blob) for signature in krl.signatures]
+        yield f"Signed by (verified): {_listed(signers)}"
 
 
 def _listed(items: Sequence[str]) -> str:

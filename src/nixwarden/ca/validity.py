@@ -115,14 +115,14 @@ def parse_time(text: str, now: int, *, end: bool) -> int:
         if not _HEX.fullmatch(text):
             raise InvalidInput(f"invalid hexadecimal time '{escape(text)}'")
         return int(text, 16)
-    seconds = _absolute(text)
-    if seconds is None:
+    absolute = _absolute(text)
+    if absolute is None:
         which = "to" if end else "from"
         raise InvalidInput(
             f"invalid {which} time '{escape(text)}' (YYYYMMDD[HHMM[SS]][Z], "
             f"{'forever' if end else 'always'}, +/-INTERVAL or 0xSECONDS)"
         )
-    return seconds
+    return absolute
 
 
 def parse_validity(spec: str, now: int) -> Validity:
