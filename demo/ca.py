@@ -83,7 +83,7 @@ def _tour(demo: Demo, env: dict[str, str], made: list[str]) -> None:
     made.append(path)
     for person in ("alice", "bob"):
         demo.step(
-            f"{person} signs it with Nix, with her or his own key",
+            f"{person} signs it with Nix, with {person}'s own key",
             ["nix", "store", "sign", "--key-file", str(keys[person][0]), path],
             env=env,
         )

@@ -25,6 +25,11 @@ KRL_MAGIC = b"SSHKRL\n\0"
 
 
 def main(command: str, argv: list[str]) -> int:
+    if command == "verify":
+        from nixwarden.ca.options import VALUE_OPTIONS, CertificateOptions  # noqa: PLC0415
+        from nixwarden.trust.cli import verify  # noqa: PLC0415
+
+        return verify(glue_values(argv, VALUE_OPTIONS), CertificateOptions())
     top = parser(
         "ca",
         "A team CA for Nix signing keys, in OpenSSH's formats: an Ed25519 CA key pair,\n"

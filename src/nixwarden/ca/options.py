@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from nixwarden.ca import load
 from nixwarden.ca.policy import MAX_MIN_SIGNERS, CertificatePolicy, Rules
@@ -17,8 +18,27 @@ from nixwarden.ca.validity import parse_instant, parse_interval
 from nixwarden.config import TrustSettings
 from nixwarden.errors import InvalidInput, UsageError
 
+if TYPE_CHECKING:
+    from nixwarden.trust.keys import TrustedKeys
+
 # Options whose value may start with `-` (`--at -1d`); see cli.glue_values.
 VALUE_OPTIONS = ("--at",)
+
+
+class CertificateOptions:
+    """What `nixwarden verify` adds for certified keys (trust/cli.py's PolicyOptions)."""
+
+    def add_arguments(self, command: argparse.ArgumentParser) -> None:
+        add_arguments(command)
+
+    def policy(
+        self, args: argparse.Namespace, trusted: TrustedKeys | None
+    ) -> CertificatePolicy | None:
+        """None when no certificate option was given: plain trusted keys decide."""
+        if not wanted(args):
+            return None
+        plain = [] if trusted is None else [(k.name, k.key) for k in trusted.by_name.values()]
+        return policy_from_arguments(args, plain)
 
 
 def _min_signers(text: str) -> int:
