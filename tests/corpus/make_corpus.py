@@ -2,8 +2,9 @@
 
 Run from the repository: `.venv/bin/python -m tests.corpus.make_corpus`. The archives
 are built from raw strings here, not with nixwarden's serializer, so a bug there
-cannot hide in the corpus. `EXPECTED` in tests/unit/test_trust_corpus.py lists the
-reason each file must be refused with.
+cannot hide in the corpus. `NAR_REASONS` and `NARINFO_REASONS` in
+tests/unit/test_trust_corpus.py map each file to the reason it must be refused with
+(checked both ways: every file has a reason, every reason a file).
 """
 
 from __future__ import annotations
