@@ -60,6 +60,7 @@ TOOLS: Mapping[str, str] = {
     "nix-build": "nix-bin",
     "nix-daemon": "nix-bin",
     "nix-hash": "nix-bin",
+    "nix-instantiate": "nix-bin",
     "nix-store": "nix-bin",
     "sshd": "openssh-server",
     "ssh": "openssh-client",
