@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import random
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -291,3 +292,30 @@ def test_a_signed_krl_is_read_by_both_and_its_signature_checked(world: World) ->
     assert Krl.parse(good.read_bytes()).signatures
     code, output = world.keygen("-Q", "-f", str(good), str(world.files[0]), check=False)
     assert code == 0, output
+
+
+def test_random_serial_sets_are_encoded_exactly_as_ssh_keygen_encodes_them(world: World) -> None:
+    """Lists, ranges and bitmaps chosen by krl.c's cost model, over many shapes of input."""
+    rng = random.Random(20261122)
+    ca = world.blob("ca1")
+    for trial in range(24):
+        span = (2_000, 60_000, 2**64 - 1)[trial % 3]
+        lines, serials, ranges = [], [], []
+        for _ in range(rng.randrange(1, 300)):
+            start = rng.randrange(1, span)
+            if rng.random() < 0.2:
+                end = min(span, start + rng.randrange(1, 400))
+                lines.append(f"serial: {start}-{end}")
+                ranges.append((start, end))
+            else:
+                lines.append(f"serial: {start}")
+                serials.append(start)
+        spec = world.root / f"random{trial}.spec"
+        spec.write_text("\n".join(lines) + "\n")
+        theirs = world.root / f"random{trial}.krl"
+        argv = ["-q", "-k", "-f", str(theirs), "-s", str(world.root / "ca1.pub"), "-z", "1"]
+        world.keygen(*argv, str(spec))
+        data = theirs.read_bytes()
+        date = Krl.parse(data).generated_date
+        ours = Krl.empty().revoking(ca, serials=serials, serial_ranges=ranges, now=date)
+        assert ours.to_bytes() == data, f"trial {trial}"
