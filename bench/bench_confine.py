@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from demo.framework import NIXWARDEN
-from tests.system import confine_store
+from testbed import confine_store
 
 from nixwarden.confine import run as confine_run
 from nixwarden.confine.plan import Mode, sandbox

@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.system import harness
-from tests.system.gate_setup import client_store, gated_builder
+from testbed import harness
+from testbed.errors import TestbedError
+from testbed.gate_setup import client_store, gated_builder
 
 from demo.framework import Demo, DemoFailed, default_env
 
@@ -62,6 +63,9 @@ def main() -> int:
     except DemoFailed as failure:
         print(f"\ndemo: FAILED: {failure}", file=sys.stderr)
         return 1
+    except TestbedError as error:
+        print(f"\ndemo: cannot set up the builder: {error}", file=sys.stderr)
+        return 2
     finally:
         users.cleanup()
         shutil.rmtree(scratch, ignore_errors=True)

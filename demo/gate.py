@@ -5,8 +5,8 @@ from __future__ import annotations
 import platform
 import secrets
 
-from tests.system import harness
-from tests.system.gate_setup import ClientStore, GatedBuilder
+from testbed import harness
+from testbed.gate_setup import ClientStore, GatedBuilder
 
 from demo.framework import NIXWARDEN, Demo
 

@@ -7,8 +7,8 @@ import secrets
 import subprocess
 from pathlib import Path
 
-from tests.system import harness
-from tests.system.gate_setup import ClientStore, GatedBuilder
+from testbed import harness
+from testbed.gate_setup import ClientStore, GatedBuilder
 
 from demo.framework import NIXWARDEN, Demo
 

@@ -56,7 +56,7 @@ if [[ $(id -u) -eq 0 ]]; then
     install -d -m 1777 /nix/var/nix/gcroots/per-user /nix/var/nix/profiles/per-user
     # directory: /run/sshd 0755   (sshd's privilege-separation directory)
     install -d -m 0755 /run/sshd
-    # daemon: nix-daemon — started by the harness (tests/system/harness.py) on the default
+    # daemon: nix-daemon — started by the harness (testbed/harness.py) on the default
     # socket with its own nix.conf, not by systemd: containers and CI have no systemd.
 fi
 

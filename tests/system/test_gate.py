@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from tests.system import harness
-from tests.system.gate_setup import ClientStore, GatedBuilder
+from testbed import harness
+from testbed.gate_setup import ClientStore, GatedBuilder
 
 SYSTEM = f"{platform.machine()}-linux"
 WORKER_MAGIC_1 = 0x6E697863

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from testbed.harness import need
 
 from nixwarden import cli
 from nixwarden.audit import render
 from nixwarden.audit.catalog import RULES
 from nixwarden.audit.model import Finding, Severity
-from tests.system.harness import need
 
 REPO = Path(__file__).resolve().parents[2]
 SARIF_SCHEMA = REPO.parent / "shared" / "data" / "sarif-schema-2.1.0.json"

@@ -1,4 +1,4 @@
-"""A gated builder for system tests: config, principals, users and their keys behind the sshd."""
+"""A gated builder for the tests, demo and bench: config, principals, users, keys, sshd."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.system import harness
+from testbed import harness
 
 
 def toml_value(value: object) -> str:
@@ -59,8 +59,11 @@ class GatedBuilder:
         return self.directory / "state"
 
     def write_config(self) -> None:
-        sections = {"gate": {"audit_log": str(self.audit_log), "state_dir": str(self.state_dir)}}
-        sections["gate"].update({k: v for k, v in self.gate.items()})
+        gate: dict[str, object] = {
+            "audit_log": str(self.audit_log),
+            "state_dir": str(self.state_dir),
+        }
+        sections = {"gate": gate | self.gate}
         lines: list[str] = []
         for name, table in sections.items():
             lines.append(f"[{name}]")

@@ -1,7 +1,8 @@
-"""The system-test harness: real nix-daemon, real sshd on loopback, throwaway unix users.
+"""The harness: real nix-daemon, real sshd on loopback, throwaway unix users.
 
-Everything here drives the real tools as root. Prerequisites that are missing fail
-the test when NIXWARDEN_REQUIRE_SYSTEM=1 (as in CI) and skip it otherwise.
+Everything here drives the real tools as root. A missing prerequisite raises
+`PrerequisiteMissing`; the test suite fails on it when NIXWARDEN_REQUIRE_SYSTEM=1 (as in
+CI) and skips otherwise (tests/conftest.py), the demo and bench print it and stop.
 """
 
 from __future__ import annotations
@@ -16,18 +17,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from testbed.errors import PrerequisiteMissing, SetupConflict
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
 NIXWARDEN = str(VENV_BIN / "nixwarden")
-REQUIRE_SYSTEM = os.environ.get("NIXWARDEN_REQUIRE_SYSTEM") == "1"
 
-# Shared, machine-wide state of the harness (the nix-daemon outlives one pytest run,
+# Shared, machine-wide state of the harness (the nix-daemon outlives one test run,
 # like a system daemon would; everything else is per run and removed).
 STATE = Path("/run/nixwarden-test")
 DAEMON_SOCKET = Path("/nix/var/nix/daemon-socket/socket")
@@ -61,12 +61,9 @@ connect-timeout = 10
 
 
 def need(condition: bool, what: str) -> None:
-    """Fail (CI) or skip (a developer's machine) when a system prerequisite is missing."""
-    if condition:
-        return
-    if REQUIRE_SYSTEM:
-        pytest.fail(f"system prerequisite missing: {what}", pytrace=False)
-    pytest.skip(f"system prerequisite missing: {what}")
+    """Raise `PrerequisiteMissing` naming `what` unless `condition` holds."""
+    if not condition:
+        raise PrerequisiteMissing(what)
 
 
 def which(tool: str) -> str | None:
@@ -128,10 +125,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: object, what: str, timeout: float = 20.0) -> None:
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
@@ -197,10 +194,9 @@ def ensure_nix_daemon() -> NixDaemon:
     if ours and _socket_alive(DAEMON_SOCKET):
         return NixDaemon(conf_dir, log)
     if _socket_alive(DAEMON_SOCKET):
-        pytest.fail(
+        raise SetupConflict(
             "a nix-daemon the harness did not start serves the default socket; its "
-            f"trusted-users are unknown. Stop it, or give it the settings in {conf_dir}/nix.conf",
-            pytrace=False,
+            f"trusted-users are unknown. Stop it, or give it the settings in {conf_dir}/nix.conf"
         )
     with contextlib.suppress(FileNotFoundError):
         DAEMON_SOCKET.unlink()
