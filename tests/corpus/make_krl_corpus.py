@@ -21,6 +21,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.corpus.make_corpus import write_corpus
+
 HERE = Path(__file__).parent
 
 MAGIC = b"SSHKRL\n\0"
@@ -247,13 +249,8 @@ def write_valid() -> None:
 def main() -> None:
     if "--valid" in sys.argv[1:]:
         write_valid()
-    target = HERE / "krl"
-    target.mkdir(exist_ok=True)
-    for stale in target.glob("*.krl"):
-        stale.unlink()
-    for name, data in KRLS.items():
-        (target / f"{name}.krl").write_bytes(data)
-    print(f"wrote {len(KRLS)} KRLs under {target}")
+    write_corpus(HERE / "krl", ".krl", KRLS)
+    print(f"wrote {len(KRLS)} KRLs under {HERE / 'krl'}")
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives.serialization import (
     SSHCertificate,
     load_ssh_public_identity,
 )
+from testbed import harness
 
 from nixwarden.ca.krl import CertRef, Krl
 from nixwarden.errors import FormatError
 from tests.corpus.make_krl_corpus import GOOD, signed
-from tests.system import harness
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "krl"
 

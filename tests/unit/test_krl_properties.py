@@ -12,31 +12,13 @@ from hypothesis import strategies as st
 from nixwarden.ca.krl import U64_MAX, CertRef, Krl, SerialSet
 from nixwarden.errors import FormatError
 from tests.corpus.make_krl_corpus import CA, GOOD, OTHER, USER, signed
+from tests.unit.mutation import mutated
 
 VALID = Path(__file__).resolve().parents[1] / "corpus" / "krl" / "valid"
 SEEDS = [GOOD, signed(GOOD)] + [path.read_bytes() for path in sorted(VALID.glob("*.krl"))]
 
 
-@st.composite
-def mutated_krl(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(data) - 1))
-        match draw(st.sampled_from(["replace", "delete", "insert", "truncate"])):
-            case "replace":
-                data[at] = draw(st.integers(0, 255))
-            case "delete":
-                del data[at : at + draw(st.integers(1, 16))]
-            case "insert":
-                data[at:at] = draw(st.binary(min_size=1, max_size=16))
-            case "truncate":
-                del data[at:]
-        if not data:
-            break
-    return bytes(data)
-
-
-@given(mutated_krl())
+@given(mutated(st.sampled_from(SEEDS), max_edits=4, max_delete=16, max_insert=16, truncate=True))
 @settings(max_examples=400, deadline=None)
 def test_parser_only_raises_format_error_and_what_it_accepts_writes_back(data: bytes) -> None:
     try:
