@@ -5,10 +5,9 @@ from __future__ import annotations
 import platform
 import secrets
 
+from demo.framework import NIXWARDEN, Demo
 from testbed import harness
 from testbed.gate_setup import ClientStore, GatedBuilder
-
-from demo.framework import NIXWARDEN, Demo
 
 TITLE = "Gate: SSH keys pinned to the Nix protocol"
 SYSTEM = f"{platform.machine()}-linux"

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from testbed import harness
 from testbed.gate_setup import ClientStore, GatedBuilder
 
