@@ -259,3 +259,35 @@ def test_revoke_refusals(
     assert main([*base, "--serial", "1"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert krl_path.read_bytes() == b"SSHKRL\n\0garbage"
+
+
+def test_show_a_krl(
+    tmp_path: Path, ca: tuple[Path, Path], alice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    krl_path = tmp_path / "revoked.krl"
+    base = ["ca", "revoke", "--ca-public", str(ca[1]), "--krl", str(krl_path)]
+    serials = [arg for serial in range(100, 160, 2) for arg in ("--serial", str(serial))]
+    assert main([*base, "--serial", "7", "--serial", "10-20", *serials]) == 0
+    assert main([*base, "--key-id", "evil\x1b[2J", "--key", str(alice)]) == 0
+    capsys.readouterr()
+    assert main(["ca", "show", str(krl_path)]) == 0
+    text = capsys.readouterr().out
+    ca_fingerprint = sshkey.parse_public_keys(ca[1].read_bytes(), "p")[0].fingerprint
+    assert "KRL version 2" in text
+    assert f"Certificates by {ca_fingerprint}:" in text
+    assert "serials (42): 7, 10-20, 100, 102," in text and "… (12 more)" in text
+    assert "key ids: evil\\x1b[2J" in text and "\x1b" not in text
+    key = sshkey.SshPublicKey(PublicKey.parse(alice.read_text()).key)
+    assert f"Keys: {key.fingerprint}" in text
+    assert main(["ca", "show", "--json", str(krl_path)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["krl_version"] == 2
+    section = shown["certificates"][0]
+    assert section["ca"] == ca_fingerprint
+    assert section["serials"][:2] == [[7, 7], [10, 20]] and section["serial_count"] == 42
+    assert section["key_ids"] == ["evil\x1b[2J"]
+    assert shown["keys"] == [key.fingerprint]
+    krl_path.write_bytes(krl_path.read_bytes()[:-1])
+    assert main(["ca", "show", str(krl_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nixwarden: error: {krl_path}: ") and err.count("\n") == 1
