@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import calendar
-import struct
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.corpus.make_corpus import write_corpus
+from tests.corpus.make_krl_corpus import s, u32, u64  # the SSH wire encoding, by hand
 
 HERE = Path(__file__).parent / "cert"
 CERT_TYPE = b"ssh-ed25519-cert-v01@openssh.com"
@@ -30,19 +32,6 @@ AT = calendar.timegm((2026, 6, 1, 0, 0, 0))
 AFTER = calendar.timegm((2026, 1, 1, 0, 0, 0))
 BEFORE = calendar.timegm((2027, 1, 1, 0, 0, 0))
 FOREVER = 2**64 - 1
-
-
-def u32(value: int) -> bytes:
-    return struct.pack(">I", value)
-
-
-def u64(value: int) -> bytes:
-    return struct.pack(">Q", value)
-
-
-def s(data: bytes | str) -> bytes:
-    raw = data.encode() if isinstance(data, str) else data
-    return u32(len(raw)) + raw
 
 
 def public(seed: bytes) -> bytes:
@@ -171,12 +160,8 @@ CORPUS: dict[str, bytes] = {
 
 
 def main() -> None:
-    HERE.mkdir(exist_ok=True)
-    for stale in HERE.glob("cert_*"):
-        stale.unlink()
-    for name, data in CORPUS.items():
-        (HERE / f"{name}.cert").write_bytes(data)
-    print(f"wrote {len(CORPUS)} files to {HERE}")
+    write_corpus(HERE, ".cert", CORPUS)
+    print(f"wrote {len(CORPUS)} certificates under {HERE}")
 
 
 if __name__ == "__main__":

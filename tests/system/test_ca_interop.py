@@ -240,12 +240,19 @@ def _refused_by_us(scratch: Path, ca_pub: Path, krl: Path) -> dict[str, str]:
 SERIALS = {f"p{index}-1": index for index in range(1, 11)} | {"p11-1": 51, "p12-1": 53}
 
 
-def test_ssh_keygen_krls_revoke_here_what_ssh_keygen_q_says(
-    env: dict[str, str], scratch: Path
-) -> None:
+@pytest.fixture
+def team(env: dict[str, str], scratch: Path) -> Path:
+    """A CA (its public key file is returned) that certified a key for each of SERIALS."""
     ca, ca_pub = make_ca(env, scratch)
     (scratch / "certs").mkdir()
     _people(env, scratch, ca, SERIALS)
+    return ca_pub
+
+
+def test_ssh_keygen_krls_revoke_here_what_ssh_keygen_q_says(
+    env: dict[str, str], scratch: Path, team: Path
+) -> None:
+    ca_pub = team
     key_line = lambda name: (scratch / f"{name}.pub").read_text().strip()  # noqa: E731
     fingerprint = harness.run([KEYGEN, "-l", "-f", str(scratch / "p9-1.pub")], env=env)
     spec = scratch / "spec"
@@ -278,11 +285,9 @@ def test_ssh_keygen_krls_revoke_here_what_ssh_keygen_q_says(
 
 
 def test_our_krls_revoke_in_ssh_keygen_q_what_they_revoke_here(
-    env: dict[str, str], scratch: Path
+    env: dict[str, str], scratch: Path, team: Path
 ) -> None:
-    ca, ca_pub = make_ca(env, scratch)
-    (scratch / "certs").mkdir()
-    _people(env, scratch, ca, SERIALS)
+    ca_pub = team
     krl = scratch / "ours.krl"
     revoke = ["ca", "revoke", "--ca-public", str(ca_pub), "--krl", str(krl)]
     nw(env, *revoke, "--serial", "2", "--serial", "4-5")
