@@ -274,7 +274,7 @@ HOSTILE_TEXT = st.text(
 )
 
 
-@settings(max_examples=1000)
+@settings(max_examples=500)
 @given(
     st.lists(st.sampled_from(["nix-daemon", "nix-store", "--stdio", "--store"]) | HOSTILE_TEXT)
     .map(" ".join)
