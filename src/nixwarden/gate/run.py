@@ -20,7 +20,7 @@ import time
 from nixwarden import defaults
 from nixwarden.display import escape
 from nixwarden.errors import ConfigError, NixwardenError, Refused
-from nixwarden.gate import audit_log, compiled, policy, request, sessions, syslog
+from nixwarden.gate import audit_log, compiled, policy, request, sessions
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
 if TYPE_CHECKING:
@@ -84,6 +84,8 @@ class _Session:
 
     def to_syslog(self, reason: str) -> None:
         """A denial for syslog: the audit log's JSON line, which is escaped ASCII."""
+        from nixwarden.gate import syslog  # noqa: PLC0415 - only when the audit log is not used
+
         syslog.send(self.entry("deny", reason, None).decode("ascii").rstrip("\n"))
 
 
