@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import time
 from pathlib import Path
@@ -63,3 +64,13 @@ def test_garbage_copy_is_ignored(config_file: Path) -> None:
     Path(compiled.path_for(str(config_file))).write_bytes(b"\x00garbage")
     assert compiled.read(str(config_file)) is None
     assert run.load_policy(str(config_file))[2]["alice"].store == "host"
+
+
+def test_copy_from_an_older_format_is_ignored(config_file: Path) -> None:
+    """A copy compiled before validation tightened may hold values the config would now
+    refuse (a newline in a substituter): it must not outlive the upgrade."""
+    written = compiled.write(config.load(str(config_file)))
+    document = marshal.loads(Path(written).read_bytes())  # noqa: S302 - written just above
+    document["format"] = compiled.FORMAT - 1
+    Path(written).write_bytes(marshal.dumps(document))
+    assert compiled.read(str(config_file)) is None
