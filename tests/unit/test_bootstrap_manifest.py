@@ -151,7 +151,12 @@ ARGV_SECOND = {"step"}
 def program_named(argv: ast.expr) -> str | None:
     """The program an argv list (or a lone first argument) starts, if it is a literal."""
     first = argv.elts[0] if isinstance(argv, ast.List) and argv.elts else argv
-    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+    # An option (`["-q", "-k", …]` handed to a helper that adds the program) names none.
+    if (
+        isinstance(first, ast.Constant)
+        and isinstance(first.value, str)
+        and not first.value.startswith("-")
+    ):
         return first.value.rsplit("/", 1)[-1]
     return None
 
