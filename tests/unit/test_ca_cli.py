@@ -126,6 +126,7 @@ def test_issue_refusals(
     for argv, reason in (
         (["--serial", "0"], "--serial: invalid"),
         (["--serial", "x"], "--serial: invalid"),
+        (["--serial", "\u0664\u0662"], "--serial: invalid"),
         (["--validity", "8h"], "invalid validity"),
         (["--option", "=x"], "invalid --option"),
         (["--principal", "a,,b"], "empty principal"),

@@ -60,7 +60,9 @@ def test_intervals_as_sshd_reads_them(text: str, seconds: int) -> None:
     assert parse_interval(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "h", "1y", "-5", " 5", "5 h", "1h-", "2147483648", "99999w"])
+@pytest.mark.parametrize(
+    "text", ["", "h", "1y", "-5", " 5", "5 h", "1h-", "2147483648", "99999w", "\u0661h", "\uff18h"]
+)
 def test_bad_intervals(text: str) -> None:
     with pytest.raises(InvalidInput):
         parse_interval(text)
@@ -116,6 +118,7 @@ def test_times_without_z_are_in_the_system_zone_as_standard_time(local_zone: Non
         "0x:forever",
         "0x1ffffffffffffffff:forever",
         "-99999999999w:forever",
+        "\u0662\u0660\u0662\u0666\u0661\u0662\u0660\u0661Z:forever",  # Arabic-Indic digits
     ],
 )
 def test_bad_validity_specs(spec: str) -> None:

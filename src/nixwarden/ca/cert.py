@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -104,8 +104,8 @@ class Certificate:
     critical_options: tuple[Option, ...]
     extensions: tuple[Option, ...]
     ca_key: bytes  # the CA's 32-byte Ed25519 key
-    nonce: bytes
-    blob: bytes  # the whole certificate, as signed
+    nonce: bytes = field(repr=False)
+    blob: bytes = field(repr=False)  # the whole certificate, as signed
     comment: str = ""
 
     @property
@@ -157,11 +157,12 @@ def parse_certificates(data: bytes, what: str) -> tuple[Certificate, ...]:
     except UnicodeDecodeError:
         raise FormatError(f"{what}: not ASCII text") from None
     found = []
-    for number, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        where = f"{what}: line {number}" if number > 1 or len(text.splitlines()) > 1 else what
+        where = f"{what}: line {number}" if len(lines) > 1 else what
         if len(stripped) > MAX_CERT_LINE:
             raise FormatError(f"{where}: line longer than {MAX_CERT_LINE} bytes")
         found.append(_parse_line(stripped, where))

@@ -120,7 +120,7 @@ def glue_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
 
 
 def _serial(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 2**64:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**64:
         raise ValueError(text)
     return int(text)
 

@@ -42,7 +42,7 @@ class CertificateOptions:
 
 
 def _min_signers(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_MIN_SIGNERS:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_MIN_SIGNERS:
         raise ValueError(text)
     return int(text)
 

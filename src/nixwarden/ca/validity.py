@@ -32,8 +32,8 @@ from nixwarden.errors import InvalidInput
 FOREVER = 2**64 - 1
 INT_MAX = 2**31 - 1
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_INTERVAL_PART = re.compile(r"(\d{1,10})([smhdwSMHDW]?)")
-_ABSOLUTE = re.compile(r"(\d{4})(\d{2})(\d{2})(?:(\d{2})(\d{2})(\d{2})?)?")
+_INTERVAL_PART = re.compile(r"([0-9]{1,10})([smhdwSMHDW]?)")
+_ABSOLUTE = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})(?:([0-9]{2})([0-9]{2})([0-9]{2})?)?")
 _HEX = re.compile(r"0x[0-9a-fA-F]{1,16}")
 
 
