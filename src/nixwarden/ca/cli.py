@@ -60,7 +60,7 @@ def main(command: str, argv: list[str]) -> int:
         "--validity",
         required=True,
         metavar="SPEC",
-        help="as ssh-keygen -V: +8h, -1d:+52w, 20261201:20261231Z, always:forever …",
+        help="as ssh-keygen -V: +8h, -1d:+52w, 20261201Z:20261231Z, always:forever …",
     )
     issue.add_argument(
         "--option",
