@@ -402,3 +402,81 @@ def test_nixos_layout_nix_in_the_host_store(
     # And the next session still works after the gc.
     again = build_remotely(client, f"ssh-ng://{principal.alias}", chain_expression(tag + "b"))
     assert again.returncode == 0, again.stderr.decode()[-3000:]
+
+
+def test_tenant_directories_are_made_by_root_and_refused_otherwise(
+    tenant_builder: GatedBuilder, users: harness.Users
+) -> None:
+    config = ["--config", str(tenant_builder.config)]
+    env = tenant_builder.sshd.client_env()
+    late = tenant_builder.add("late", groups=(), store="tenant", create_tenant=False)
+    ping = ["nix", "store", "ping", "--store", f"ssh-ng://{late.alias}"]
+    refused = harness.run(ping, env=env, check=False)
+    fix = f"as root: nixwarden tenant create late --user {late.user.name} {' '.join(config)}"
+    assert refused.returncode != 0 and fix.encode() in refused.stderr, refused.stderr
+    assert str(tenant_builder.tenants["root"]).encode() not in refused.stderr.replace(
+        str(tenant_builder.config).encode(), b""
+    )
+    harness.run([harness.NIXWARDEN, "tenant", "create", "late", "--user", late.user.name, *config])
+    assert harness.run(ping, env=env, check=False).returncode == 0
+    # Created again for its own user: nothing to do; for another: refused.
+    again = [harness.NIXWARDEN, "tenant", "create", "late", *config, "--user"]
+    assert b"exists and belongs to" in harness.run([*again, late.user.name]).stdout
+    other = users.create(groups=())
+    wrong = harness.run([*again, other.name], check=False)
+    assert wrong.returncode == 1 and b"owned by uid" in wrong.stderr
+    # A directory someone else made (in a root that once let them): refused by the gate.
+    squatter = tenant_builder.add("squat", groups=(), store="tenant", create_tenant=False)
+    squat = Path(str(tenant_builder.tenants["root"])) / "squat"
+    squat.mkdir(mode=0o700)
+    os.chown(squat, other.uid, other.gid)
+    denied = harness.run(
+        ["nix", "store", "ping", "--store", f"ssh-ng://{squatter.alias}"], env=env, check=False
+    )
+    assert b"is not a directory of this unix user's" in denied.stderr, denied.stderr
+    assert b"nixwarden tenant remove squat" in denied.stderr
+
+
+def test_a_tenants_root_others_may_write_is_refused(
+    tenant_builder: GatedBuilder, tenants_root: Path
+) -> None:
+    principal = add_tenant(tenant_builder, "legacy")
+    tenants_root.chmod(0o1733)  # what the docs once said
+    refused = harness.run(
+        ["nix", "store", "ping", "--store", f"ssh-ng://{principal.alias}"],
+        env=tenant_builder.sshd.client_env(),
+        check=False,
+    )
+    assert refused.returncode != 0
+    fix = f"as root: chown root:root {tenants_root} && chmod 0711 {tenants_root}"
+    assert fix.encode() in refused.stderr, refused.stderr
+
+
+def test_remove_holds_the_session_lock(tenant_builder: GatedBuilder) -> None:
+    principal = add_tenant(tenant_builder, "busy", max_sessions=2)
+    config = ["--config", str(tenant_builder.config)]
+    session = subprocess.Popen(
+        tenant_builder.sshd.ssh_argv(principal.alias, "nix-daemon", "--stdio"),
+        env=harness.base_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        harness.wait_for(lambda: len(tenant_builder.log_lines()) == 1, "the session")
+        busy = harness.run([harness.NIXWARDEN, "tenant", "remove", "busy", *config], check=False)
+        assert busy.returncode == 1 and b"has sessions running" in busy.stderr
+        assert (Path(str(tenant_builder.tenants["root"])) / "busy" / "nix").is_dir()
+    finally:
+        session.kill()
+        session.wait()
+    harness.wait_for(
+        lambda: (
+            harness.run(
+                [harness.NIXWARDEN, "tenant", "remove", "busy", *config], check=False
+            ).returncode
+            == 0
+        ),
+        "the session to end and the removal to succeed",
+    )
+    assert not (Path(str(tenant_builder.tenants["root"])) / "busy").exists()
