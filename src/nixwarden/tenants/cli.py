@@ -360,11 +360,15 @@ def collect_garbage(config: config_module.Config, name: str, seconds: int = GC_S
         env={"PATH": "/usr/bin:/bin"}, nix_store=program, wrap=wrap, timeout=seconds
     )
     print(f"{name}: {summary}")
-    remaining = _measure(config, name, info, paths=True, seconds=LIST_PROBE_SECONDS)
-    print(
-        f"{name}: {remaining.paths} paths remain, "
-        f"{usage.human_bytes(remaining.disk_bytes or 0)} on disk"
-    )
+    try:
+        remaining = _measure(config, name, info, paths=True, seconds=LIST_PROBE_SECONDS)
+    except Refused as error:
+        print(f"{name}: what remains was not measured: {error}")
+    else:
+        print(
+            f"{name}: {remaining.paths} paths remain, "
+            f"{usage.human_bytes(remaining.disk_bytes or 0)} on disk"
+        )
     return 0
 
 
