@@ -329,13 +329,9 @@ def _group_name(user: str) -> str:
     import pwd  # noqa: PLC0415
 
     try:
-        gid = pwd.getpwnam(user).pw_gid
+        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
     except KeyError:
         return user
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def _install(path: str, user: str) -> str:

@@ -279,16 +279,21 @@ def test_tmp_is_cleaned_between_sessions(tenant_builder: GatedBuilder, client: C
     assert Path("/etc/passwd").exists()
 
 
-def test_max_sessions_and_session_time_limit(tenant_builder: GatedBuilder) -> None:
-    principal = add_tenant(tenant_builder, "brief", max_sessions=1, session_timeout=3)
-    started = time.monotonic()
-    first = subprocess.Popen(
-        tenant_builder.sshd.ssh_argv(principal.alias, "nix-daemon", "--stdio"),
+def open_session(builder: GatedBuilder, principal: Principal) -> subprocess.Popen[bytes]:
+    """An idle `nix-daemon --stdio` session, held open until the caller kills it."""
+    return subprocess.Popen(
+        builder.sshd.ssh_argv(principal.alias, "nix-daemon", "--stdio"),
         env=harness.base_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def test_max_sessions_and_session_time_limit(tenant_builder: GatedBuilder) -> None:
+    principal = add_tenant(tenant_builder, "brief", max_sessions=1, session_timeout=3)
+    started = time.monotonic()
+    first = open_session(tenant_builder, principal)
     try:
         harness.wait_for(lambda: len(tenant_builder.log_lines()) == 1, "the first session")
         second = tenant_builder.ssh(principal, "nix-daemon", "--stdio", input=b"")
@@ -455,13 +460,7 @@ def test_a_tenants_root_others_may_write_is_refused(
 def test_remove_holds_the_session_lock(tenant_builder: GatedBuilder) -> None:
     principal = add_tenant(tenant_builder, "busy", max_sessions=2)
     config = ["--config", str(tenant_builder.config)]
-    session = subprocess.Popen(
-        tenant_builder.sshd.ssh_argv(principal.alias, "nix-daemon", "--stdio"),
-        env=harness.base_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    session = open_session(tenant_builder, principal)
     try:
         harness.wait_for(lambda: len(tenant_builder.log_lines()) == 1, "the session")
         busy = harness.run([harness.NIXWARDEN, "tenant", "remove", "busy", *config], check=False)
