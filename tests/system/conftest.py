@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from testbed import harness
 from testbed.gate_setup import ClientStore, GatedBuilder, client_store, gated_builder
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from testbed import harness
 from testbed.gate_setup import GatedBuilder, Principal
-
 from tests.corpus.tenant_states import HOST_DB, STATES
 
 QUOTA = "16M"

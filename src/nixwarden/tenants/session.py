@@ -17,7 +17,7 @@ import stat
 from nixwarden import sessions
 from nixwarden.tenants import directory, host
 from nixwarden.tenants import layout as tenant_layout
-from nixwarden.tenants.host import TenantRefused
+from nixwarden.tenants.host import TenantRefused, TenantSetupError
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's (tenant) start-up path
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from nixwarden.config import Principal, TenantSettings
     from nixwarden.tenants.usage import TenantUsage
 
-__all__ = ["TenantRefused", "check_quota", "policy_of", "prepare"]
+__all__ = ["TenantRefused", "TenantSetupError", "check_quota", "policy_of", "prepare"]
 
 SUBDIRECTORIES = ("nix", "etc", "tmp")
 # How long a session waits while its tenant's /tmp is cleaned (or the tenant removed).
@@ -109,14 +109,14 @@ def open_own_directory(root: str, name: str, config_path: str | None) -> int:
     try:
         root_fd = directory.open_root(root)
     except FileNotFoundError:
-        raise TenantRefused(f"the tenant store of {name} is not set up; {create}") from None
+        raise TenantSetupError(f"the tenant store of {name} is not set up; {create}") from None
     except OSError as error:
-        raise TenantRefused(f"the tenants root cannot be opened: {error.strerror}") from None
+        raise TenantSetupError(f"the tenants root cannot be opened: {error.strerror}") from None
     try:
         try:
             fd = directory.open_tenant(root_fd, name)
         except FileNotFoundError:
-            raise TenantRefused(f"the tenant store of {name} is not set up; {create}") from None
+            raise TenantSetupError(f"the tenant store of {name} is not set up; {create}") from None
         except OSError:
             fd = -1
         info = os.fstat(fd) if fd >= 0 else directory.owner_of(root_fd, name)
@@ -125,7 +125,7 @@ def open_own_directory(root: str, name: str, config_path: str | None) -> int:
     if fd < 0 or not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
         if fd >= 0:
             os.close(fd)
-        raise TenantRefused(
+        raise TenantSetupError(
             f"the tenant directory of {name} is not a directory of this unix user's "
             f"(uid {uid}); a tenant's store belongs to the one unix user its keys log in as. "
             f"As root, after looking at what is there: nixwarden tenant remove {name}, "
