@@ -122,6 +122,7 @@ def tmp_litter(base: Path) -> None:
     os.mkfifo(base / "tmp" / "fifo")
     (deep / "er").chmod(0o500)
     deep.chmod(0o000)
+    (base / "tmp").chmod(0o000)  # from inside, where the tenant owns its /tmp
 
 
 STATES: dict[str, State] = {
@@ -159,6 +160,7 @@ STATES: dict[str, State] = {
         hoard_outside_store,
     ),
     "tenant_tmp_litter": State(
-        "20 MiB, a FIFO, a symlink out and unreadable directories left in /tmp", tmp_litter
+        "20 MiB, a FIFO, a symlink out and unreadable directories in an unreadable /tmp",
+        tmp_litter,
     ),
 }

@@ -158,6 +158,8 @@ def ensure_subdirectories(base: int) -> None:
 
 
 def _make_directory(parent: int, name: str) -> None:
+    """`name`, a directory of this user's with mode 0700 (whatever the tenant made of the
+    mode from inside its sandbox, where it is the owner)."""
     try:
         os.mkdir(name, 0o700, dir_fd=parent)
     except FileExistsError:
@@ -165,9 +167,18 @@ def _make_directory(parent: int, name: str) -> None:
     except OSError as error:
         raise TenantRefused(f"cannot create the tenant's {name}/: {error.strerror}") from None
     try:
-        os.close(os.open(name, directory.DIRECTORY, dir_fd=parent))
+        fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     except OSError:
         raise TenantRefused(f"the tenant's {name}/ is not a directory") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise TenantRefused(f"the tenant's {name}/ is not this unix user's")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            # An O_PATH descriptor cannot be fchmod'ed; its /proc link names the same inode.
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    finally:
+        os.close(fd)
 
 
 def write_etc(base: int, files: dict[str, str]) -> None:
