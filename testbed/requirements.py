@@ -70,6 +70,7 @@ TOOLS: Mapping[str, str] = {
     "systemd-analyze": "systemd",
     "systemd-tmpfiles": "systemd",
     "setpriv": "util-linux",
+    "unshare": "util-linux",
     "groupadd": "passwd",
     "useradd": "passwd",
     "usermod": "passwd",
