@@ -147,7 +147,8 @@ def keep(argv: list[str]) -> int:
     """Hold PATHs as temporary roots (Nix's format: a file named after a pid, each path
     followed by NUL, kept locked by a live process) while COMMAND runs as our child."""
     import fcntl  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
+
+    from nixwarden import process  # noqa: PLC0415
 
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         return _report("error=usage")
@@ -160,7 +161,8 @@ def keep(argv: list[str]) -> int:
         # Nix (pathlocks.cc: flock) tries a write lock to tell a dead process's file.
         fcntl.flock(fd, fcntl.LOCK_SH)
         os.write(fd, b"".join(path.encode() + b"\0" for path in paths))
-        return subprocess.run(command, check=False).returncode
+        # The sandbox's environment, as bubblewrap set it: nothing of the host's.
+        return process.run(command, env=dict(os.environ), check=False, capture=False).returncode
     finally:
         os.unlink(roots)
         os.close(fd)
