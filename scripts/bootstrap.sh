@@ -64,9 +64,10 @@ stamp="$venv/.lock-stamp"
 if [[ ! -x "$venv/bin/python" ]]; then
     "$python" -m venv "$venv"
 fi
-if [[ ! -f "$stamp" ]] || ! cmp -s "$here/requirements.lock" "$stamp"; then
+# pyproject.toml too: it names the launchers pip installs into the venv's bin/.
+if [[ ! -f "$stamp" ]] || ! cat "$here/requirements.lock" "$here/pyproject.toml" | cmp -s - "$stamp"; then
     echo "bootstrap: installing Python dependencies from requirements.lock" >&2
     "$venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$here/requirements.lock"
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$here"
-    cp "$here/requirements.lock" "$stamp"
+    cat "$here/requirements.lock" "$here/pyproject.toml" > "$stamp"
 fi
