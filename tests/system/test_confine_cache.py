@@ -13,7 +13,9 @@ import shutil
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -136,17 +138,37 @@ def test_a_changed_database_is_not_used(world: World) -> None:
     assert twice(world, *command, env=env) == store_listing(changed)
 
 
+def stale_after(
+    world: World,
+    command: tuple[str, ...],
+    before: set[str],
+    change: Callable[[], object],
+    stale: str,
+    *,
+    env: dict[str, str] | None = None,
+) -> set[str]:
+    """`command` sees `before` twice (stored, then used); after `change()` its plan is
+    not used, for the reason `stale`. Returns what the program sees then."""
+    assert twice(world, *command, env=env) == before
+    change()
+    changed = confine(world, *command, env=env)
+    assert notes(changed)[0].endswith(f"no cached plan used: stale: {stale}")
+    return store_listing(changed)
+
+
+def retarget(link: Path, target: str) -> None:
+    link.unlink()
+    link.symlink_to(target)
+
+
 def test_a_retargeted_root_link_is_not_used(world: World) -> None:
     p = world.programs
     link = world.root / "prog"
     link.symlink_to(f"{p.lib}/bin/busybox")  # -> the busybox binary, through lib
     command = ("--no-bin-sh", "--", str(link), "ls", "/nix/store")
-    assert twice(world, *command) == {p.lib, p.busybox}
-    link.unlink()
-    link.symlink_to(f"{p.busybox}/bin/busybox")
-    changed = confine(world, *command)
-    assert notes(changed)[0].endswith(f"no cached plan used: stale: readlink {link}")
-    assert store_listing(changed) == {p.busybox}
+    change = partial(retarget, link, f"{p.busybox}/bin/busybox")
+    seen = stale_after(world, command, {p.lib, p.busybox}, change, f"readlink {link}")
+    assert seen == {p.busybox}
 
 
 def test_a_link_in_a_parent_of_the_root_is_followed_again(world: World) -> None:
@@ -174,11 +196,9 @@ def test_a_new_path_entry_is_not_used(world: World) -> None:
     (second / "prog").symlink_to(f"{p.lib}/bin/busybox")
     env = dict(world.env, PATH=f"{first}:{second}:/usr/bin:/bin")
     command = ("--no-bin-sh", "--", "prog", "ls", "/nix/store")
-    assert twice(world, *command, env=env) == {p.lib, p.busybox}
-    (first / "prog").symlink_to(f"{p.busybox}/bin/busybox")
-    changed = confine(world, *command, env=env)
-    assert notes(changed)[0].endswith(f"no cached plan used: stale: executable {first}/prog")
-    assert store_listing(changed) == {p.busybox}
+    change = partial((first / "prog").symlink_to, f"{p.busybox}/bin/busybox")
+    stale = f"executable {first}/prog"
+    assert stale_after(world, command, {p.lib, p.busybox}, change, stale, env=env) == {p.busybox}
 
 
 def test_a_retargeted_package_is_not_used(world: World) -> None:
@@ -186,12 +206,9 @@ def test_a_retargeted_package_is_not_used(world: World) -> None:
     package = world.root / "package"
     package.symlink_to(p.other)
     command = ("--no-bin-sh", "--package", str(package), "--", p.bb, "ls", "/nix/store")
-    assert twice(world, *command) == {p.busybox, p.other}
-    package.unlink()
-    package.symlink_to(p.sibling)
-    changed = confine(world, *command)
-    assert notes(changed)[0].endswith(f"no cached plan used: stale: readlink {package}")
-    assert store_listing(changed) == {p.busybox, p.sibling, p.lib}
+    change = partial(retarget, package, p.sibling)
+    seen = stale_after(world, command, {p.busybox, p.other}, change, f"readlink {package}")
+    assert seen == {p.busybox, p.sibling, p.lib}
 
 
 def test_the_host_bin_sh_is_checked(world: World) -> None:
