@@ -273,3 +273,30 @@ def test_bin_sh_from_the_store_brings_its_closure(programs: Programs, tmp_path: 
     bin_sh = binsh.from_host(str(tmp_path / "sh"))
     assert bin_sh.source == programs.bb and bin_sh.host_files == ()
     assert bin_sh.store_roots == (programs.busybox,)
+
+
+def test_no_descriptor_of_ours_reaches_the_program(programs: Programs) -> None:
+    """A descriptor nixwarden inherited (open on /etc/hostname) is not passed on: the
+    program sees its standard streams and the one `ls` opens itself."""
+    fd = os.open("/etc/hostname", os.O_RDONLY)
+    try:
+        for _ in range(2):  # a fresh plan, then (the store permitting) a cached one
+            result = subprocess.run(
+                [
+                    NIXWARDEN,
+                    "confine",
+                    "run",
+                    "--",
+                    f"{programs.app}/bin/sh",
+                    "-c",
+                    "ls /proc/self/fd",
+                ],
+                env=ENV,
+                capture_output=True,
+                pass_fds=(fd,),
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert sorted(int(n) for n in result.stdout.split()) == [0, 1, 2, 3]
+    finally:
+        os.close(fd)
