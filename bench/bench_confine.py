@@ -23,9 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from demo.framework import NIXWARDEN
-from testbed import confine_store
-
 from nixwarden.nix.programs import find_nix_program
+from testbed import confine_store
 
 CHAIN = 5000
 WARMUP = 3

@@ -2,7 +2,7 @@
 
 Three keys on one loopback sshd, each a different unix user:
   direct   restrict,command="nix-daemon --stdio"
-  wrapper  a seed-002-style shell `case "$SSH_ORIGINAL_COMMAND"` dispatcher
+  wrapper  the usual shell `case "$SSH_ORIGINAL_COMMAND"` dispatcher (as builder guides write it)
   gate     nixwarden's authorized-keys-line (python -I nixwarden-gate)
 Each round runs `nix store ping --store ssh-ng://…` once per key, in turn, so drift
 on this shared machine hits all three alike. Also: the gate's own start-to-exec time

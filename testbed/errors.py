@@ -19,3 +19,13 @@ class PrerequisiteMissing(TestbedError):
 
 class SetupConflict(TestbedError):
     """Something on the machine that the testbed did not create is in its way."""
+
+
+class Undeclared(TestbedError):
+    """The testbed was asked to use something testbed/requirements.py does not declare."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} is not declared in testbed/requirements.py: declare it there, and have "
+            "scripts/bootstrap.sh ensure it"
+        )

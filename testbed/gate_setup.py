@@ -129,8 +129,8 @@ class GatedBuilder:
 @contextlib.contextmanager
 def gated_builder(sshd: harness.Sshd, users: harness.Users) -> Iterator[GatedBuilder]:
     directory = harness.world_dir("nwt-gate")
-    # As an administrator would: the log exists, appendable by the gate users' group.
-    harness.run(["groupadd", "-f", harness.LOG_GROUP])
+    # As an administrator would: the log exists, appendable by the gate users' group
+    # (which the bootstrap creates).
     (directory / "log").mkdir(mode=0o755)
     log = directory / "log" / "audit.jsonl"
     log.touch(mode=0o620)

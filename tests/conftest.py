@@ -13,6 +13,7 @@ from collections.abc import Generator
 from typing import NoReturn
 
 import pytest
+
 from testbed.errors import PrerequisiteMissing, TestbedError
 
 REQUIRE_SYSTEM = os.environ.get("NIXWARDEN_REQUIRE_SYSTEM") == "1"

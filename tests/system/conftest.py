@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from testbed import harness
 from testbed.gate_setup import ClientStore, GatedBuilder, client_store, gated_builder
 

@@ -19,11 +19,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from testbed import confine_store, harness
-from testbed.confine_store import Programs
 
 from nixwarden.confine import binsh
 from nixwarden.nix import probes
+from testbed import confine_store, harness
+from testbed.confine_store import Programs
 
 NIXWARDEN = harness.NIXWARDEN
 USED = "nixwarden: debug: confine run: cached plan used"

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from testbed import confine_store, harness
 from testbed.confine_store import Programs, nix_store_closure
 

@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from testbed import confine_store, harness
-from testbed.confine_store import Programs, nix_store_closure
 
 from nixwarden.confine import binsh
+from testbed import confine_store, harness
+from testbed.confine_store import Programs, nix_store_closure
 
 NIXWARDEN = harness.NIXWARDEN
 # The harness's environment, with plans cached in the test's own directory, not root's.

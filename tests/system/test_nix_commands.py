@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from testbed import harness
 
 from nixwarden.errors import InvalidInput
 from nixwarden.nix import closure as nix_closure
 from nixwarden.nix import commands
+from testbed import harness
 
 pytestmark = pytest.mark.usefixtures("nix_daemon")
 

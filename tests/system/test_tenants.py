@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from testbed import harness
 from testbed.gate_setup import ClientStore, GatedBuilder, Principal, client_store
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testbed import harness
 
 from nixwarden.nix import nix32
 from nixwarden.nix.storepath import StorePath
 from nixwarden.trust import cache, export, nar, narinfo
 from nixwarden.trust.keys import PublicKey, SecretKey, TrustedKeys
+from testbed import harness
 
 NIXWARDEN = harness.NIXWARDEN
 

@@ -108,8 +108,8 @@ def test_imports_point_down() -> None:
     assert not violations, "\n".join(violations)
 
 
-@pytest.mark.parametrize("directory", ["demo", "bench"])
-def test_demo_and_bench_never_import_tests_or_pytest(directory: str) -> None:
+@pytest.mark.parametrize("directory", ["demo", "bench", "testbed"])
+def test_demo_bench_and_testbed_never_import_tests_or_pytest(directory: str) -> None:
     offenders = []
     for path in sorted((REPO / directory).rglob("*.py")):
         for line, module in _imports(path, directory):
