@@ -42,6 +42,7 @@ FLAG_OPTIONS = frozenset(
 # Flags that undo part of `restrict` when they come after it.
 REOPENING = frozenset({"agent-forwarding", "port-forwarding", "pty", "user-rc", "x11-forwarding"})
 MAX_LINE = 16384
+MAX_KEYS = 10_000  # lines with content per file; the audit reports the rest as cut
 
 
 @dataclass(frozen=True)
@@ -138,13 +139,29 @@ def _split_options(text: str) -> tuple[list[tuple[str, str | None]], str] | str:
         return "unexpected character after an option"
 
 
+@dataclass(frozen=True)
+class KeyList:
+    keys: tuple[AuthorizedKey, ...]
+    problems: tuple[KeyProblem, ...]
+    cut_at: int | None = None  # the first line not read, when the file had more than MAX_KEYS
+
+
 def parse(data: bytes) -> tuple[tuple[AuthorizedKey, ...], tuple[KeyProblem, ...]]:
+    parsed = parse_file(data)
+    return parsed.keys, parsed.problems
+
+
+def parse_file(data: bytes) -> KeyList:
     keys: list[AuthorizedKey] = []
     problems: list[KeyProblem] = []
+    seen = 0
     for number, raw in enumerate(data.decode("utf-8", "replace").split("\n"), start=1):
         line = raw.strip(" \t\r")
         if not line or line.startswith("#"):
             continue
+        seen += 1
+        if seen > MAX_KEYS:
+            return KeyList(tuple(keys), tuple(problems), number)
         if len(line) > MAX_LINE:
             problems.append(KeyProblem(number, "line too long; sshd ignores it"))
             continue
@@ -166,4 +183,4 @@ def parse(data: bytes) -> tuple[tuple[AuthorizedKey, ...], tuple[KeyProblem, ...
             problems.append(KeyProblem(number, f"{problem}; sshd ignores this line"))
             continue
         keys.append(AuthorizedKey(tuple(options), first, data_token, comment.strip(), number))
-    return tuple(keys), tuple(problems)
+    return KeyList(tuple(keys), tuple(problems))
