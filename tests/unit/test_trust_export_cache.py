@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from nixwarden.errors import FormatError, Refused
+from nixwarden.nix.storepath import StorePath
 from nixwarden.trust import cache, export, nar
 from nixwarden.trust.keys import SecretKey, TrustedKeys
-from nixwarden.trust.storepath import StorePath
 
 A = StorePath.from_base_name("0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-a")
 B = StorePath.from_base_name("1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-b")

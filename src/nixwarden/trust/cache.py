@@ -27,11 +27,11 @@ from typing import IO
 from nixwarden.errors import FormatError, Refused
 from nixwarden.files import write_atomic
 from nixwarden.nix import nix32
+from nixwarden.nix.storepath import STORE_DIR, StorePath
 from nixwarden.trust import nar, narinfo
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.keys import SecretKey, TrustedKeys
 from nixwarden.trust.restore import restore
-from nixwarden.trust.storepath import STORE_DIR, StorePath
 
 CACHE_INFO = "nix-cache-info"
 MAX_CACHE_INFO = 64 << 10

@@ -13,9 +13,9 @@ from nixwarden.trust import nar
 from nixwarden.trust.hashes import HashFormat
 
 if TYPE_CHECKING:
+    from nixwarden.nix.storepath import StorePath
     from nixwarden.trust import pathinfo
     from nixwarden.trust.keys import SecretKey, TrustedKeys
-    from nixwarden.trust.storepath import StorePath
 
 # `nar` commands import only what they use: a hash of a large tree should not wait for
 # the Ed25519 and compression libraries to load. The other commands import lazily below.
@@ -176,7 +176,7 @@ def _sign(argv: list[str]) -> int:
 
     key = read_secret_key(args.key)
     paths = _store_paths(args.paths)
-    query = pathinfo.query(paths, recursive=False)
+    query = pathinfo.query(paths)
     _known(query)
     for path in paths:
         info = query.infos[path]
@@ -210,7 +210,7 @@ def _verify(argv: list[str]) -> int:
 
     trusted = read_public_keys(args.trusted_key)
     paths = _store_paths(args.paths)
-    query = pathinfo.query(paths, recursive=False)
+    query = pathinfo.query(paths)
     failures = 0
     for path in paths:
         info = query.infos.get(path)
@@ -262,6 +262,8 @@ def _problem(info: pathinfo.PathInfo, trusted: TrustedKeys, check_contents: bool
 
 
 def _cache(argv: list[str]) -> int:
+    from nixwarden.nix import closure as nix_closure  # noqa: PLC0415
+    from nixwarden.nix.storepath import StorePath  # noqa: PLC0415
     from nixwarden.trust import cache, pathinfo  # noqa: PLC0415
 
     top = parser("cache", "file:// binary caches that nix copy and substituters accept.")
@@ -283,8 +285,9 @@ def _cache(argv: list[str]) -> int:
         raise UsageError(f"unknown cache action {args.action!r}")
     key = read_secret_key(args.key)
     paths = _store_paths(args.paths)
-    _known(pathinfo.query(paths, recursive=False))
-    closure = pathinfo.query(paths, recursive=True)
+    _known(pathinfo.query(paths))
+    everything = nix_closure.closure(path.absolute() for path in paths).paths
+    closure = pathinfo.query(sorted(StorePath.parse(path) for path in everything))
     _known(closure)
     cache.init(args.to)
     compression = cache.Compression(args.compression)
