@@ -6,9 +6,10 @@ its authorized_keys, written as `nixwarden authorized-keys-line` writes them, pl
 sshd_config with a Match block per ten users, a nix.conf, a machines file and 2,000
 other accounts. The hostile trees are the review's classes (an Include glob through
 symlinks to `.`, a 6 MB token, 200,000 Include lines); they must end quickly with a
-finding, not hang. Beside each: the interpreter's bare start and `nixwarden --version`,
-the floor any audit pays. Median of NIXWARDEN_BENCH_ROUNDS_AUDIT runs (default 5),
-the child's own peak memory from /usr/bin/time. Nothing is asserted.
+finding, not hang. Beside them: the interpreter's bare start and `nixwarden --version`
+(the floor any audit pays), and the real tool on the part it reads, `sshd -T` evaluating
+the same sshd_config for one user. Median of NIXWARDEN_BENCH_ROUNDS_AUDIT runs (default
+5), the child's own peak memory from /usr/bin/time. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ NIXWARDEN = str(REPO / ".venv" / "bin" / "nixwarden")
 PYTHON = str(REPO / ".venv" / "bin" / "python3")
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 TIME = "/usr/bin/time"
+SSHD = "/usr/sbin/sshd"
 PRINCIPALS = int(os.environ.get("NIXWARDEN_BENCH_AUDIT_PRINCIPALS", "200"))
 KEYS = int(os.environ.get("NIXWARDEN_BENCH_AUDIT_KEYS", "1000"))
 ROUNDS = int(os.environ.get("NIXWARDEN_BENCH_ROUNDS_AUDIT", "5"))
@@ -91,7 +93,10 @@ def builder_tree(root: Path, principals: int, keys: int) -> None:
     """A builder machine the size the issue names, written as the docs say to."""
     names = [f"p{index:04d}" for index in range(principals)]
     passwd = ["root:x:0:0:root:/root:/bin/bash"]
-    passwd += [f"{name}:x:{2000 + i}:{2000 + i}::/home/{name}:/bin/sh" for i, name in enumerate(names)]
+    passwd += [
+        f"{name}:x:{2000 + index}:{2000 + index}::/home/{name}:/bin/sh"
+        for index, name in enumerate(names)
+    ]
     passwd += [f"u{i:05d}:x:{10000 + i}:100::/home/u{i:05d}:/bin/sh" for i in range(OTHER_USERS)]
     group = ["root:x:0:", "users:x:100:", "nix-users:x:995:" + ",".join(names)]
     group += [f"{name}:x:{2000 + i}:" for i, name in enumerate(names)]
@@ -145,42 +150,63 @@ def include_lines_tree(root: Path) -> None:
     _write(root, "/etc/ssh/sshd_config", "Include inc.conf\n" * 200_000)
 
 
+def _sshd_reference(base: Path, root: Path) -> Measured | None:
+    """`sshd -T` on the builder tree's sshd_config for one user, with a throwaway host key."""
+    if not os.access(SSHD, os.X_OK) or shutil.which("ssh-keygen") is None:
+        return None
+    host_key = base / "host_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
+    argv = [SSHD, "-T", "-f", str(root / "etc/ssh/sshd_config"), "-h", str(host_key)]
+    return _median([*argv, "-C", "user=p0000,host=h,addr=127.0.0.1"], ROUNDS)
+
+
+def _row(label: str, measured: Measured, floor: Measured, exit_code: str = "") -> str:
+    wall = f"{measured.seconds * 1000:7.0f}ms"
+    ratio = f"{measured.seconds / floor.seconds:8.1f}x"
+    return f"{label:<36} {wall} {ratio} {measured.max_rss_kib / 1024:7.1f}Mi {exit_code:>5}"
+
+
 def run() -> None:
     base = Path(tempfile.mkdtemp(prefix="nwt-bench-audit-"))
+    trees = {
+        f"{KEYS} keys, {PRINCIPALS} principals": builder_tree_default,
+        "Include through 10 links to .": glob_loop_tree,
+        "one 6 MB token": token_tree,
+        "200,000 Include lines": include_lines_tree,
+    }
+    rows: list[tuple[str, Measured]] = []
     try:
-        trees = {
-            f"{KEYS} keys, {PRINCIPALS} principals": builder_tree,
-            "Include through 10 links to .": glob_loop_tree,
-            "one 6 MB token": token_tree,
-            "200,000 Include lines": include_lines_tree,
-        }
-        rows: list[tuple[str, Measured]] = []
         floor = _median([PYTHON, "-I", "-c", "pass"], ROUNDS)
         imports = _median([NIXWARDEN, "--version"], ROUNDS)
         for index, (label, build) in enumerate(trees.items()):
             root = base / f"tree{index}"
-            if build is builder_tree:
-                builder_tree(root, PRINCIPALS, KEYS)
-            else:
-                build(root)
+            build(root)
             argv = [NIXWARDEN, "audit", "--root", str(root), "--format", "json"]
             rows.append((label, _median(argv, ROUNDS if index == 0 else 1)))
+        sshd = _sshd_reference(base, base / "tree0")
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"nixwarden audit --root, median of {ROUNDS} (hostile trees: one run); "
-          f"{os.cpu_count()} cores")  # fmt: skip
-    print(f"{'tree':<36} {'wall':>9} {'vs start':>9} {'peak':>9} {'exit':>5}")
-    for label, measured in [("python3 -I -c pass", floor), ("nixwarden --version", imports)]:
-        print(
-            f"{label:<36} {measured.seconds * 1000:7.0f}ms {measured.seconds / floor.seconds:8.1f}x "
-            f"{measured.max_rss_kib / 1024:7.1f}Mi {'':>5}"
-        )
+    print(
+        f"nixwarden audit --root, median of {ROUNDS} (hostile trees: one run); "
+        f"{os.cpu_count()} cores; ratios against the bare interpreter start"
+    )
+    print(f"{'tree':<36} {'wall':>9} {'ratio':>9} {'peak':>9} {'exit':>5}")
+    print(_row("python3 -I -c pass", floor, floor))
+    print(_row("nixwarden --version", imports, floor))
+    if sshd is not None:
+        print(_row("sshd -T, one user, same sshd_config", sshd, floor))
     for label, measured in rows:
-        print(
-            f"{label:<36} {measured.seconds * 1000:7.0f}ms {measured.seconds / floor.seconds:8.1f}x "
-            f"{measured.max_rss_kib / 1024:7.1f}Mi {measured.exit_code:>5}"
-        )
+        print(_row(label, measured, floor, str(measured.exit_code)))
     print("target: the builder tree under 1 s; every hostile tree ends (exit 0 or 1) in seconds")
+
+
+def builder_tree_default(root: Path) -> None:
+    builder_tree(root, PRINCIPALS, KEYS)
 
 
 if __name__ == "__main__":

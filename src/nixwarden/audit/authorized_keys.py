@@ -12,6 +12,7 @@ those come back as problems. `restrict` turns every capability off; flags after 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from nixwarden.sshkeys import KEY_TYPES, key_data_problem
@@ -100,32 +101,34 @@ def _is_key_type(token: str) -> bool:
     return token in KEY_TYPES or base in KEY_TYPES or f"{base}@openssh.com" in KEY_TYPES
 
 
+_OPTION_NAME = re.compile(r'[^,=" \t]*')
+# A quoted value: `\"` is an escaped quote, any other backslash stays; deterministic (a
+# backslash before a quote always escapes it), so a value without its closing quote fails
+# in time linear in its length.
+_OPTION_VALUE = re.compile(r'="([^"\\]*(?:\\(?:"|(?!"))[^"\\]*)*)"')
+_ESCAPED_QUOTE = re.compile(r'\\"')
+
+
 def _split_options(text: str) -> tuple[list[tuple[str, str | None]], str] | str:
     """Parse the options prefix; returns (options, rest of line) or an error message."""
     options: list[tuple[str, str | None]] = []
     index = 0
     while True:
-        start = index
-        while index < len(text) and text[index] not in ',=" \t':
-            index += 1
-        name = text[start:index].lower()
+        named = _OPTION_NAME.match(text, index)
+        assert named is not None
+        name = named[0].lower()
+        index = named.end()
         if not name:
             return "empty option"
         value: str | None = None
         if index < len(text) and text[index] == "=":
             if index + 1 >= len(text) or text[index + 1] != '"':
                 return "an option value must be in double quotes"
-            index += 2
-            chars: list[str] = []
-            while index < len(text) and text[index] != '"':
-                if text[index] == "\\" and index + 1 < len(text) and text[index + 1] == '"':
-                    index += 1
-                chars.append(text[index])
-                index += 1
-            if index >= len(text):
+            quoted = _OPTION_VALUE.match(text, index)
+            if quoted is None:
                 return "an option value lacks its closing quote"
-            index += 1
-            value = "".join(chars)
+            value = _ESCAPED_QUOTE.sub('"', quoted[1])
+            index = quoted.end()
         if (value is None and name not in FLAG_OPTIONS) or (
             value is not None and name not in VALUE_OPTIONS
         ):

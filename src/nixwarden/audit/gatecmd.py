@@ -134,7 +134,7 @@ def parse(command: str) -> GateCommand | None:
         return GateCommand(None, None, str(error).removeprefix("nixwarden gate: "), shell)
     if parsed is None:
         return GateCommand(None, None, "--help: prints the usage and serves nothing", shell)
-    principal, config, check = parsed
+    principal, config, check, _ = parsed
     if check is not None:
         return GateCommand(principal, config, "runs `gate --check`, not the gate", shell)
     return GateCommand(principal, config, None, shell)

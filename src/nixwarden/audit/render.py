@@ -53,7 +53,10 @@ def _location(finding: Finding) -> str:
 
 
 def _lines(text: str, indent: str) -> str:
-    """Escaped line by line: a fix may span lines (an sshd Match block), nothing else does."""
+    """Escaped line by line: a fix may span lines (an sshd Match block), nothing else does.
+
+    Its line breaks are the rule's own: the values a rule puts in a fix (user, principal
+    and file names, key comments) come from line-based files and cannot hold a `\\n`."""
     return ("\n" + indent).join(escape(line) for line in text.split("\n"))
 
 

@@ -45,9 +45,9 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 class Budget:
     """What is left to read in this audit (all files together)."""
 
-    bytes: int = MAX_TOTAL_BYTES
-    lookups: int = MAX_LOOKUPS
-    glob_entries: int = MAX_GLOB_ENTRIES_TOTAL
+    bytes: int
+    lookups: int
+    glob_entries: int
 
 
 def _components(path: str) -> list[str]:
@@ -59,7 +59,7 @@ class System:
 
     def __init__(self, root: str = "/") -> None:
         self.root = root
-        self.budget = Budget()
+        self.budget = Budget(MAX_TOTAL_BYTES, MAX_LOOKUPS, MAX_GLOB_ENTRIES_TOTAL)
         self._cache: dict[str, bytes] = {}
         self._cuts: dict[str, Cut] = {}  # one per bound, the first file it stopped
         self._skipped: dict[str, set[str]] = {}  # further files each bound stopped
