@@ -9,6 +9,7 @@ A case's AUDIT-CASE file holds what git cannot (or should not) keep, one line ea
   files DIR COUNT TEXT        create COUNT files DIR/00000.conf… holding TEXT
   fifo PATH                   create a FIFO
   symlink PATH TARGET         create a symbolic link
+  nest PATH COUNT FILE        directories PATH/PATH/… COUNT deep, holding FILE (b"x")
 PATH and TEXT take Python escapes (\\n, \\x1b, \\u202e, \\x20 for a space).
 """
 
@@ -29,7 +30,7 @@ BASE = CORPUS / "_base"
 CASE_FILE = "AUDIT-CASE"
 
 
-BUILD_DIRECTIVES = ("repeat", "write", "files", "fifo", "symlink")
+BUILD_DIRECTIVES = ("repeat", "write", "files", "fifo", "symlink", "nest")
 
 
 def _unescape(text: str) -> str:
@@ -67,6 +68,13 @@ def build_tree(case: Path, into: Path) -> Path:
                 os.mkfifo(_inside(root, words[1]))
             case "symlink":
                 _inside(root, words[1]).symlink_to(_unescape(words[2]))
+            case "nest":
+                # One level at a time: Path.mkdir(parents=True) recurses once per level.
+                directory = root
+                for _ in range(int(words[2])):
+                    directory = directory / words[1].strip("/")
+                    directory.mkdir(exist_ok=True)
+                (directory / words[3]).write_bytes(b"x")
     return root
 
 

@@ -59,6 +59,9 @@ HOSTILE: dict[str, Expect] = {
     "sshd_include_file_over_8mib": Expect((("audit-input-cut", "larger than 8 MiB"),)),
     "sshd_include_fifo": Expect((("ssh-config-invalid", "not a regular file"),)),
     "sshd_include_link_cycle": Expect((("ssh-config-invalid", "include cycle"),)),
+    "sshd_authorized_keys_file_huge": Expect(
+        (("audit-input-cut", "AuthorizedKeysFile names 1001 files"),)
+    ),
     # sshd: paths stay inside the root
     "sshd_include_absolute_link_out_of_root": Expect(
         (("ssh-config-invalid", "/etc/ssh/host/passwd:1"),), leak_check=True
@@ -90,6 +93,9 @@ HOSTILE: dict[str, Expect] = {
         (("machines-scheme", "http://builder@b1"),), leak_check=True
     ),
     "machines_at_file_link_cycle": Expect((("machines-invalid", "include cycle"),)),
+    "nixconf_paths_1500_deep": Expect(
+        (("nix-hook-outside-store", "/d/d/d"), ("nix-secret-readable", "/d/d/d"))
+    ),
     # nixwarden's configuration
     "nixwarden_config_nested_array": Expect((("nixwarden-config-invalid", "config.toml"),)),
     "nixwarden_config_nested_inline_table": Expect((("nixwarden-config-invalid", "config.toml"),)),

@@ -374,3 +374,13 @@ def test_nix_2_8_is_affected() -> None:
 )
 def test_advisory_ranges(product: str, version: tuple[int, int, int], cve: str, hit: bool) -> None:
     assert any(cve in ids for ids in _affected(product, version)) is hit
+
+
+def test_accounts_lines_end_at_newline_only() -> None:
+    # str.splitlines() would cut at \x1c, \x85 or \u2028 and see a user the system does not.
+    accounts = Accounts.parse(
+        "alice:x:1000:1000:A\x1cmallory:x:0:0::/root:/bin/sh\u2028:/home/alice:/bin/sh\n".encode(),
+        b"wheel:x:10:alice\x85mallory\n",
+    )
+    assert "mallory" not in accounts.users
+    assert accounts.groups_of("mallory") == ()

@@ -25,7 +25,9 @@ class GroupEntry:
 
 def _lines(data: bytes) -> list[list[str]]:
     rows = []
-    for raw in data.decode("utf-8", "replace").splitlines():
+    # Lines end at \n only, as getpwent reads them (str.splitlines would also split at
+    # \x0b, \x1c, \x85, \u2028…, and see entries the system does not).
+    for raw in data.decode("utf-8", "replace").split("\n"):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         rows.append(raw.split(":"))

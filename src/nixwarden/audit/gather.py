@@ -20,7 +20,7 @@ from nixwarden.audit import authorized_keys, gatecmd, machines, nixconf, sshd
 from nixwarden.audit.accounts import Accounts
 from nixwarden.audit.facts import Facts, KeyFile, NixwardenFacts
 from nixwarden.audit.model import Cut, CutKind, LimitReached
-from nixwarden.audit.system import System
+from nixwarden.audit.system import MAX_PATH, System
 from nixwarden.display import escape
 from nixwarden.errors import InvalidInput, NixwardenError
 from nixwarden.nix import commands
@@ -109,20 +109,19 @@ def _sshd(system: System, options: Options) -> tuple[str, sshd.SshdConfig | None
     return path, sshd.parse(data, path, system.read, system.glob, system.identity)
 
 
-def _expand(pattern: str, user: str, uid: int, home: str) -> str:
-    out = []
-    index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "%" and index + 1 < len(pattern):
-            token = pattern[index + 1]
-            out.append({"h": home, "u": user, "U": str(uid), "%": "%"}.get(token, "%" + token))
-            index += 2
-            continue
-        out.append(char)
-        index += 1
-    text = "".join(out)
-    return text if text.startswith("/") else posixpath.join(home, text)
+_TOKEN = re.compile(r"%(.)", re.DOTALL)
+MAX_KEY_FILE_PATTERNS = 32  # AuthorizedKeysFile names per user; real ones have one or two
+
+
+def _expand(pattern: str, user: str, uid: int, home: str) -> str | None:
+    """sshd's percent_expand of an AuthorizedKeysFile pattern; None if it cannot name a file
+    (longer than PATH_MAX even after `%%` halves it)."""
+    if len(pattern) > 2 * MAX_PATH:
+        return None
+    values = {"h": home, "u": user, "U": str(uid), "%": "%"}
+    text = _TOKEN.sub(lambda token: values.get(token[1], token[0]), pattern)
+    text = text if text.startswith("/") else posixpath.join(home, text)
+    return text if len(text) <= MAX_PATH else None
 
 
 def _key_files(
@@ -130,21 +129,34 @@ def _key_files(
 ) -> tuple[tuple[KeyFile, ...], list[Cut]]:
     result = []
     cuts = []
+    patterns_cut = False
     for user in sorted(accounts.users.values(), key=lambda u: u.name):
         patterns: list[str] = []
         groups = accounts.groups_of(user.name)
+        deciding: sshd.Line | None = None
         for unknown in (False, True):
             line = (
                 config.decide("authorizedkeysfile", user.name, groups, unknown_matches=unknown)
                 if config
                 else None
             )
+            deciding = deciding or line
             value = " ".join(line.args) if line else sshd.DEFAULTS["authorizedkeysfile"]
             patterns += [p for p in value.split() if p.lower() != "none"]
-        for pattern in dict.fromkeys(patterns):
+        distinct = list(dict.fromkeys(patterns))
+        if len(distinct) > MAX_KEY_FILE_PATTERNS and not patterns_cut and deciding:
+            patterns_cut = True
+            detail = (
+                f"AuthorizedKeysFile names {len(distinct)} files; the audit reads the first "
+                f"{MAX_KEY_FILE_PATTERNS} for each user"
+            )
+            cuts.append(Cut(CutKind.INPUT, deciding.file, deciding.line, detail))
+        for pattern in distinct[:MAX_KEY_FILE_PATTERNS]:
             if not user.home and not pattern.startswith("/"):
                 continue
             path = _expand(pattern, user.name, user.uid, user.home)
+            if path is None:
+                continue
             data = system.read_optional(path)
             if data is None:
                 continue

@@ -36,6 +36,7 @@ MAX_GLOB_MATCHES = 256
 MAX_GLOB_ENTRIES = 10_000  # directory entries one glob may examine
 MAX_GLOB_ENTRIES_TOTAL = 100_000
 MAX_PATH = 4096  # PATH_MAX: a longer path or pattern names nothing
+MAX_STATS = 100_000  # remembered owners and modes
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -63,6 +64,10 @@ class System:
         self._cache: dict[str, bytes] = {}
         self._cuts: dict[str, Cut] = {}  # one per bound, the first file it stopped
         self._skipped: dict[str, set[str]] = {}  # further files each bound stopped
+        # (uid, gid, mode) by path, filled by every walk for the prefixes it passes before
+        # any link or `..`: the rules stat a file and every directory above it, and this
+        # keeps that linear in the depth instead of quadratic.
+        self._stats: dict[str, tuple[int, int, int] | None] = {}
 
     @property
     def live(self) -> bool:
@@ -81,17 +86,21 @@ class System:
         names: list[str] = []
         pending = _components(path)[::-1]
         links = 0
+        lexical = True  # the names walked so far are the path as written
         try:
             while pending:
                 part = pending.pop()
                 if part == "..":
+                    lexical = False
                     if len(fds) > 1:
                         os.close(fds.pop())
                         names.pop()
                     continue
                 fd = os.open(part, _PATH_FLAGS, dir_fd=fds[-1])
-                mode = os.fstat(fd).st_mode
+                info = os.fstat(fd)
+                mode = info.st_mode
                 if stat_module.S_ISLNK(mode):
+                    lexical = False
                     try:
                         target = os.readlink(part, dir_fd=fds[-1])
                     finally:
@@ -110,6 +119,8 @@ class System:
                     raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
                 fds.append(fd)
                 names.append(part)
+                if lexical and len(self._stats) < MAX_STATS:
+                    self._stats["/" + "/".join(names)] = (info.st_uid, info.st_gid, mode)
             yield (fds[-2] if len(fds) > 1 else fds[-1]), fds[-1], names
         finally:
             for fd in fds:
@@ -128,10 +139,16 @@ class System:
         return self.resolve(path) or path
 
     def stat(self, path: str) -> FileStat | None:
+        key = "/" + "/".join(_components(path)) if ".." not in path.split("/") else None
+        if key is not None and key in self._stats:
+            known = self._stats[key]
+            return None if known is None else FileStat(path, *known)
         try:
             with self._walk(path) as (_, fd, _):
                 info = os.fstat(fd)
         except (OSError, ValueError):
+            if key is not None and len(self._stats) < MAX_STATS:
+                self._stats[key] = None
             return None
         return FileStat(path, info.st_uid, info.st_gid, info.st_mode)
 
