@@ -59,6 +59,9 @@ HOSTILE: dict[str, Expect] = {
     "sshd_include_file_over_8mib": Expect((("audit-input-cut", "larger than 8 MiB"),)),
     "sshd_include_fifo": Expect((("ssh-config-invalid", "not a regular file"),)),
     "sshd_include_link_cycle": Expect((("ssh-config-invalid", "include cycle"),)),
+    "sshd_match_blocks_times_users": Expect(
+        (("audit-input-cut", "Match blocks evaluated for users"),)
+    ),
     "sshd_authorized_keys_file_huge": Expect(
         (("audit-input-cut", "AuthorizedKeysFile names 1001 files"),)
     ),

@@ -39,6 +39,7 @@ MAX_LINES = 20_000
 MAX_INCLUDES = 1_024
 MAX_BYTES = 8 << 20  # of configuration text, all files together
 MAX_PIECES = 200_000  # tokens and quoted strings, all lines together
+MAX_EVALUATIONS = 500_000  # Match blocks evaluated for a user, all users together
 
 # OpenSSH 9.x compiled-in defaults for the keywords the audit looks at.
 DEFAULTS = {
@@ -104,6 +105,27 @@ class SshdConfig:
             for keyword in global_.keys() | matched.keys()
         }
 
+    @cached_property
+    def _evaluations(self) -> list[int]:
+        """How many Match blocks were evaluated for a user (a mutable cell in a frozen value):
+        the audit asks for every user, so users times blocks is bounded by MAX_EVALUATIONS."""
+        return [0]
+
+    @property
+    def evaluations_exhausted(self) -> bool:
+        """Whether some Match block was left unevaluated (then counted as either way)."""
+        return self._evaluations[0] > MAX_EVALUATIONS
+
+    def applies(
+        self, criteria: tuple[Criterion, ...], user: str, groups: Sequence[str]
+    ) -> bool | None:
+        """match_block, counted: past MAX_EVALUATIONS a block is undecided, like a connection
+        criterion (it counts for "in some connection", not for "in every connection")."""
+        self._evaluations[0] += 1
+        if self._evaluations[0] > MAX_EVALUATIONS:
+            return None
+        return match_block(criteria, user, groups)
+
     def decide(
         self,
         keyword: str,
@@ -111,17 +133,23 @@ class SshdConfig:
         groups: Sequence[str],
         *,
         unknown_matches: bool,
-        memo: dict[tuple[Criterion, ...], bool | None] | None = None,
+        memo: dict[int, bool | None] | None = None,
     ) -> Line | None:
         """The line that decides `keyword` for this user (None: compiled-in default)."""
         global_, matched = self._index.get(keyword, (None, ()))
         memo = {} if memo is None else memo
         for line in matched:
             assert line.match is not None
-            if line.match in memo:
-                applies = memo[line.match]
+            if self._evaluations[0] >= MAX_EVALUATIONS:
+                # Every block visited counts: past the bound the rest are undecided.
+                self._evaluations[0] += 1
+                return line if unknown_matches else global_
+            key = id(line.match)  # one tuple per Match line, shared by its block
+            if key in memo:
+                self._evaluations[0] += 1
+                applies = memo[key]
             else:
-                applies = memo[line.match] = match_block(line.match, user, groups)
+                applies = memo[key] = self.applies(line.match, user, groups)
             if applies is True or (applies is None and unknown_matches):
                 return line
         return global_
@@ -130,7 +158,7 @@ class SshdConfig:
         self, user: str, groups: Sequence[str], *, unknown_matches: bool
     ) -> dict[str, Line | None]:
         """keyword → the deciding line (None: compiled-in default) for this user."""
-        memo: dict[tuple[Criterion, ...], bool | None] = {}
+        memo: dict[int, bool | None] = {}
         result: dict[str, Line | None] = {}
         for keyword in self._index:
             line = self.decide(keyword, user, groups, unknown_matches=unknown_matches, memo=memo)
