@@ -73,13 +73,9 @@ def _median(argv: list[str], rounds: int) -> Measured:
     )
 
 
-def _write(root: Path, path: str, content: str | bytes) -> None:
-    target = root / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        target.write_bytes(content)
-    else:
-        target.write_text(content)
+def _write(root: Path, path: str, content: str) -> None:
+    (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / path.lstrip("/")).write_text(content)
 
 
 def _ed25519(index: int) -> str:
@@ -144,7 +140,7 @@ def glob_loop_tree(root: Path) -> None:
 
 def token_tree(root: Path) -> None:
     _write(root, "/etc/passwd", "root:x:0:0::/root:/bin/sh\n")
-    _write(root, "/etc/ssh/sshd_config", b"Banner " + b"a" * 6_000_000 + b"\n")
+    _write(root, "/etc/ssh/sshd_config", "Banner " + "a" * 6_000_000 + "\n")
 
 
 def include_lines_tree(root: Path) -> None:

@@ -44,6 +44,16 @@ def _inside(root: Path, path: str) -> Path:
     return target
 
 
+def write(root: Path, path: str, content: str | bytes) -> None:
+    """A file of a system tree, at its path inside `root`."""
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content)
+
+
 def build_tree(case: Path, into: Path) -> Path:
     """The base tree (passwd, group) with the case's files on top, and what AUDIT-CASE
     says to generate."""

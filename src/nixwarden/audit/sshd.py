@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from nixwarden.audit.model import Cut, CutKind, GlobResult, LimitReached
+from nixwarden.audit.model import Bound, Cut, CutKind, GlobResult, LimitReached
 from nixwarden.audit.wildcard import sshd_match_list
 
 Reader = Callable[[str], bytes]
@@ -279,7 +279,9 @@ class _State:
     match_line: tuple[str, int] | None = None
     stack: list[str] = field(default_factory=list)
     globs: dict[str, GlobResult] = field(default_factory=dict)
-    keyword_lines: int = 0
+    keyword_lines: Bound = field(
+        default_factory=lambda: Bound(MAX_LINES, "lines of sshd configuration")
+    )
     bytes_left: int = MAX_BYTES
     pieces_left: int = MAX_PIECES
     includes: int = 0
@@ -334,10 +336,9 @@ def _parse(state: _State, text: str, path: str, depth: int) -> None:
         stripped = raw.strip(" \t\r\n\f")
         if not stripped or stripped.startswith("#"):
             continue
-        if state.keyword_lines >= MAX_LINES:
-            _stop(state, path, number, f"sshd configuration longer than {MAX_LINES} lines")
+        if not state.keyword_lines.step(path, number):
+            state.stopped = True
             return
-        state.keyword_lines += 1
         head = _KEYWORD.match(stripped)
         assert head is not None
         keyword, rest = head[1], stripped[head.end() :]
@@ -473,6 +474,7 @@ def parse(
     state.files.append(path)
     state.stack.append(state.identify(path))
     _parse(state, data.decode("utf-8", "replace"), path, 0)
+    cuts = [*state.cuts, *([state.keyword_lines.cut] if state.keyword_lines.cut else [])]
     return SshdConfig(
-        tuple(state.lines), tuple(state.problems), tuple(state.files), _counted(state.cuts, state)
+        tuple(state.lines), tuple(state.problems), tuple(state.files), _counted(cuts, state)
     )
