@@ -13,15 +13,21 @@ a path may refer to itself).
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 from nixwarden.errors import InvalidInput, NixwardenError
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # not typing's: `nixwarden closure` starts here
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Callable, Sequence
+    from typing import TypeVar
+
+    T = TypeVar("T")
+else:
+    # The sqlite3 package is this C module plus datetime adapters we never use; importing
+    # them (datetime, collections.abc) costs `nixwarden closure` milliseconds.
+    import _sqlite3 as sqlite3
 
 DEFAULT_DB = "/nix/var/nix/db/db.sqlite"
 
@@ -73,6 +79,15 @@ def _uri(path: str) -> str:
     return f"file:{quoted}?mode=ro"
 
 
+# JSON string escapes for what may not appear raw in a JSON string (RFC 8259, 7).
+_JSON_ESCAPES = {ord('"'): '\\"', ord("\\"): "\\\\"} | {c: f"\\u{c:04x}" for c in range(0x20)}
+
+
+def json_strings(values: Sequence[str]) -> str:
+    """A JSON array of strings, for `json_each`, without importing `json` (and `re`)."""
+    return "[" + ",".join(f'"{value.translate(_JSON_ESCAPES)}"' for value in values) + "]"
+
+
 def closure(
     store_paths: Sequence[str],
     db: str = DEFAULT_DB,
@@ -85,13 +100,13 @@ def closure(
     Raises `InvalidPaths` when a root is not valid and `DatabaseUnreadable` when the
     database cannot answer, so that the caller may ask Nix instead.
     """
-    roots = json.dumps(list(store_paths))
+    roots = json_strings(store_paths)
 
     def query(connection: sqlite3.Connection) -> frozenset[str]:
         missing = [row[0] for row in connection.execute(_MISSING, (roots,))]
         if missing:
             raise InvalidPaths(missing)
-        return frozenset(row[0] for row in connection.execute(_CLOSURE, (roots,)))
+        return frozenset(path for (path,) in connection.execute(_CLOSURE, (roots,)))
 
     return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)
 
@@ -99,15 +114,18 @@ def closure(
 _USAGE = "SELECT count(*), coalesce(sum(narSize), 0) FROM ValidPaths"
 
 
-def store_usage(db: str, *, attempts: int = 8, busy_timeout: float = 2.0) -> tuple[int, int]:
+def store_usage(
+    db: str, *, attempts: int = 8, busy_timeout: float = 2.0, deadline: float | None = None
+) -> tuple[int, int]:
     """(number of valid paths, total of their NAR sizes): what `nix path-info --all --size`
-    adds up."""
+    adds up. `deadline` (a `time.monotonic()` value) interrupts a query still running
+    then, as one on a hostile database (a tenant's: a view that never ends) would be."""
 
     def query(connection: sqlite3.Connection) -> tuple[int, int]:
         paths, nar_bytes = connection.execute(_USAGE).fetchone()
         return int(paths), int(nar_bytes)
 
-    return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)
+    return _read(db, query, attempts=attempts, busy_timeout=busy_timeout, deadline=deadline)
 
 
 def _read(
@@ -116,6 +134,7 @@ def _read(
     *,
     attempts: int = 8,
     busy_timeout: float = 2.0,
+    deadline: float | None = None,
 ) -> T:
     """`query` run in one read-only transaction on the database at `db`, retried while busy.
 
@@ -125,7 +144,7 @@ def _read(
     last: sqlite3.Error | None = None
     for _ in range(attempts):
         try:
-            return _read_once(db, query, busy_timeout)
+            return _read_once(db, query, busy_timeout, deadline)
         except sqlite3.OperationalError as error:
             if not _is_busy(error):
                 raise DatabaseUnreadable(f"{db}: {error}") from error
@@ -137,10 +156,15 @@ def _read(
     raise DatabaseUnreadable(f"{db}: still busy after {attempts} attempts: {last}")
 
 
-def _read_once(db: str, query: Callable[[sqlite3.Connection], T], busy_timeout: float) -> T:
+def _read_once(
+    db: str, query: Callable[[sqlite3.Connection], T], busy_timeout: float, deadline: float | None
+) -> T:
     connection = sqlite3.connect(
         _uri(db), uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=True
     )
+    if deadline is not None:
+        # SQLite calls this every 10,000 virtual machine steps; True interrupts the query.
+        connection.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
     try:
         # query_only: even a bug here cannot write to the store's database.
         connection.execute("PRAGMA query_only = ON")
