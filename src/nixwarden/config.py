@@ -94,10 +94,6 @@ class Principal:
     tasks: int | None = None
     limits: str = "enforce"
 
-    @property
-    def has_kernel_limits(self) -> bool:
-        return self.memory is not None or self.cpu is not None or self.tasks is not None
-
 
 @dataclass(frozen=True)
 class Config:

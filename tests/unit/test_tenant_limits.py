@@ -26,10 +26,10 @@ def test_limit_keys_parse() -> None:
     limited = principal('memory = "512M"\ncpu = 0.5\ntasks = 64\nlimits = "best-effort"')
     assert (limited.memory, limited.cpu, limited.tasks) == (512 << 20, 0.5, 64)
     assert limited.limits == "best-effort"
-    assert limited.has_kernel_limits
+    assert limits.has_kernel_limits(limited)
     plain = principal("")
     assert plain.limits == "enforce"
-    assert not plain.has_kernel_limits
+    assert not limits.has_kernel_limits(plain)
 
 
 @pytest.mark.parametrize(

@@ -217,7 +217,7 @@ def apply_limits(config: config_module.Config, names: list[str]) -> int:
     chosen = names or [
         name
         for name, principal in config.principals.items()
-        if principal.store == "tenant" and principal.has_kernel_limits
+        if principal.store == "tenant" and limits.has_kernel_limits(principal)
     ]
     for name in chosen:
         principal = _tenant_principal(config, name)
@@ -231,7 +231,7 @@ def apply_limits(config: config_module.Config, names: list[str]) -> int:
 def _apply_limits_of(
     config: config_module.Config, principal: config_module.Principal, uid: int, gid: int
 ) -> None:
-    if not principal.has_kernel_limits:
+    if not limits.has_kernel_limits(principal):
         return
     try:
         made = limits.apply(config.tenants, principal, uid, gid)

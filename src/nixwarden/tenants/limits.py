@@ -45,6 +45,10 @@ HANDED_OVER = ("cgroup.procs", "tasks")
 MAX_CONTROL_BYTES = 64
 
 
+def has_kernel_limits(principal: Principal) -> bool:
+    return principal.memory is not None or principal.cpu is not None or principal.tasks is not None
+
+
 def limit_files(principal: Principal) -> dict[str, list[tuple[str, str]]]:
     """controller -> [(file, value)] in the order root writes them. cpuacct carries no
     limit: it counts the CPU time the cap allows (for `tenant list` and the tests)."""
@@ -77,7 +81,7 @@ def detect(cgroup_root: str, controllers: tuple[str, ...] = ("memory", "pids", "
 
 def unenforceable(settings: TenantSettings, principal: Principal) -> str | None:
     """Why the principal's limits cannot be enforced on this host, or None."""
-    if not principal.has_kernel_limits:
+    if not has_kernel_limits(principal):
         return None
     controllers = tuple(limit_files(principal))
     match detect(settings.cgroup_root, controllers):

@@ -66,7 +66,8 @@ def prepare(
     lock, alone = sessions.principal_lock(state_dir, principal.name, wait=LOCK_WAIT_SECONDS)
     try:
         # Limits and niceness first: everything below, the probe included, runs under them.
-        if principal.has_kernel_limits:
+        # Inline, not limits.has_kernel_limits: nothing more to import without limits.
+        if principal.memory is not None or principal.cpu is not None or principal.tasks is not None:
             enter_cgroups(settings, principal, slot)
         apply_limits(principal)
         program = host.resolve_keeping_name(nix_argv[0])
