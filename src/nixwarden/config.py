@@ -19,7 +19,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,26 +266,30 @@ def _string_end(text: str, start: int) -> tuple[int, int]:
 
 def parse_size(text: str | int) -> int:
     """`10G`, `512MiB`, `4096` → bytes (ASCII digits only)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError("must not be negative")
-        return text
-    match = _SIZE.fullmatch(str(text))
-    if not match:
-        raise ValueError("expected a size such as 4096, 512M or 10G")
-    return int(match[1]) * _SIZE_UNITS[match[2].upper()]
+    return _quantity(text, _SIZE, _SIZE_UNITS, "a size such as 4096, 512M or 10G", str.upper)
 
 
 def parse_duration(text: str | int) -> int:
     """`90`, `90s`, `30m`, `2h`, `1d` → seconds (ASCII digits only)."""
+    return _quantity(text, _DURATION, _DURATION_UNITS, "a duration such as 90, 30m or 2h", str)
+
+
+def _quantity(
+    text: str | int,
+    pattern: re.Pattern[str],
+    units: Mapping[str, int],
+    expected: str,
+    unit_key: Callable[[str], str],
+) -> int:
+    """A number, or digits and a unit that `pattern` splits and `units` multiplies."""
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("must not be negative")
         return text
-    match = _DURATION.fullmatch(str(text))
+    match = pattern.fullmatch(str(text))
     if not match:
-        raise ValueError("expected a duration such as 90, 30m or 2h")
-    return int(match[1]) * _DURATION_UNITS[match[2]]
+        raise ValueError(f"expected {expected}")
+    return int(match[1]) * units[unit_key(match[2])]
 
 
 class _Reader:
