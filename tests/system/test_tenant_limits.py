@@ -20,7 +20,7 @@ import pytest
 
 from testbed import harness
 from testbed.gate_setup import ClientStore, GatedBuilder, Principal, client_store
-from tests.system.test_tenants import SYSTEM, add_tenant, last_reason, nix_string
+from tests.system.test_tenants import add_tenant, last_reason, remote_build
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
@@ -85,20 +85,6 @@ def oom_kills(builder: GatedBuilder, principal: str) -> int:
     return total
 
 
-def build_script(
-    client: ClientStore, principal: Principal, script: str
-) -> subprocess.CompletedProcess[bytes]:
-    expression = (
-        f'derivation {{ name = "nwt-limit-{secrets.token_hex(4)}"; system = "{SYSTEM}"; '
-        f'builder = "/bin/sh"; args = [ "-c" {nix_string(script)} ]; }}'
-    )
-    return client.run(
-        "nix-build", "--no-out-link", "--max-jobs", "0",
-        "--builders", f"ssh-ng://{principal.alias} {SYSTEM} - 1 1", "-E", expression,
-        check=False,
-    )  # fmt: skip
-
-
 def in_parallel(*jobs: tuple[str, object]) -> dict[str, subprocess.CompletedProcess[bytes]]:
     results: dict[str, subprocess.CompletedProcess[bytes]] = {}
 
@@ -128,7 +114,7 @@ def test_memory_hog_is_killed_while_another_tenant_builds(
     def build(principal: Principal, script: str) -> object:
         def job() -> subprocess.CompletedProcess[bytes]:
             with client_store(sshd) as client:
-                return build_script(client, principal, script)
+                return remote_build(limited, client, principal, script)
 
         return job
 
@@ -160,7 +146,7 @@ def test_fork_bomb_is_contained_and_another_tenant_still_starts(
         return harness.run(ping, env=env, check=False)
 
     results = in_parallel(
-        ("bomb", lambda: build_script(client, bomb, script)), ("other", bystander)
+        ("bomb", lambda: remote_build(limited, client, bomb, script)), ("other", bystander)
     )
     assert results["bomb"].returncode != 0
     assert slot_counter(limited, "bomb", "pids", "pids.events") >= 1  # forks refused at max
@@ -174,7 +160,7 @@ def test_cpu_half_a_core_over_ten_seconds(limited: GatedBuilder, client: ClientS
         "(while :; do :; done) & a=$!; (while :; do :; done) & b=$!; "
         "/usr/bin/sleep 10; kill $a $b; echo spun > $out"
     )
-    result = build_script(client, principal, script)
+    result = remote_build(limited, client, principal, script)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     used = slot_counter(limited, "spinner", "cpuacct", "cpuacct.usage") / 1e9
     print(f"cpu = 0.5: {used:.2f} s of CPU over the 10 s build and its session")
