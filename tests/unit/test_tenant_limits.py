@@ -105,3 +105,19 @@ def test_a_missing_slot_names_the_fix(tmp_path: Path) -> None:
     settings = TenantSettings(cgroup_root=str(tmp_path))
     with pytest.raises(TenantSetupError, match="nixwarden tenant limits apply t"):
         limits.enter(settings, principal('memory = "1G"'), 3)
+
+
+def test_audit_reports_limits_the_host_cannot_enforce() -> None:
+    from nixwarden.audit import rules_nixwarden  # noqa: PLC0415
+    from nixwarden.audit.facts import Facts, NixwardenFacts  # noqa: PLC0415
+
+    text = b'[principals.t]\nmemory = "1G"\n'
+    config = Config.from_toml(text, PATH)
+    why = "no cgroup v1 hierarchy of memory under /sys/fs/cgroup"
+    facts = Facts(nixwarden=NixwardenFacts(PATH, config, text=text, unenforceable={"t": why}))
+    (finding,) = rules_nixwarden.check(facts)
+    assert finding.rule == "nixwarden-limits-unenforceable"
+    assert finding.evidence == f"principals.t (limits = enforce): {why}"
+    assert finding.line == 1
+    quiet = Facts(nixwarden=NixwardenFacts(PATH, config, text=text))
+    assert rules_nixwarden.check(quiet) == []

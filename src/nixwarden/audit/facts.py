@@ -37,6 +37,9 @@ class NixwardenFacts:
     config: Config | None = None
     error: str | None = None
     text: bytes = b""
+    # principal -> why its memory/cpu/tasks limits cannot be enforced on this host
+    # (tenants.limits); only gathered on the live system.
+    unenforceable: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

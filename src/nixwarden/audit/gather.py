@@ -298,7 +298,15 @@ def _nixwarden(system: System, options: Options, env: Mapping[str, str]) -> Nixw
         config = nw_config.Config.from_toml(data, path)
     except NixwardenError as error:
         return NixwardenFacts(path=path, error=str(error), text=data)
-    return NixwardenFacts(path=path, config=config, text=data)
+    unenforceable: dict[str, str] = {}
+    if system.live:
+        from nixwarden.tenants import limits  # noqa: PLC0415 - the live host's cgroups
+
+        for name, principal in config.principals.items():
+            why = limits.unenforceable(config.tenants, principal)
+            if principal.store == "tenant" and why is not None:
+                unenforceable[name] = why
+    return NixwardenFacts(path=path, config=config, text=data, unenforceable=unenforceable)
 
 
 def gather(options: Options, env: Mapping[str, str]) -> Facts:

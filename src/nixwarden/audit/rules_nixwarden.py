@@ -45,7 +45,17 @@ CONFIG_WRITABLE = Rule(
     "chown root:root /etc/nixwarden/config.toml && chmod 0644 /etc/nixwarden/config.toml",
     FAMILY,
 )
-RULES = (HOST_WRITE, CONFIG_INVALID, UNKNOWN_PRINCIPAL, CONFIG_WRITABLE)
+LIMITS_UNENFORCEABLE = Rule(
+    "nixwarden-limits-unenforceable",
+    Severity.MEDIUM,
+    "a tenant principal's memory, cpu or tasks limits cannot be enforced on this host",
+    'With limits = "enforce" (the default) the gate refuses every session of the principal, '
+    'and with "best-effort" its sessions run without the limits (nixwarden enforces them '
+    "with cgroup v1 only: docs/tenants.md, Limits).",
+    "mount the cgroup v1 hierarchies, or remove the limits, or accept best effort",
+    FAMILY,
+)
+RULES = (HOST_WRITE, CONFIG_INVALID, UNKNOWN_PRINCIPAL, CONFIG_WRITABLE, LIMITS_UNENFORCEABLE)
 
 
 def _line_of(text: bytes, name: str) -> int | None:
@@ -83,6 +93,17 @@ def check(facts: Facts) -> list[Finding]:
                     line=_line_of(nw.text, name),
                 )
             )
+    for name, why in sorted(nw.unenforceable.items()):
+        limited = nw.config.principals.get(name)
+        mode = limited.limits if limited is not None else "enforce"
+        findings.append(
+            LIMITS_UNENFORCEABLE.finding(
+                evidence=f"principals.{name} (limits = {mode}): {why}",
+                setting=f"principals.{name}",
+                file=nw.path,
+                line=_line_of(nw.text, name),
+            )
+        )
     for key_file in facts.key_files:
         for key in key_file.keys:
             named = gate_principal(key.command) if key.command else None
