@@ -38,7 +38,7 @@ class NixwardenFacts:
     error: str | None = None
     text: bytes = b""
     # principal -> why its memory/cpu/tasks limits cannot be enforced on this host
-    # (tenants.limits); only gathered on the live system.
+    # (tenants.limits), from the audited system's cgroup hierarchies.
     unenforceable: Mapping[str, str] = field(default_factory=dict)
 
 

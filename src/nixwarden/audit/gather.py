@@ -16,7 +16,7 @@ import posixpath
 import re
 import stat as stat_module
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nixwarden import config as nw_config
 from nixwarden.audit import authorized_keys, machines, nixconf, sshd
@@ -26,6 +26,7 @@ from nixwarden.audit.model import FileStat
 from nixwarden.errors import InvalidInput, NixwardenError
 from nixwarden.nix import commands
 from nixwarden.nix.programs import find_nix_program
+from nixwarden.tenants import limits
 
 MAX_FILE = 8 << 20
 MAX_SYMLINKS = 40
@@ -298,14 +299,13 @@ def _nixwarden(system: System, options: Options, env: Mapping[str, str]) -> Nixw
         config = nw_config.Config.from_toml(data, path)
     except NixwardenError as error:
         return NixwardenFacts(path=path, error=str(error), text=data)
+    # The audited system's cgroup hierarchies: the live host's, or those under --root.
+    tenants = replace(config.tenants, cgroup_root=system.host_path(config.tenants.cgroup_root))
     unenforceable: dict[str, str] = {}
-    if system.live:
-        from nixwarden.tenants import limits  # noqa: PLC0415 - the live host's cgroups
-
-        for name, principal in config.principals.items():
-            why = limits.unenforceable(config.tenants, principal)
-            if principal.store == "tenant" and why is not None:
-                unenforceable[name] = why
+    for name, principal in config.principals.items():
+        why = limits.unenforceable(tenants, principal)
+        if principal.store == "tenant" and why is not None:
+            unenforceable[name] = why.replace(tenants.cgroup_root, config.tenants.cgroup_root)
     return NixwardenFacts(path=path, config=config, text=data, unenforceable=unenforceable)
 
 
