@@ -83,27 +83,28 @@ def check(facts: Facts) -> list[Finding]:
         )
     if nw.config is None:
         return findings
+    flagged: list[tuple[Rule, str, str]] = []
     for name, principal in sorted(nw.config.principals.items()):
         if principal.store == "host" and principal.write:
-            findings.append(
-                HOST_WRITE.finding(
-                    evidence=f'principals.{name}: store = "host", write = true',
-                    setting=f"principals.{name}",
-                    file=nw.path,
-                    line=_line_of(nw.text, name),
+            flagged.append((HOST_WRITE, name, f'principals.{name}: store = "host", write = true'))
+        why = nw.unenforceable.get(name)
+        if why is not None:
+            flagged.append(
+                (
+                    LIMITS_UNENFORCEABLE,
+                    name,
+                    f"principals.{name} (limits = {principal.limits}): {why}",
                 )
             )
-    for name, why in sorted(nw.unenforceable.items()):
-        limited = nw.config.principals.get(name)
-        mode = limited.limits if limited is not None else "enforce"
-        findings.append(
-            LIMITS_UNENFORCEABLE.finding(
-                evidence=f"principals.{name} (limits = {mode}): {why}",
-                setting=f"principals.{name}",
-                file=nw.path,
-                line=_line_of(nw.text, name),
-            )
+    findings += [
+        rule.finding(
+            evidence=evidence,
+            setting=f"principals.{name}",
+            file=nw.path,
+            line=_line_of(nw.text, name),
         )
+        for rule, name, evidence in flagged
+    ]
     for key_file in facts.key_files:
         for key in key_file.keys:
             named = gate_principal(key.command) if key.command else None
