@@ -41,6 +41,9 @@ class NixwardenFacts:
     error: str | None = None
     text: bytes = b""
     unread: bool = False
+    # principal -> why its memory/cpu/tasks limits cannot be enforced on this host
+    # (tenants.limits), from the audited system's cgroup hierarchies.
+    unenforceable: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
