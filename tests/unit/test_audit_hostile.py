@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -168,8 +169,12 @@ def test_every_case_is_mapped_and_every_mapping_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_hostile_tree(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_hostile_tree(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> None:
     expect = HOSTILE[case]
+    # Deeper than Python's recursion limit: pytest's own clean-up could not remove it.
+    request.addfinalizer(lambda: subprocess.run(["rm", "-rf", "--", str(tmp_path)], check=False))
     root = build_tree(HOSTILE_DIR / case, tmp_path)
     code, out = audit(capsys, root, "json")
     document = json.loads(out)
