@@ -2,8 +2,9 @@
 
 Run from the repository: `.venv/bin/python -m tests.corpus.make_corpus`. The archives
 are built from raw strings here, not with nixwarden's serializer, so a bug there
-cannot hide in the corpus. `EXPECTED` in tests/unit/test_trust_corpus.py lists the
-reason each file must be refused with.
+cannot hide in the corpus. `NAR_REASONS` and `NARINFO_REASONS` in
+tests/unit/test_trust_corpus.py give the reason each malformed file must be refused
+with; `NAR_ACCEPTED` says what each valid but hostile archive attacks.
 """
 
 from __future__ import annotations
@@ -106,6 +107,37 @@ NARS: dict[str, bytes] = {
 }
 
 
+# Valid archives that attack whoever handles them rather than the parser: restore
+# (a descriptor per level) and anyone who prints their names or targets.
+HOSTILE_NARS: dict[str, bytes] = {
+    "nar_deep_fd_exhaustion": nar(deep(128)),  # as deep as allowed
+    "nar_name_c0_controls": nar(
+        directory(
+            entry(b"esc-\x1b[2J", regular()),
+            entry(b"nl-\nfake-line", regular()),
+            entry(b"tab\t", regular()),
+        )
+    ),
+    "nar_name_c1_controls": nar(
+        directory(
+            entry("csi-\u009b31m".encode(), regular()), entry("nel-\u0085x".encode(), regular())
+        )
+    ),
+    "nar_name_line_separators": nar(
+        directory(entry("ls-\u2028x".encode(), regular()), entry("ps-\u2029x".encode(), regular()))
+    ),
+    "nar_name_bidi_override": nar(
+        directory(
+            entry("invoice-\u202efdp.exe".encode(), regular()),
+            entry("isolate-\u2066x\u2069".encode(), regular()),
+        )
+    ),
+    "nar_symlink_target_controls": nar(symlink("../\x1b[31m\u202e\nx -> y".encode())),
+    "nar_name_not_utf8": nar(directory(entry(b"raw-\xff\xfe", regular()))),
+    "nar_name_backslash": nar(directory(entry(b"a\\x0ab", regular()))),
+}
+
+
 def narinfo(**overrides: str | None) -> str:
     fields = {
         "StorePath": PATH,
@@ -158,7 +190,7 @@ NARINFOS: dict[str, str] = {
 
 def main() -> None:
     for directory, suffix, corpus in (
-        ("nar", ".nar", {name: data for name, data in NARS.items()}),
+        ("nar", ".nar", NARS | HOSTILE_NARS),
         ("narinfo", ".narinfo", {name: text.encode() for name, text in NARINFOS.items()}),
     ):
         target = HERE / directory
@@ -167,7 +199,8 @@ def main() -> None:
             stale.unlink()
         for name, data in corpus.items():
             (target / f"{name}{suffix}").write_bytes(data)
-    print(f"wrote {len(NARS)} NARs and {len(NARINFOS)} narinfos under {HERE}")
+    nars = len(NARS) + len(HOSTILE_NARS)
+    print(f"wrote {nars} NARs and {len(NARINFOS)} narinfos under {HERE}")
 
 
 if __name__ == "__main__":

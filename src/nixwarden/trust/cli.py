@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from nixwarden.cliutil import parser
 from nixwarden.errors import FormatError, InvalidInput, Refused, UsageError
 from nixwarden.trust import nar
+from nixwarden.trust.failures import from_os_error
 from nixwarden.trust.hashes import HashFormat
 
 if TYPE_CHECKING:
@@ -63,8 +64,10 @@ def _nar(argv: list[str]) -> int:
         default=HashFormat.NIX32.value,
         help="how to print the hash (default: nix32, as nix-store -q --hash)",
     )
-    unpack = commands.add_parser("restore", help="unpack the NAR on stdin as DIR (must not exist)")
-    unpack.add_argument("directory", metavar="DIR")
+    restoring = commands.add_parser(
+        "restore", help="unpack the NAR on stdin as DIR (must not exist)"
+    )
+    restoring.add_argument("directory", metavar="DIR")
     commands.add_parser("ls", help="validate the NAR on stdin and list its contents")
     args = top.parse_args(argv)
     try:
@@ -76,14 +79,22 @@ def _nar(argv: list[str]) -> int:
                 digest = nar.hash_path(args.path)
                 print(digest.hash.render(HashFormat(args.format)))
             case "restore":
-                from nixwarden.trust.restore import restore  # noqa: PLC0415
+                from nixwarden.trust.restore import unpack  # noqa: PLC0415
 
-                restore(sys.stdin.buffer, args.directory)
+                unpack(sys.stdin.buffer, args.directory)
             case "ls":
                 lines = list(nar.list_lines(sys.stdin.buffer))  # all validated before any output
-                sys.stdout.buffer.write(b"".join(line + b"\n" for line in lines))
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        raise _io_error(error.filename or "", error) from None
+                sys.stdout.buffer.write("".join(line + "\n" for line in lines).encode())
+    except BrokenPipeError:
+        raise  # the reader went away: not an error worth a message (see nixwarden.cli)
+    except OSError as error:
+        named: str | bytes = (
+            error.filename
+            or getattr(args, "path", None)
+            or getattr(args, "directory", None)
+            or "standard input"
+        )
+        raise from_os_error(named, error) from None
     return 0
 
 

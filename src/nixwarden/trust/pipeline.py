@@ -1,0 +1,281 @@
+"""Overlap the two halves of moving an archive: walking or parsing it, and hashing or
+writing its bytes.
+
+SHA-256 in `hashlib` and `os.write` release the GIL on large buffers, so a second
+thread that hashes (or writes) block N while the first reads and parses block N+1
+uses a second core for what is otherwise a serial pipeline. Memory stays bounded: at
+most `depth` blocks are in flight, and the producer waits when the consumer is behind.
+
+The consumer's errors (a broken pipe, a full disk) reach the producer at its next
+hand-over and at `close`; the thread never outlives the `with` block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from nixwarden.trust.hashes import Hash, HashAlgorithm
+
+Consume = Callable[[memoryview], object]
+
+
+class _Digest:
+    """SHA-256 and byte count of everything seen: a NAR's hash and size."""
+
+    def __init__(self) -> None:
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        self.hasher.update(data)
+        self.size += len(data)
+
+    def result(self) -> tuple[Hash, int]:
+        return Hash(HashAlgorithm.SHA256, self.hasher.digest()), self.size
+
+
+class BlockSink:
+    """Bytes gathered into fixed-size blocks, each handed to `consume` when full.
+
+    With `threaded`, `consume` runs in a second thread on one block while this one
+    fills the next (`depth` blocks in all, allocated once and reused). `consume` gets a
+    view of a block that is reused afterwards: it must not keep it.
+    """
+
+    def __init__(self, consume: Consume, *, block: int, threaded: bool, depth: int = 4) -> None:
+        self.consume = consume
+        self.block_size = block
+        self.size = 0  # bytes handed over so far
+        self.block = bytearray(block)
+        self.view = memoryview(self.block)
+        self.used = 0
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+        if threaded:
+            self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+            for _ in range(depth - 1):
+                self.free.put(bytearray(block))
+            self.todo: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+            self.thread = threading.Thread(target=self._drain, name="nixwarden-sink", daemon=True)
+            self.thread.start()
+
+    def __enter__(self) -> BlockSink:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def put(self, data: bytes) -> None:
+        """Append `data` (shorter than a block: headers, names, small contents)."""
+        used = self.used
+        end = used + len(data)
+        if end > self.block_size:
+            self.hand_over()
+            used, end = 0, len(data)
+        self.view[used:end] = data
+        self.used = end
+
+    def space(self) -> memoryview:
+        """The free rest of the current block (a full block is handed over first)."""
+        if self.used == self.block_size:
+            self.hand_over()
+        return self.view[self.used :]
+
+    def hand_over(self) -> None:
+        used = self.used
+        if not used:
+            return
+        self.size += used
+        self.used = 0
+        if self.thread is None:
+            self.consume(self.view[:used])
+            return
+        if self.error is not None:
+            raise self.error
+        self.todo.put((self.block, used))
+        self.block = self.free.get()
+        self.view = memoryview(self.block)
+
+    def close(self) -> None:
+        """Hand over what is left and wait for the consumer; raises its error, if any."""
+        self.hand_over()
+        self._stop()
+        if self.error is not None:
+            raise self.error
+
+    def _stop(self) -> None:
+        if self.thread is not None:
+            self.todo.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def _drain(self) -> None:
+        while (item := self.todo.get()) is not None:
+            block, used = item
+            if self.error is None:
+                try:
+                    self.consume(memoryview(block)[:used])
+                except BaseException as error:  # handed to the producer
+                    self.error = error
+            self.free.put(block)
+
+
+class BackgroundHasher:
+    """A NAR's SHA-256 and size, computed in a second thread from immutable chunks.
+
+    `update` takes `bytes` (never a view of a buffer that will be reused) and returns
+    at once unless `depth` chunks are already waiting. Small updates are gathered so
+    the thread sees few, large ones. `result` waits for the thread.
+    """
+
+    GATHER = 64 << 10
+
+    def __init__(self, *, depth: int = 8) -> None:
+        self.digest = _Digest()
+        self.todo: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.slots = threading.BoundedSemaphore(depth)
+        self.small = bytearray()
+        self.thread: threading.Thread | None = threading.Thread(
+            target=self._drain, name="nixwarden-hash", daemon=True
+        )
+        self.thread.start()
+
+    def __enter__(self) -> BackgroundHasher:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def update(self, data: bytes, /) -> None:
+        if len(data) < self.GATHER:
+            self.small += data
+            if len(self.small) < self.GATHER:
+                return
+            data, self.small = bytes(self.small), bytearray()
+        elif self.small:
+            self._send(bytes(self.small))
+            self.small = bytearray()
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        self.slots.acquire()
+        self.todo.put(data)
+
+    def result(self) -> tuple[Hash, int]:
+        if self.small:
+            self._send(bytes(self.small))
+            self.small = bytearray()
+        self._stop()
+        return self.digest.result()
+
+    def _stop(self) -> None:
+        if self.thread is not None:
+            self.todo.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def _drain(self) -> None:
+        while (data := self.todo.get()) is not None:
+            self.digest.update(data)
+            self.slots.release()
+
+
+class FileWriter:
+    """Writes files' contents and closes them in a second thread.
+
+    The caller opens each file with `open`, hands over its contents in order (`write`,
+    immutable `bytes` only) and gives it back (`close`). At most `max_files` files are
+    open at once and at most `max_chunks` chunks wait to be written: `reserve` and
+    `write` block until the thread has caught up. A write error (a full disk, a size
+    limit) is raised by the next call, and by `finish`; every file handed over is
+    closed whatever happens, before `finish` or `__exit__` returns.
+    """
+
+    def __init__(self, *, max_files: int = 8, max_chunks: int = 64) -> None:
+        self.todo: queue.SimpleQueue[tuple[int, bytes | None] | None] = queue.SimpleQueue()
+        self.files = threading.BoundedSemaphore(max_files)
+        self.chunks = threading.BoundedSemaphore(max_chunks)
+        self.error: OSError | None = None
+        self.thread: threading.Thread | None = threading.Thread(
+            target=self._drain, name="nixwarden-write", daemon=True
+        )
+        self.thread.start()
+
+    def __enter__(self) -> FileWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def open(self, name: bytes | str, flags: int, mode: int, *, dir_fd: int) -> int:
+        """`os.open`, once fewer than `max_files` files are open."""
+        self._check()
+        self.files.acquire()
+        try:
+            return os.open(name, flags, mode, dir_fd=dir_fd)
+        except BaseException:
+            self.files.release()
+            raise
+
+    def write(self, fd: int, data: bytes) -> None:
+        self._check()
+        self.chunks.acquire()
+        self.todo.put((fd, data))
+
+    def close(self, fd: int) -> None:
+        self.todo.put((fd, None))
+
+    def finish(self) -> None:
+        self._stop()
+        self._check()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _stop(self) -> None:
+        if self.thread is not None:
+            self.todo.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def _drain(self) -> None:
+        while (item := self.todo.get()) is not None:
+            fd, data = item
+            if data is None:
+                try:
+                    os.close(fd)
+                except OSError as error:  # e.g. EIO or EDQUOT reported at close
+                    self.error = self.error or error
+                self.files.release()
+                continue
+            if self.error is None:
+                try:
+                    written = os.write(fd, data)
+                    if written < len(data):
+                        view = memoryview(data)[written:]
+                        while view:
+                            view = view[os.write(fd, view) :]
+                except OSError as error:
+                    self.error = error
+            self.chunks.release()
