@@ -185,6 +185,10 @@ NARINFOS: dict[str, str] = {
     "narinfo_carriage_return": narinfo().replace("\n", "\r\n"),
     "narinfo_bad_ca": narinfo(CA="sha256:abc"),
     "narinfo_url_with_space": narinfo(URL="nar/a b.nar"),
+    # Values that would reorder or split the line of an error that repeated them.
+    "narinfo_compression_bidi_override": narinfo(Compression="xz\u202e"),
+    "narinfo_narsize_line_separator": narinfo(NarSize="656\u2028NarSize: 1"),
+    "narinfo_storepath_c1_control": narinfo(StorePath=PATH + "\u0085x"),
 }
 
 

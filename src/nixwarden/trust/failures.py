@@ -1,4 +1,4 @@
-"""An `OSError` met while reading or writing files, as the one-line error the CLI prints.
+"""One-line errors: an `OSError` as the error the CLI prints, and untrusted text in one.
 
 Errors that say the path given is wrong (missing, not a directory, not permitted, a
 symlink where none may be) are bad input, exit 2. Everything else (a full disk, no
@@ -25,6 +25,13 @@ _INPUT_ERRORS = frozenset(
         errno.ENAMETOOLONG,
     }
 )
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """Untrusted text for a one-line error: quoted, escaped, cut to about `limit`."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"'{escape(text)}'"
 
 
 def from_os_error(path: str | bytes, error: OSError) -> NixwardenError:

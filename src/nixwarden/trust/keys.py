@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from nixwarden.errors import FormatError
+from nixwarden.trust.failures import shown
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.verify import SignatureRejected, Verified
 
@@ -111,7 +112,7 @@ class SecretKey:
     @classmethod
     def generate(cls, name: str) -> SecretKey:
         if not _KEY_NAME.fullmatch(name):
-            raise FormatError(f"invalid key name {name!r} (letters, digits, ._+@=- allowed)")
+            raise FormatError(f"invalid key name {shown(name)} (letters, digits, ._+@=- allowed)")
         private = Ed25519PrivateKey.generate()
         seed = private.private_bytes_raw()
         return cls(name, seed + _public_bytes(private))
