@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nixwarden.cli import main
+from nixwarden.trust.cli import read_secret_key
 from nixwarden.trust import nar
 from nixwarden.trust.keys import PublicKey, SecretKey
 
@@ -78,3 +79,38 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
         assert err.count("\n") == 1, err
         assert "AAAAAAAAAA" not in err
     assert not os.path.exists(missing)
+
+
+@pytest.mark.parametrize("kind", ["fifo_without_writer", "device", "directory", "huge"])
+def test_key_files_that_are_not_files_end_at_once_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    key = tmp_path / "key"
+    match kind:
+        case "fifo_without_writer":
+            os.mkfifo(key)
+        case "device":
+            key.symlink_to("/dev/zero")
+        case "directory":
+            key.mkdir()
+        case "huge":
+            key.write_bytes(b"k-1:" + b"A" * (1 << 20))
+    for argv in (
+        ["sign", "--key", str(key), "/nix/store/" + "0" * 32 + "-x"],
+        ["verify", "--trusted-key", str(key), "/nix/store/" + "0" * 32 + "-x"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"nixwarden: error: {key}"), err
+        assert err.count("\n") == 1, err
+
+
+def test_a_secret_key_can_come_through_a_pipe(tmp_path: Path) -> None:
+    secret = SecretKey.generate("piped-1")
+    read_end, write_end = os.pipe()
+    os.write(write_end, secret.render().encode())
+    os.close(write_end)
+    try:
+        assert read_secret_key(f"/proc/self/fd/{read_end}") == secret
+    finally:
+        os.close(read_end)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from nixwarden.cliutil import parser
+from nixwarden.display import escape
 from nixwarden.errors import FormatError, InvalidInput, Refused, UsageError
 from nixwarden.trust import nar
 from nixwarden.trust.failures import from_os_error
@@ -38,10 +40,6 @@ def main(command: str, argv: list[str]) -> int:
 
 def _stdout(data: bytes | bytearray | memoryview) -> None:
     sys.stdout.buffer.write(data)
-
-
-def _io_error(path: str, error: OSError) -> InvalidInput:
-    return InvalidInput(f"{path}: {error.strerror or error}")
 
 
 # --- nar -------------------------------------------------------------------------------
@@ -125,18 +123,39 @@ def _key(argv: list[str]) -> int:
     return 0
 
 
+def read_key_file(path: str) -> bytes:
+    """A key file's bytes, at most `MAX_KEY_FILE` of them.
+
+    A regular file or a pipe (`--key <(pass show nix-key)`); a device, directory or
+    socket is refused, and a FIFO nobody writes to ends at once instead of hanging.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise from_os_error(path, error) from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        os.close(fd)
+        raise InvalidInput(f"{escape(path)}: not a regular file or a pipe")
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        os.set_blocking(fd, True)
+        parts: list[bytes] = []
+        size = 0
+        while size <= MAX_KEY_FILE and (part := handle.read(MAX_KEY_FILE + 1 - size)):
+            parts.append(part)
+            size += len(part)
+    if size > MAX_KEY_FILE:
+        raise InvalidInput(f"{escape(path)}: larger than {MAX_KEY_FILE} bytes; not a key file")
+    return b"".join(parts)
+
+
 def read_secret_key(path: str) -> SecretKey:
     from nixwarden.trust.keys import decode_secret_key  # noqa: PLC0415
 
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_KEY_FILE)
-    except OSError as error:
-        raise _io_error(path, error) from None
-    try:
-        return decode_secret_key(data)
+        return decode_secret_key(read_key_file(path))
     except FormatError as error:
-        raise FormatError(f"{path}: {error}") from None
+        raise FormatError(f"{escape(path)}: {error}") from None
 
 
 def read_public_keys(paths: Sequence[str]) -> TrustedKeys:
@@ -145,15 +164,13 @@ def read_public_keys(paths: Sequence[str]) -> TrustedKeys:
     keys: list[PublicKey] = []
     for path in paths:
         try:
-            with open(path, encoding="ascii") as handle:
-                text = handle.read(MAX_KEY_FILE)
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) else "not ASCII text"
-            raise InvalidInput(f"{path}: {reason}") from None
+            text = read_key_file(path).decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{escape(path)}: not ASCII text") from None
         try:
             keys += parse_public_keys(text)
         except FormatError as error:
-            raise FormatError(f"{path}: {error}") from None
+            raise FormatError(f"{escape(path)}: {error}") from None
     return TrustedKeys.of(keys)
 
 
