@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from nixwarden.cli import main
-from nixwarden.trust.cli import read_secret_key
 from nixwarden.trust import nar
+from nixwarden.trust.cli import read_secret_key
 from nixwarden.trust.keys import PublicKey, SecretKey
 
 
