@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from nixwarden.cli import main
 from nixwarden.trust import nar
-from nixwarden.trust.cli import read_secret_key
+from nixwarden.trust.cli import HASH_FORMATS, read_secret_key
+from nixwarden.trust.hashes import HashFormat
 from nixwarden.trust.keys import PublicKey, SecretKey
 
 
@@ -114,3 +117,22 @@ def test_a_secret_key_can_come_through_a_pipe(tmp_path: Path) -> None:
         assert read_secret_key(f"/proc/self/fd/{read_end}") == secret
     finally:
         os.close(read_end)
+
+
+def test_the_hash_formats_offered_are_those_the_hash_module_renders() -> None:
+    assert tuple(form.value for form in HashFormat) == HASH_FORMATS
+
+
+def test_nar_dump_imports_neither_hashing_nor_dataclasses(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    probe = (
+        "import sys; from nixwarden.cli import main; "
+        f"main(['nar', 'dump', {str(tmp_path)!r}]); "
+        "loaded = [m for m in ('dataclasses', 'hashlib', 'threading', 'nixwarden.trust.nar') "
+        "if m in sys.modules]; sys.stderr.write(repr(loaded))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, check=True, env={"PATH": "/usr/bin"}
+    )
+    assert result.stdout == nar.dump_bytes(tmp_path)
+    assert result.stderr == b"[]"

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nixwarden.errors import FormatError, InvalidInput
-from nixwarden.trust import nar, pipeline
+from nixwarden.trust import nar
 from nixwarden.trust.restore import restore
 
 # A tree model: bytes = file, (bytes, True) = executable file, str = symlink target,
@@ -253,22 +253,39 @@ def test_validate_hashes_exactly_the_archive(tree: Tree) -> None:
     assert nar.validate(Trickle(data, 3)) == digest
 
 
+class _Listing:
+    """What os.scandir returns, listed before `then` runs: the race window of `dump`."""
+
+    def __init__(self, entries: list[os.DirEntry[str]]) -> None:
+        self.entries = entries
+
+    def __enter__(self) -> list[os.DirEntry[str]]:
+        return self.entries
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
 @pytest.mark.parametrize("swap", ["file_to_fifo", "file_to_symlink", "directory_to_symlink"])
 def test_a_tree_changed_after_listing_is_never_followed_nor_waited_on(
-    tmp_path: Path, swap: str
+    tmp_path: Path, swap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # What `dump` does between listing a directory and opening an entry, with the
-    # entry swapped in between, as someone racing a root-run `nar hash` would.
+    # The entry is swapped between `dump` listing its directory and opening it, as
+    # someone racing a root-run `nar hash` of a tree they can write would.
     tree = tmp_path / "tree"
     tree.mkdir()
-    (tree / "e").mkdir() if swap == "directory_to_symlink" else (tree / "e").write_bytes(b"x")
+    if swap == "directory_to_symlink":
+        (tree / "e").mkdir()
+    else:
+        (tree / "e").write_bytes(b"x")
     secret = tmp_path / "secret"
     secret.mkdir()
     (secret / "key").write_bytes(b"do not archive")
-    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with os.scandir(fd) as listing:
-            (entry,) = list(listing)
+    real_scandir = os.scandir
+
+    def racing_scandir(fd: int) -> _Listing:
+        with real_scandir(fd) as listing:
+            entries = list(listing)
         if swap == "directory_to_symlink":
             (tree / "e").rmdir()
         else:
@@ -277,18 +294,15 @@ def test_a_tree_changed_after_listing_is_never_followed_nor_waited_on(
             os.mkfifo(tree / "e")
         else:
             (tree / "e").symlink_to(secret if swap == "directory_to_symlink" else secret / "key")
-        parts: list[bytes] = []
-        sink = pipeline.BlockSink(
-            lambda data: parts.append(bytes(data)), block=4096, threaded=False
-        )
-        with pytest.raises((nar.TreeError, OSError)) as refused:
-            nar._Dumper(sink).entry(fd, b"e", entry, (os.fsencode(tree),))
-        sink.close()
-    finally:
-        os.close(fd)
+        return _Listing(entries)
+
+    monkeypatch.setattr(os, "scandir", racing_scandir)
+    parts: list[bytes] = []
+    with pytest.raises((nar.TreeError, OSError)) as refused:
+        nar.dump(tree, lambda data: parts.append(bytes(data)), threaded=False)
     assert b"do not archive" not in b"".join(parts)
     if isinstance(refused.value, nar.TreeError):
-        assert "changed while being archived" in str(refused.value)
+        assert str(refused.value) == f"{tree}/e: changed while being archived"
 
 
 def test_dump_errors_name_the_path_from_the_root_escaped(tmp_path: Path) -> None:

@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING
 from nixwarden.cliutil import parser
 from nixwarden.display import escape
 from nixwarden.errors import FormatError, InvalidInput, Refused, UsageError
-from nixwarden.trust import nar
 from nixwarden.trust.failures import from_os_error
-from nixwarden.trust.hashes import HashFormat
 
 if TYPE_CHECKING:
     from nixwarden.trust import pathinfo
@@ -21,10 +19,13 @@ if TYPE_CHECKING:
     from nixwarden.trust.storepath import StorePath
     from nixwarden.trust.verify import PathFailure
 
-# `nar` commands import only what they use: a hash of a large tree should not wait for
-# the Ed25519 and compression libraries to load. The other commands import lazily below.
+# Each command imports only what it uses, when it runs: `nar dump` of a large tree
+# should not wait for hashing, dataclasses, Ed25519 or compression libraries to load.
 
 MAX_KEY_FILE = 64 << 10
+# The values of trust.hashes.HashFormat (a test keeps the two the same), here so that
+# building the parser does not import the hash module.
+HASH_FORMATS = ("nix32", "base16", "base64", "sri")
 
 
 def main(command: str, argv: list[str]) -> int:
@@ -52,14 +53,14 @@ def _nar(argv: list[str]) -> int:
         epilog="Reading commands refuse any malformed archive with exit status 2.",
     )
     commands = top.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dump = commands.add_parser("dump", help="write the NAR of PATH to stdout")
-    dump.add_argument("path", metavar="PATH")
+    dumping = commands.add_parser("dump", help="write the NAR of PATH to stdout")
+    dumping.add_argument("path", metavar="PATH")
     hashing = commands.add_parser("hash", help="print the NAR hash of PATH (sha256:<nix32>)")
     hashing.add_argument("path", metavar="PATH")
     hashing.add_argument(
         "--format",
-        choices=[form.value for form in HashFormat],
-        default=HashFormat.NIX32.value,
+        choices=HASH_FORMATS,
+        default=HASH_FORMATS[0],
         help="how to print the hash (default: nix32, as nix-store -q --hash)",
     )
     restoring = commands.add_parser(
@@ -71,9 +72,16 @@ def _nar(argv: list[str]) -> int:
     try:
         match args.action:
             case "dump":
-                nar.dump(args.path, _stdout)
+                from nixwarden.trust.nardump import dump  # noqa: PLC0415
+
+                # No second thread: writing to a pipe or file costs little next to
+                # reading the tree, and the kernel's buffer already decouples the two.
+                dump(args.path, _stdout, threaded=False)
                 sys.stdout.buffer.flush()
             case "hash":
+                from nixwarden.trust import nar  # noqa: PLC0415
+                from nixwarden.trust.hashes import HashFormat  # noqa: PLC0415
+
                 digest = nar.hash_path(args.path)
                 print(digest.hash.render(HashFormat(args.format)))
             case "restore":
@@ -81,6 +89,8 @@ def _nar(argv: list[str]) -> int:
 
                 unpack(sys.stdin.buffer, args.directory)
             case "ls":
+                from nixwarden.trust import nar  # noqa: PLC0415
+
                 lines = list(nar.list_lines(sys.stdin.buffer))  # all validated before any output
                 sys.stdout.buffer.write("".join(line + "\n" for line in lines).encode())
     except BrokenPipeError:
@@ -262,6 +272,8 @@ def _verify(argv: list[str]) -> int:
 
 
 def _contents_mismatch(info: pathinfo.PathInfo) -> str | None:
+    from nixwarden.trust import nar  # noqa: PLC0415
+
     digest = nar.hash_path(info.absolute)
     if (digest.hash, digest.size) == (info.nar_hash, info.nar_size):
         return None

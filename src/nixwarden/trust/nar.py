@@ -18,99 +18,66 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from nixwarden import display
 from nixwarden.errors import FormatError
-from nixwarden.trust import pipeline
+from nixwarden.trust import nardump, pipeline
 from nixwarden.trust.hashes import Hash, HashAlgorithm
+from nixwarden.trust.nardump import (
+    BLOCK,
+    CASE_HACK_SUFFIX,
+    CHUNK,
+    MAGIC,
+    MAX_DEPTH,
+    MAX_LENGTH,
+    MAX_NAME,
+    MAX_TARGET,
+    MAX_TOKEN,
+    TreeError,
+    Write,
+    dump,
+    dump_bytes,
+)
 
-MAGIC = b"nix-archive-1"
-# Contents move in chunks this large: big enough that per-call overhead vanishes, small
-# enough that a chunk read from the page cache is still in the CPU's L2 cache when it
-# is hashed (measured here: 256 KiB chunks hash about 1.4 times as fast as 1 MiB ones).
-CHUNK = 256 << 10
-# Limits Nix applies (archive.cc, and the kernel's NAME_MAX / PATH_MAX - 1).
-MAX_NAME = 255
-MAX_TARGET = 4095
-# Deep enough for any real tree, shallow enough that a hostile archive cannot make
-# restore hold thousands of directory descriptors.
-MAX_DEPTH = 128
-# Lengths at or beyond this are not a file size anyone has; refusing them early
-# keeps arithmetic on padding and totals obviously safe.
-MAX_LENGTH = 1 << 62
-# No token of the grammar is longer than this; longer "tokens" are refused unread.
-MAX_TOKEN = 16
-# Nix's macOS case hack appends this on restore; a name carrying it would not dump back.
-CASE_HACK_SUFFIX = b"~nix~case~hack~"
+# Writing a tree lives in `nardump` (see there); this module re-exports it.
+__all__ = [
+    "BLOCK",
+    "CASE_HACK_SUFFIX",
+    "CHUNK",
+    "MAGIC",
+    "MAX_DEPTH",
+    "MAX_LENGTH",
+    "MAX_NAME",
+    "MAX_TARGET",
+    "MAX_TOKEN",
+    "CountingHasher",
+    "DirectoryEnd",
+    "DirectoryStart",
+    "Event",
+    "FileChunk",
+    "FileEnd",
+    "FileStart",
+    "NarDigest",
+    "Path",
+    "Readable",
+    "Symlink",
+    "TreeError",
+    "Updatable",
+    "Write",
+    "dump",
+    "dump_bytes",
+    "hash_path",
+    "list_lines",
+    "parse",
+    "validate",
+    "write_events",
+]
 
-Write = Callable[[bytes | bytearray | memoryview], object]
 Path = tuple[bytes, ...]  # names from the archive's root; () is the root itself
-
-
-def _string(data: bytes) -> bytes:
-    return struct.pack("<Q", len(data)) + data + b"\0" * (-len(data) % 8)
-
-
-_OPEN = _string(b"(")
-_CLOSE = _string(b")")
-_HEADER = _string(MAGIC)
-_TYPE_REGULAR = _OPEN + _string(b"type") + _string(b"regular")
-_EXECUTABLE = _string(b"executable") + _string(b"")
-_CONTENTS = _string(b"contents")
-_TYPE_SYMLINK = _OPEN + _string(b"type") + _string(b"symlink") + _string(b"target")
-_TYPE_DIRECTORY = _OPEN + _string(b"type") + _string(b"directory")
-_ENTRY = _string(b"entry") + _OPEN + _string(b"name")
-_NODE = _string(b"node")
-_REGULAR = _TYPE_REGULAR + _CONTENTS
-_REGULAR_EXECUTABLE = _TYPE_REGULAR + _EXECUTABLE + _CONTENTS
-_PAD_CLOSE = tuple(b"\0" * (-size % 8) + _CLOSE for size in range(8))
-
-
-# --- serializing ---------------------------------------------------------------------
-
-# The archive's bytes leave `dump` in blocks this large; small enough to stay in a
-# core's cache between being read and being hashed or written.
-BLOCK = 256 << 10
-# Small files (most files) are read straight into the output block in one call.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO swapped in after the directory was listed must not hang us.
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-class TreeError(FormatError):
-    """A file tree that has no NAR form (a device, a socket, a file that changed meanwhile)."""
-
-
-def dump(path: str | os.PathLike[str], write: Write, *, threaded: bool = True) -> int:
-    """Write the NAR of the tree at `path` to `write`; returns the archive's size.
-
-    `write` is called with views of reused blocks: it must consume the data before
-    returning (hash it, write it out, compress it), never keep the view. With
-    `threaded` (the default) it runs in a second thread, so hashing or writing
-    overlaps with reading the tree; calls still come one at a time, in order.
-
-    The tree is walked through directory descriptors, each opened with O_NOFOLLOW
-    relative to its parent, and every file's type is checked on its descriptor: a
-    tree that someone else can change while it is read yields an error or the NAR of
-    what was there, never the contents of a file outside it.
-    """
-    with pipeline.BlockSink(write, block=BLOCK, threaded=threaded) as sink:
-        sink.put(_HEADER)
-        _Dumper(sink).root(os.fsencode(path))
-        sink.close()
-        return sink.size
-
-
-def dump_bytes(path: str | os.PathLike[str]) -> bytes:
-    """The whole NAR of a (small) tree; for tests and small files."""
-    parts: list[bytes] = []
-    dump(path, lambda data: parts.append(bytes(data)), threaded=False)
-    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -120,108 +87,16 @@ class NarDigest:
     hash: Hash
     size: int
 
+    @classmethod
+    def sha256(cls, digest: bytes, size: int) -> NarDigest:
+        return cls(Hash(HashAlgorithm.SHA256, digest), size)
+
 
 def hash_path(path: str | os.PathLike[str]) -> NarDigest:
     """The NAR hash and size of the tree at `path`, as `nix-store -q --hash` reports them."""
     hasher = hashlib.sha256()
     size = dump(path, hasher.update)
     return NarDigest(Hash(HashAlgorithm.SHA256, hasher.digest()), size)
-
-
-class _Dumper:
-    def __init__(self, sink: pipeline.BlockSink) -> None:
-        self.sink = sink
-
-    def root(self, path: bytes) -> None:
-        info = os.lstat(path)
-        if stat.S_ISLNK(info.st_mode):
-            self.symlink(os.readlink(path), (path,))
-        elif stat.S_ISDIR(info.st_mode):
-            fd = os.open(path, _DIR_FLAGS)
-            try:
-                self.directory(fd, (path,))
-            finally:
-                os.close(fd)
-        elif stat.S_ISREG(info.st_mode):
-            self.regular(os.open(path, _FILE_FLAGS), (path,))
-        else:
-            raise TreeError(f"{_show((path,))}: not a regular file, symlink or directory")
-
-    def symlink(self, target: bytes, where: tuple[bytes, ...]) -> None:
-        if len(target) > MAX_TARGET:
-            raise TreeError(f"{_show(where)}: symlink target longer than {MAX_TARGET} bytes")
-        self.sink.put(_TYPE_SYMLINK + _string(target) + _CLOSE)
-
-    def directory(self, fd: int, where: tuple[bytes, ...]) -> None:
-        if len(where) > MAX_DEPTH:
-            raise TreeError(f"{_show(where)}: tree nests deeper than {MAX_DEPTH} directories")
-        put = self.sink.put
-        put(_TYPE_DIRECTORY)
-        with os.scandir(fd) as listing:
-            # Nix orders entries by their bytes (std::map<std::string>), as sorted() does.
-            entries = sorted((os.fsencode(entry.name), entry) for entry in listing)
-        for name, entry in entries:
-            put(_ENTRY + _string(name) + _NODE)
-            try:
-                self.entry(fd, name, entry, where)
-            except OSError as error:
-                if error.filename in (None, name):  # name it from the tree's root
-                    error.filename = b"/".join((*where, name))
-                raise
-            put(_CLOSE)
-        put(_CLOSE)
-
-    def entry(
-        self, fd: int, name: bytes, entry: os.DirEntry[str], where: tuple[bytes, ...]
-    ) -> None:
-        # The entry's type from the directory listing is a hint that saves a stat;
-        # what is opened is checked again on its descriptor.
-        if entry.is_symlink():
-            self.symlink(os.readlink(name, dir_fd=fd), (*where, name))
-        elif entry.is_dir(follow_symlinks=False):
-            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            try:
-                self.directory(child, (*where, name))
-            finally:
-                os.close(child)
-        elif entry.is_file(follow_symlinks=False):
-            self.regular(os.open(name, _FILE_FLAGS, dir_fd=fd), (*where, name))
-        else:
-            raise TreeError(f"{_show((*where, name))}: not a regular file, symlink or directory")
-
-    def regular(self, fd: int, where: tuple[bytes, ...]) -> None:
-        """Write the regular file open at `fd` (closing it)."""
-        sink = self.sink
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise TreeError(f"{_show(where)}: changed while being archived")
-            size = info.st_size
-            sink.put(
-                (_REGULAR_EXECUTABLE if info.st_mode & stat.S_IXUSR else _REGULAR)
-                + struct.pack("<Q", size)
-            )
-            remaining = size
-            while True:
-                space = sink.space()
-                # Ask for one byte more than is left: reading it means the file grew.
-                want = min(remaining + 1, len(space))
-                got = os.readv(fd, [space[:want]])
-                if got > remaining:
-                    raise TreeError(f"{_show(where)}: grew while being archived")
-                sink.used += got
-                remaining -= got
-                if not remaining and want > got:
-                    break  # a short read at the end: the file ends where it should
-                if got == 0:
-                    raise TreeError(f"{_show(where)}: shrank while being archived")
-        finally:
-            os.close(fd)
-        sink.put(_PAD_CLOSE[size % 8])
-
-
-def _show(where: tuple[bytes, ...]) -> str:
-    return display.escape_bytes(b"/".join(where))
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -272,17 +147,13 @@ class Updatable(Protocol):
 
 
 # Fixed runs of tokens, matched in one comparison when they are already buffered.
-_NODE_START = _OPEN + _string(b"type")
-_KIND_REGULAR = _string(b"regular") + _CONTENTS
-_KIND_EXECUTABLE = _string(b"regular") + _EXECUTABLE + _CONTENTS
-_KIND_SYMLINK = _string(b"symlink") + _string(b"target")
-_KIND_DIRECTORY = _string(b"directory")
-_CLOSE_ENTRY = _CLOSE + _CLOSE
-_ZEROS = bytes(8)
-_U64 = struct.Struct("<Q")
-_NODE_REGULAR = _NODE + _NODE_START + _KIND_REGULAR
-_NODE_EXECUTABLE = _NODE + _NODE_START + _KIND_EXECUTABLE
-_PAD_CLOSE_ENTRY = tuple(_ZEROS[: -size % 8] + _CLOSE_ENTRY for size in range(8))
+_NODE_START = nardump.OPEN + nardump.string(b"type")
+_KIND_REGULAR = nardump.string(b"regular") + nardump.CONTENTS
+_KIND_EXECUTABLE = nardump.string(b"regular") + nardump.EXECUTABLE + nardump.CONTENTS
+_KIND_SYMLINK = nardump.string(b"symlink") + nardump.string(b"target")
+_KIND_DIRECTORY = nardump.string(b"directory")
+_NODE_REGULAR = nardump.NODE + _NODE_START + _KIND_REGULAR
+_NODE_EXECUTABLE = nardump.NODE + _NODE_START + _KIND_EXECUTABLE
 
 
 class _Reader:
@@ -373,20 +244,20 @@ class _Reader:
         """
         buffer = self.buffer
         at = self.position
-        if not buffer.startswith(_ENTRY, at):
+        if not buffer.startswith(nardump.ENTRY, at):
             return None
-        at += len(_ENTRY)
+        at += len(nardump.ENTRY)
         end = len(buffer)
         if at + 8 > end:
             return None
-        (length,) = _U64.unpack_from(buffer, at)
+        (length,) = nardump.U64.unpack_from(buffer, at)
         at += 8
         padded = at + length + (-length % 8)
         if not 0 < length <= MAX_NAME or padded > end:
             return None
         name = buffer[at : at + length]
         if (
-            buffer[at + length : padded] != _ZEROS[: padded - at - length]
+            buffer[at + length : padded] != nardump.ZEROS[: padded - at - length]
             or name in (b".", b"..")
             or b"/" in name
             or b"\0" in name
@@ -405,11 +276,11 @@ class _Reader:
             return None
         if at + 8 > end:
             return None
-        (size,) = _U64.unpack_from(buffer, at)
+        (size,) = nardump.U64.unpack_from(buffer, at)
         at += 8
         if size > end - at:
             return None
-        tail = _PAD_CLOSE_ENTRY[size % 8]
+        tail = nardump.PAD_CLOSE_ENTRY[size % 8]
         if not buffer.startswith(tail, at + size):
             return None
         self.position = at + size + len(tail)
@@ -446,7 +317,7 @@ class _Reader:
 
     def padding(self, size: int) -> None:
         pad = -size % 8
-        if pad and self.exact(pad) != _ZEROS[:pad]:
+        if pad and self.exact(pad) != nardump.ZEROS[:pad]:
             raise self.fail("non-zero padding")
 
     def string(self, limit: int, what: str) -> bytes:
@@ -577,8 +448,8 @@ def parse(
                 yield FileChunk(data)
             yield FileEnd(path)
             continue
-        if not reader.skip(_ENTRY):
-            if reader.skip(_CLOSE):
+        if not reader.skip(nardump.ENTRY):
+            if reader.skip(nardump.CLOSE):
                 tag = b")"
             else:
                 tag = reader.token()
@@ -601,7 +472,7 @@ def parse(
                 raise reader.fail(f"duplicate entry {_token(name)}")
             raise reader.fail(f"directory entries are not sorted at {_token(name)}")
         directory.previous = name
-        if not reader.skip(_NODE):
+        if not reader.skip(nardump.NODE):
             reader.expect(b"node")
         pending = (*directory.path, name)
     if whole and not reader.at_end():
@@ -613,7 +484,7 @@ def _finish_node(reader: _Reader, path: Path) -> bool:
 
     True when the node is the archive's root (no entry around it).
     """
-    if path and reader.skip(_CLOSE_ENTRY):
+    if path and reader.skip(nardump.CLOSE_ENTRY):
         return False
     reader.expect(b")")
     if not path:
@@ -626,7 +497,7 @@ def _finish_directory(reader: _Reader, path: Path) -> bool:
     """After a directory's closing `)`, read the `)` closing its entry; True for the root."""
     if not path:
         return True
-    if not reader.skip(_CLOSE):
+    if not reader.skip(nardump.CLOSE):
         reader.expect(b")")
     return False
 
@@ -641,8 +512,7 @@ def validate(stream: Readable, *, whole: bool = True) -> NarDigest:
     with pipeline.BackgroundHasher() as hasher:
         for _event in parse(stream, hasher=hasher):
             pass
-        digest, size = hasher.result()
-    return NarDigest(digest, size)
+        return NarDigest.sha256(*hasher.result())
 
 
 class CountingHasher:
@@ -699,30 +569,35 @@ def write_events(events: Iterable[Event], write: Write) -> None:
     With `parse`, this gives copy-through-validation: what comes out is exactly the
     canonical archive of the tree the events describe.
     """
-    write(_HEADER)
+    write(nardump.HEADER)
     file_size = 0
     for event in events:
         match event:
             case DirectoryStart(path):
-                write(_entry_open(path) + _TYPE_DIRECTORY)
+                write(_entry_open(path) + nardump.TYPE_DIRECTORY)
             case DirectoryEnd(path):
-                write(_CLOSE + _entry_close(path))
+                write(nardump.CLOSE + _entry_close(path))
             case FileStart(path, executable, size):
-                header = _TYPE_REGULAR + (_EXECUTABLE if executable else b"")
-                write(_entry_open(path) + header + _CONTENTS + struct.pack("<Q", size))
+                header = nardump.TYPE_REGULAR + (nardump.EXECUTABLE if executable else b"")
+                write(_entry_open(path) + header + nardump.CONTENTS + struct.pack("<Q", size))
                 file_size = size
             case FileChunk(data):
                 write(data)
             case FileEnd(path):
-                write(b"\0" * (-file_size % 8) + _CLOSE + _entry_close(path))
+                write(b"\0" * (-file_size % 8) + nardump.CLOSE + _entry_close(path))
             case Symlink(path, target):
-                write(_entry_open(path) + _TYPE_SYMLINK + _string(target) + _CLOSE)
+                write(
+                    _entry_open(path)
+                    + nardump.TYPE_SYMLINK
+                    + nardump.string(target)
+                    + nardump.CLOSE
+                )
                 write(_entry_close(path))
 
 
 def _entry_open(path: Path) -> bytes:
-    return _ENTRY + _string(path[-1]) + _NODE if path else b""
+    return nardump.ENTRY + nardump.string(path[-1]) + nardump.NODE if path else b""
 
 
 def _entry_close(path: Path) -> bytes:
-    return _CLOSE if path else b""
+    return nardump.CLOSE if path else b""

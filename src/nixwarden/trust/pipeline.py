@@ -12,31 +12,18 @@ hand-over and at `close`; the thread never outlives the `with` block.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import queue
-import threading
 from collections.abc import Callable
-from types import TracebackType
+from typing import TYPE_CHECKING
 
-from nixwarden.trust.hashes import Hash, HashAlgorithm
+# `threading`, `queue` and `hashlib` are imported by the classes that use them, so that
+# `nar dump`, which runs in one thread and hashes nothing, does not wait for them.
+if TYPE_CHECKING:
+    import queue
+    import threading
+    from types import TracebackType
 
 Consume = Callable[[memoryview], object]
-
-
-class _Digest:
-    """SHA-256 and byte count of everything seen: a NAR's hash and size."""
-
-    def __init__(self) -> None:
-        self.hasher = hashlib.sha256()
-        self.size = 0
-
-    def update(self, data: bytes | bytearray | memoryview, /) -> None:
-        self.hasher.update(data)
-        self.size += len(data)
-
-    def result(self) -> tuple[Hash, int]:
-        return Hash(HashAlgorithm.SHA256, self.hasher.digest()), self.size
 
 
 class BlockSink:
@@ -57,6 +44,9 @@ class BlockSink:
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
         if threaded:
+            import queue  # noqa: PLC0415 - see the top of the module
+            import threading  # noqa: PLC0415
+
             self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
             for _ in range(depth - 1):
                 self.free.put(bytearray(block))
@@ -131,7 +121,7 @@ class BlockSink:
 
 
 class BackgroundHasher:
-    """A NAR's SHA-256 and size, computed in a second thread from immutable chunks.
+    """SHA-256 and size of a stream, computed in a second thread from immutable chunks.
 
     `update` takes `bytes` (never a view of a buffer that will be reused) and returns
     at once unless `depth` chunks are already waiting. Small updates are gathered so
@@ -141,7 +131,12 @@ class BackgroundHasher:
     GATHER = 64 << 10
 
     def __init__(self, *, depth: int = 8) -> None:
-        self.digest = _Digest()
+        import hashlib  # noqa: PLC0415 - see the top of the module
+        import queue  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        self.hasher = hashlib.sha256()
+        self.size = 0
         self.todo: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.slots = threading.BoundedSemaphore(depth)
         self.small = bytearray()
@@ -176,12 +171,13 @@ class BackgroundHasher:
         self.slots.acquire()
         self.todo.put(data)
 
-    def result(self) -> tuple[Hash, int]:
+    def result(self) -> tuple[bytes, int]:
+        """The SHA-256 digest and the number of bytes of everything `update` was given."""
         if self.small:
             self._send(bytes(self.small))
             self.small = bytearray()
         self._stop()
-        return self.digest.result()
+        return self.hasher.digest(), self.size
 
     def _stop(self) -> None:
         if self.thread is not None:
@@ -191,7 +187,8 @@ class BackgroundHasher:
 
     def _drain(self) -> None:
         while (data := self.todo.get()) is not None:
-            self.digest.update(data)
+            self.hasher.update(data)
+            self.size += len(data)
             self.slots.release()
 
 
@@ -207,6 +204,9 @@ class FileWriter:
     """
 
     def __init__(self, *, max_files: int = 8, max_chunks: int = 64) -> None:
+        import queue  # noqa: PLC0415 - see the top of the module
+        import threading  # noqa: PLC0415
+
         self.todo: queue.SimpleQueue[tuple[int, bytes | None] | None] = queue.SimpleQueue()
         self.files = threading.BoundedSemaphore(max_files)
         self.chunks = threading.BoundedSemaphore(max_chunks)

@@ -115,7 +115,7 @@ def _restore_into(
                 if hashing:
                     with pipeline.BackgroundHasher() as hasher:
                         _unpack(stream, scratch_fd, hasher, final_mode)
-                        digest: nar.NarDigest | None = nar.NarDigest(*hasher.result())
+                        digest: nar.NarDigest | None = nar.NarDigest.sha256(*hasher.result())
                 else:
                     _unpack(stream, scratch_fd, None, final_mode)
                     digest = None
