@@ -14,19 +14,75 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Self
 
 # `threading`, `queue` and `hashlib` are imported by the classes that use them, so that
 # `nar dump`, which runs in one thread and hashes nothing, does not wait for them.
 if TYPE_CHECKING:
     import queue
-    import threading
     from types import TracebackType
 
 Consume = Callable[[memoryview], object]
 
 
-class BlockSink:
+class _Stopping:
+    """`with` calls `_stop` when the block ends, whatever happened in it."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class _Worker(_Stopping):
+    """A daemon thread that runs `_work` on each item put in `todo`, in order.
+
+    Leaving `with` stops the thread after the items already put. Subclasses set
+    `error` when an item fails; `_check` raises it in the caller's thread.
+    """
+
+    def __init__(self, name: str) -> None:
+        import queue  # noqa: PLC0415 - see the top of the module
+        import threading  # noqa: PLC0415
+
+        self.error: BaseException | None = None
+        self.todo: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = threading.Thread(
+            target=self._drain, name=name, daemon=True
+        )
+        self.thread.start()
+
+    def _stop(self) -> None:
+        if self.thread is not None:
+            self.todo.put(_STOP)
+            self.thread.join()
+            self.thread = None
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _drain(self) -> None:
+        while (item := self.todo.get()) is not _STOP:
+            self._work(item)
+
+    def _work(self, item: Any) -> None:
+        raise NotImplementedError
+
+
+_STOP = object()
+
+
+class BlockSink(_Stopping):
     """Bytes gathered into fixed-size blocks, each handed to `consume` when full.
 
     With `threaded`, `consume` runs in a second thread on one block while this one
@@ -41,29 +97,11 @@ class BlockSink:
         self.block = bytearray(block)
         self.view = memoryview(self.block)
         self.used = 0
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-        if threaded:
-            import queue  # noqa: PLC0415 - see the top of the module
-            import threading  # noqa: PLC0415
+        self.worker = _BlockWorker(consume, block, depth) if threaded else None
 
-            self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-            for _ in range(depth - 1):
-                self.free.put(bytearray(block))
-            self.todo: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
-            self.thread = threading.Thread(target=self._drain, name="nixwarden-sink", daemon=True)
-            self.thread.start()
-
-    def __enter__(self) -> BlockSink:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop()
+    def _stop(self) -> None:
+        if self.worker is not None:
+            self.worker._stop()
 
     def put(self, data: bytes) -> None:
         """Append `data` (shorter than a block: headers, names, small contents)."""
@@ -87,40 +125,49 @@ class BlockSink:
             return
         self.size += used
         self.used = 0
-        if self.thread is None:
+        if self.worker is None:
             self.consume(self.view[:used])
             return
-        if self.error is not None:
-            raise self.error
-        self.todo.put((self.block, used))
-        self.block = self.free.get()
+        self.block = self.worker.swap(self.block, used)
         self.view = memoryview(self.block)
 
     def close(self) -> None:
         """Hand over what is left and wait for the consumer; raises its error, if any."""
         self.hand_over()
         self._stop()
-        if self.error is not None:
-            raise self.error
-
-    def _stop(self) -> None:
-        if self.thread is not None:
-            self.todo.put(None)
-            self.thread.join()
-            self.thread = None
-
-    def _drain(self) -> None:
-        while (item := self.todo.get()) is not None:
-            block, used = item
-            if self.error is None:
-                try:
-                    self.consume(memoryview(block)[:used])
-                except BaseException as error:  # handed to the producer
-                    self.error = error
-            self.free.put(block)
+        if self.worker is not None:
+            self.worker._check()
 
 
-class BackgroundHasher:
+class _BlockWorker(_Worker):
+    """`BlockSink`'s second thread: consumes full blocks, returns them empty."""
+
+    def __init__(self, consume: Consume, block: int, depth: int) -> None:
+        import queue  # noqa: PLC0415 - see the top of the module
+
+        self.consume = consume
+        self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(depth - 1):
+            self.free.put(bytearray(block))
+        super().__init__("nixwarden-sink")
+
+    def swap(self, full: bytearray, used: int) -> bytearray:
+        """Queue `full` (its first `used` bytes); an empty block, once one is free."""
+        self._check()
+        self.todo.put((full, used))
+        return self.free.get()
+
+    def _work(self, item: tuple[bytearray, int]) -> None:
+        block, used = item
+        if self.error is None:
+            try:
+                self.consume(memoryview(block)[:used])
+            except BaseException as error:  # handed to the producer
+                self.error = error
+        self.free.put(block)
+
+
+class BackgroundHasher(_Worker):
     """SHA-256 and size of a stream, computed in a second thread from immutable chunks.
 
     `update` takes `bytes` (never a view of a buffer that will be reused) and returns
@@ -132,29 +179,13 @@ class BackgroundHasher:
 
     def __init__(self, *, depth: int = 8) -> None:
         import hashlib  # noqa: PLC0415 - see the top of the module
-        import queue  # noqa: PLC0415
         import threading  # noqa: PLC0415
 
         self.hasher = hashlib.sha256()
         self.size = 0
-        self.todo: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.slots = threading.BoundedSemaphore(depth)
         self.small = bytearray()
-        self.thread: threading.Thread | None = threading.Thread(
-            target=self._drain, name="nixwarden-hash", daemon=True
-        )
-        self.thread.start()
-
-    def __enter__(self) -> BackgroundHasher:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop()
+        super().__init__("nixwarden-hash")
 
     def update(self, data: bytes, /) -> None:
         if len(data) < self.GATHER:
@@ -179,53 +210,29 @@ class BackgroundHasher:
         self._stop()
         return self.hasher.digest(), self.size
 
-    def _stop(self) -> None:
-        if self.thread is not None:
-            self.todo.put(None)
-            self.thread.join()
-            self.thread = None
-
-    def _drain(self) -> None:
-        while (data := self.todo.get()) is not None:
-            self.hasher.update(data)
-            self.size += len(data)
-            self.slots.release()
+    def _work(self, item: bytes) -> None:
+        self.hasher.update(item)
+        self.size += len(item)
+        self.slots.release()
 
 
-class FileWriter:
+class FileWriter(_Worker):
     """Writes files' contents and closes them in a second thread.
 
     The caller opens each file with `open`, hands over its contents in order (`write`,
     immutable `bytes` only) and gives it back (`close`). At most `max_files` files are
-    open at once and at most `max_chunks` chunks wait to be written: `reserve` and
+    open at once and at most `max_chunks` chunks wait to be written: `open` and
     `write` block until the thread has caught up. A write error (a full disk, a size
     limit) is raised by the next call, and by `finish`; every file handed over is
     closed whatever happens, before `finish` or `__exit__` returns.
     """
 
     def __init__(self, *, max_files: int = 8, max_chunks: int = 64) -> None:
-        import queue  # noqa: PLC0415 - see the top of the module
-        import threading  # noqa: PLC0415
+        import threading  # noqa: PLC0415 - see the top of the module
 
-        self.todo: queue.SimpleQueue[tuple[int, bytes | None] | None] = queue.SimpleQueue()
         self.files = threading.BoundedSemaphore(max_files)
         self.chunks = threading.BoundedSemaphore(max_chunks)
-        self.error: OSError | None = None
-        self.thread: threading.Thread | None = threading.Thread(
-            target=self._drain, name="nixwarden-write", daemon=True
-        )
-        self.thread.start()
-
-    def __enter__(self) -> FileWriter:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop()
+        super().__init__("nixwarden-write")
 
     def open(self, name: bytes | str, flags: int, mode: int, *, dir_fd: int) -> int:
         """`os.open`, once fewer than `max_files` files are open."""
@@ -249,33 +256,22 @@ class FileWriter:
         self._stop()
         self._check()
 
-    def _check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _stop(self) -> None:
-        if self.thread is not None:
-            self.todo.put(None)
-            self.thread.join()
-            self.thread = None
-
-    def _drain(self) -> None:
-        while (item := self.todo.get()) is not None:
-            fd, data = item
-            if data is None:
-                try:
-                    os.close(fd)
-                except OSError as error:  # e.g. EIO or EDQUOT reported at close
-                    self.error = self.error or error
-                self.files.release()
-                continue
-            if self.error is None:
-                try:
-                    written = os.write(fd, data)
-                    if written < len(data):
-                        view = memoryview(data)[written:]
-                        while view:
-                            view = view[os.write(fd, view) :]
-                except OSError as error:
-                    self.error = error
-            self.chunks.release()
+    def _work(self, item: tuple[int, bytes | None]) -> None:
+        fd, data = item
+        if data is None:
+            try:
+                os.close(fd)
+            except OSError as error:  # e.g. EIO or EDQUOT reported at close
+                self.error = self.error or error
+            self.files.release()
+            return
+        if self.error is None:
+            try:
+                written = os.write(fd, data)
+                if written < len(data):
+                    view = memoryview(data)[written:]
+                    while view:
+                        view = view[os.write(fd, view) :]
+            except OSError as error:
+                self.error = error
+        self.chunks.release()
