@@ -89,10 +89,18 @@ def _nar(argv: list[str]) -> int:
 
                 unpack(sys.stdin.buffer, args.directory)
             case "ls":
+                import shutil  # noqa: PLC0415
+                import tempfile  # noqa: PLC0415
+
                 from nixwarden.trust import nar  # noqa: PLC0415
 
-                lines = list(nar.list_lines(sys.stdin.buffer))  # all validated before any output
-                sys.stdout.buffer.write("".join(line + "\n" for line in lines).encode())
+                # Nothing is printed before the whole archive is validated; the lines
+                # wait in memory up to 8 MiB, beyond that in a temporary file.
+                with tempfile.SpooledTemporaryFile(max_size=8 << 20) as listing:
+                    for line in nar.list_lines(sys.stdin.buffer):
+                        listing.write(line.encode() + b"\n")
+                    listing.seek(0)
+                    shutil.copyfileobj(listing, sys.stdout.buffer)
     except BrokenPipeError:
         raise  # the reader went away: not an error worth a message (see nixwarden.cli)
     except OSError as error:
