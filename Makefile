@@ -23,13 +23,13 @@ bench: deps
 	$(PY) -m bench
 
 lint: deps
-	$(VENV)/bin/ruff check src tests bench demo
-	$(VENV)/bin/ruff format --check src tests bench demo
+	$(VENV)/bin/ruff check src testbed tests bench demo
+	$(VENV)/bin/ruff format --check src testbed tests bench demo
 	$(VENV)/bin/mypy
 
 format: deps
-	$(VENV)/bin/ruff format src tests bench demo
-	$(VENV)/bin/ruff check --fix src tests bench demo
+	$(VENV)/bin/ruff format src testbed tests bench demo
+	$(VENV)/bin/ruff check --fix src testbed tests bench demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
+from testbed.errors import TestbedError
+
 
 def main(names: list[str]) -> int:
     here = Path(__file__).parent
@@ -23,7 +25,11 @@ def main(names: list[str]) -> int:
             print(f"bench: no module {name} (have: {', '.join(available)})", file=sys.stderr)
             return 2
         print(f"\n### {name.removeprefix('bench_')}", flush=True)
-        importlib.import_module(f"bench.{name}").run()
+        try:
+            importlib.import_module(f"bench.{name}").run()
+        except TestbedError as error:
+            print(f"bench: {name}: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from demo.framework import NIXWARDEN
-from tests.system import confine_store
-
 from nixwarden.confine import run as confine_run
 from nixwarden.confine.plan import Mode, sandbox
 from nixwarden.nix.programs import find_nix_program
+from testbed import confine_store
 
 CHAIN = 5000
 WARMUP = 3

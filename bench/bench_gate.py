@@ -2,7 +2,7 @@
 
 Three keys on one loopback sshd, each a different unix user:
   direct   restrict,command="nix-daemon --stdio"
-  wrapper  a seed-002-style shell `case "$SSH_ORIGINAL_COMMAND"` dispatcher
+  wrapper  the usual shell `case "$SSH_ORIGINAL_COMMAND"` dispatcher (as builder guides write it)
   gate     nixwarden's authorized-keys-line (python -I nixwarden-gate)
 Each round runs `nix store ping --store ssh-ng://…` once per key, in turn, so drift
 on this shared machine hits all three alike. Also: the gate's own start-to-exec time
@@ -17,8 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.system import harness
-from tests.system.gate_setup import gated_builder
+from testbed import harness
+from testbed.gate_setup import GatedBuilder, gated_builder
 
 ROUNDS = int(os.environ.get("NIXWARDEN_BENCH_ROUNDS", "30"))
 
@@ -67,10 +67,7 @@ def _plain_alias(sshd: harness.Sshd, users: harness.Users, name: str, command: s
     return sshd.add_alias(f"{name}-{user.name}", user, key)
 
 
-def _measure(sshd: harness.Sshd, users: harness.Users, builder: object) -> None:
-    from tests.system.gate_setup import GatedBuilder  # noqa: PLC0415
-
-    assert isinstance(builder, GatedBuilder)
+def _measure(sshd: harness.Sshd, users: harness.Users, builder: GatedBuilder) -> None:
     wrapper = builder.directory / "wrapper.sh"
     wrapper.write_text(WRAPPER)
     wrapper.chmod(0o755)

@@ -16,8 +16,8 @@ import statistics
 import subprocess
 import time
 
-from tests.system import harness
-from tests.system.gate_setup import client_store, gated_builder
+from testbed import harness
+from testbed.gate_setup import client_store, gated_builder
 
 CHAIN = int(os.environ.get("NIXWARDEN_BENCH_CHAIN", "50"))
 ROUNDS = int(os.environ.get("NIXWARDEN_BENCH_ROUNDS_TENANTS", "2"))

@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.system import harness
-from tests.system.gate_setup import client_store, gated_builder
-
 from demo.framework import Demo, DemoFailed, default_env
+from testbed import harness
+from testbed.errors import TestbedError
+from testbed.gate_setup import client_store, gated_builder
 
 # Parts that need the gated builder take (demo, builder, client); the others (demo).
 BUILDER_PARTS = ("gate", "tenants")
@@ -30,10 +30,11 @@ def main() -> int:
     if os.geteuid() != 0:
         print("demo: run as root (make demo): it creates users and starts sshd", file=sys.stderr)
         return 2
-    for tool in harness.TOOLS:
-        if harness.which(tool) is None:
-            print(f"demo: {tool} is missing (make deps installs it)", file=sys.stderr)
-            return 2
+    try:
+        harness.require_system()
+    except TestbedError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        return 2
     scratch = Path(tempfile.mkdtemp(prefix="nixwarden-demo-"))
     scratch.chmod(0o755)
     demo = Demo(scratch=scratch, env=default_env())
@@ -62,6 +63,9 @@ def main() -> int:
     except DemoFailed as failure:
         print(f"\ndemo: FAILED: {failure}", file=sys.stderr)
         return 1
+    except TestbedError as error:
+        print(f"\ndemo: cannot set up the builder: {error}", file=sys.stderr)
+        return 2
     finally:
         users.cleanup()
         shutil.rmtree(scratch, ignore_errors=True)

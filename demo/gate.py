@@ -5,10 +5,9 @@ from __future__ import annotations
 import platform
 import secrets
 
-from tests.system import harness
-from tests.system.gate_setup import ClientStore, GatedBuilder
-
 from demo.framework import NIXWARDEN, Demo
+from testbed import harness
+from testbed.gate_setup import ClientStore, GatedBuilder
 
 TITLE = "Gate: SSH keys pinned to the Nix protocol"
 SYSTEM = f"{platform.machine()}-linux"
@@ -62,6 +61,11 @@ def run(demo: Demo, builder: GatedBuilder, client: ClientStore) -> None:
     demo.step(
         "a shell is refused",
         builder.sshd.ssh_argv(ci.alias, "bash -c id"),
+        expect_exit=1,
+    )
+    demo.step(
+        "a look-alike character is refused even inside quotes (a Cyrillic o in 'local')",
+        builder.sshd.ssh_argv(ci.alias, "nix-daemon --stdio --store 'l\u043ecal'"),
         expect_exit=1,
     )
     demo.step(

@@ -7,10 +7,9 @@ import secrets
 import subprocess
 from pathlib import Path
 
-from tests.system import harness
-from tests.system.gate_setup import ClientStore, GatedBuilder
-
 from demo.framework import NIXWARDEN, Demo
+from testbed import harness
+from testbed.gate_setup import ClientStore, GatedBuilder
 
 TITLE = "Tenant stores: remote builds without trusted-users"
 SYSTEM = f"{platform.machine()}-linux"

@@ -3,9 +3,22 @@
 # on, creating only what is missing. Idempotent: safe before every `make demo`/`make test`.
 #
 # Every piece of machine state the demo and the system tests use is listed here, in
-# SYSTEM STATE below; tests/unit/test_bootstrap_manifest.py checks that the harness
-# uses nothing else, so a leftover of earlier work can never make them pass.
+# PACKAGES and in the `# kind: …` manifest lines of SYSTEM STATE below; testbed/requirements.py
+# declares what the testbed uses and tests/unit/test_bootstrap_manifest.py checks that
+# each of those is listed here, so a leftover of earlier work can never make them pass.
+#
+#   scripts/bootstrap.sh           install and create what is missing
+#   scripts/bootstrap.sh --check   change nothing; exit 1 naming each listed piece that
+#                                  is missing or wrong (the harness runs this first)
 set -euo pipefail
+
+mode=ensure
+case "${1:-}" in
+    "") ;;
+    --check) mode=check ;;
+    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv="$here/.venv"
@@ -16,10 +29,59 @@ python=/usr/bin/python3
 # PACKAGES. nix-setup-systemd is only a Recommends of nix-bin, so --no-install-recommends
 # leaves it out: it is the package that creates nix-users and the daemon's socket directory.
 apt_packages=(nix-bin nix-setup-systemd openssh-server openssh-client bubblewrap busybox-static
-              python3-venv hyperfine systemd procps iproute2 acl passwd util-linux)
+              python3-venv systemd procps passwd util-linux coreutils time dpkg)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# --check: read the manifest lines below and test each against the machine.
+if [[ $mode == check ]]; then
+    problems=()
+    for pkg in "${apt_packages[@]}"; do
+        installed "$pkg" || problems+=("package $pkg is not installed")
+    done
+    while read -r kind name arg1 arg2 _; do
+        case $kind in
+            group)
+                getent group "$name" >/dev/null || problems+=("group $name does not exist") ;;
+            user)
+                # "nixbld1 … nixbld10" is a range; anything else one user.
+                if [[ $arg1 == "…" && $name =~ ^(.*[^0-9])([0-9]+)$ ]]; then
+                    prefix=${BASH_REMATCH[1]}
+                    names=$(seq -f "$prefix%g" "${BASH_REMATCH[2]}" "${arg2#"$prefix"}")
+                else
+                    names=$name
+                fi
+                for user in $names; do
+                    id "$user" >/dev/null 2>&1 || problems+=("user $user does not exist")
+                done ;;
+            directory)
+                if [[ ! -d $name || -L $name ]]; then
+                    problems+=("directory $name does not exist")
+                    continue
+                fi
+                actual=$(stat -c %a "$name")
+                ((8#$actual == 8#$arg1)) || problems+=("directory $name has mode $actual, not $arg1")
+                if [[ $arg2 =~ ^[a-z_][a-z0-9_-]*:[a-z_][a-z0-9_-]*$ ]]; then
+                    owner=$(stat -c %U:%G "$name")
+                    [[ $owner == "$arg2" ]] || problems+=("directory $name is owned by $owner, not $arg2")
+                fi ;;
+            daemon)
+                PATH=/usr/sbin:/usr/bin:/sbin:/bin command -v "$name" >/dev/null \
+                    || problems+=("daemon $name is not installed") ;;
+        esac
+    done < <(sed -nE 's/^[[:space:]]*# (group|user|directory|daemon): /\1 /p' "$self")
+    if [[ ! -x "$venv/bin/nixwarden" ]] || ! cmp -s "$here/requirements.lock" "$venv/.lock-stamp"; then
+        problems+=(".venv is not installed from requirements.lock")
+    fi
+    for problem in "${problems[@]}"; do
+        echo "bootstrap --check: $problem (run make deps as root)" >&2
+    done
+    ((${#problems[@]} == 0))
+    exit
+fi
+
 missing=()
 for pkg in "${apt_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    installed "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
@@ -51,13 +113,13 @@ if [[ $(id -u) -eq 0 ]]; then
     done
     # directory: /nix/var/nix/daemon-socket 0770 root:nix-users
     install -d -m 0770 -o root -g nix-users /nix/var/nix/daemon-socket
-    # directory: /nix/var/nix/gcroots/per-user 1777
-    # directory: /nix/var/nix/profiles/per-user 1777
-    install -d -m 1777 /nix/var/nix/gcroots/per-user /nix/var/nix/profiles/per-user
+    # (Nix creates /nix/var/nix/{profiles,gcroots}/per-user itself, mode 0755, each time
+    # it opens the store as root, and the daemon makes each client's directory in them.)
     # directory: /run/sshd 0755   (sshd's privilege-separation directory)
     install -d -m 0755 /run/sshd
-    # daemon: nix-daemon — started by the harness (tests/system/harness.py) on the default
-    # socket with its own nix.conf, not by systemd: containers and CI have no systemd.
+    # daemon: nix-daemon — installed here (nix-bin), started by the harness
+    # (testbed/harness.py) on the default socket with its own nix.conf, not by systemd:
+    # containers and CI have no systemd.
 fi
 
 stamp="$venv/.lock-stamp"

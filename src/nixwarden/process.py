@@ -59,32 +59,6 @@ def run(
     return result
 
 
-def start(
-    argv: Argv,
-    *,
-    env: Mapping[str, str] | None,
-    stdin: int | None = None,
-    stdout: int | None = None,
-    stderr: int | None = None,
-    cwd: str | None = None,
-    pass_fds: Sequence[int] = (),
-    new_session: bool = False,
-) -> subprocess.Popen[bytes]:
-    """Start argv in the background; the caller owns the returned process."""
-    import subprocess  # noqa: PLC0415 - kept off the gate's start-up path
-
-    return subprocess.Popen(
-        list(argv),
-        env=None if env is None else dict(env),
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        cwd=cwd,
-        pass_fds=tuple(pass_fds),
-        start_new_session=new_session,
-    )
-
-
 def exec_replace(argv: Argv, env: Mapping[str, str]) -> None:
     """Replace this process with argv (absolute path, no PATH search). Only returns by raising."""
     if not argv or not os.path.isabs(argv[0]):

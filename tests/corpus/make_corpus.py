@@ -3,13 +3,15 @@
 Run from the repository: `.venv/bin/python -m tests.corpus.make_corpus`. The archives
 are built from raw strings here, not with nixwarden's serializer, so a bug there
 cannot hide in the corpus. `NAR_REASONS` and `NARINFO_REASONS` in
-tests/unit/test_trust_corpus.py give the reason each malformed file must be refused
-with; `NAR_ACCEPTED` says what each valid but hostile archive attacks.
+tests/unit/test_trust_corpus.py map each malformed file to the reason it must be
+refused with, and `NAR_ACCEPTED` each valid but hostile archive to what it attacks
+(checked both ways: every file has an entry, every entry a file).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -192,17 +194,18 @@ NARINFOS: dict[str, str] = {
 }
 
 
+def write_corpus(directory: Path, suffix: str, corpus: Mapping[str, bytes]) -> None:
+    """Replace the `*suffix` files of `directory` with one file per entry of `corpus`."""
+    directory.mkdir(exist_ok=True)
+    for stale in directory.glob(f"*{suffix}"):
+        stale.unlink()
+    for name, data in corpus.items():
+        (directory / f"{name}{suffix}").write_bytes(data)
+
+
 def main() -> None:
-    for directory, suffix, corpus in (
-        ("nar", ".nar", NARS | HOSTILE_NARS),
-        ("narinfo", ".narinfo", {name: text.encode() for name, text in NARINFOS.items()}),
-    ):
-        target = HERE / directory
-        target.mkdir(exist_ok=True)
-        for stale in target.glob(f"*{suffix}"):
-            stale.unlink()
-        for name, data in corpus.items():
-            (target / f"{name}{suffix}").write_bytes(data)
+    write_corpus(HERE / "nar", ".nar", NARS | HOSTILE_NARS)
+    write_corpus(HERE / "narinfo", ".narinfo", {n: text.encode() for n, text in NARINFOS.items()})
     nars = len(NARS) + len(HOSTILE_NARS)
     print(f"wrote {nars} NARs and {len(NARINFOS)} narinfos under {HERE}")
 

@@ -1,4 +1,4 @@
-"""Fixtures for the system tests: see harness.py."""
+"""Fixtures for the system tests: see testbed/harness.py."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.system import harness
-from tests.system.gate_setup import ClientStore, GatedBuilder, client_store, gated_builder
+from testbed import harness
+from testbed.gate_setup import ClientStore, GatedBuilder, client_store, gated_builder
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

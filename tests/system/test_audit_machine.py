@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.system import harness
+from testbed import harness
 
 KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJO7YFVqOMh6ip3C9G5DSc6VCDHnrth/0gVEzjHJwCmY "

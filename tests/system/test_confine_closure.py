@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system import confine_store, harness
-from tests.system.confine_store import Programs, nix_store_closure
+from testbed import confine_store, harness
+from testbed.confine_store import Programs, nix_store_closure
 
 NIXWARDEN = harness.NIXWARDEN
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from nixwarden.confine import binsh
-from tests.system import confine_store, harness
-from tests.system.confine_store import Programs, nix_store_closure
+from testbed import confine_store, harness
+from testbed.confine_store import Programs, nix_store_closure
 
 NIXWARDEN = harness.NIXWARDEN
 

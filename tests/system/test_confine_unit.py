@@ -9,14 +9,13 @@ drop-in was read).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.system import confine_store, harness
-from tests.system.confine_store import Programs, nix_store_closure
+from testbed import confine_store, harness
+from testbed.confine_store import Programs, nix_store_closure
 
 NIXWARDEN = harness.NIXWARDEN
 
@@ -28,7 +27,7 @@ def programs(nix_daemon: harness.NixDaemon) -> Programs:
 
 
 def need_analyze() -> None:
-    harness.need(shutil.which("systemd-analyze") is not None, "systemd-analyze")
+    harness.need(harness.which("systemd-analyze") is not None, "systemd-analyze")
 
 
 def unit_text(p: Programs, extra: str = "") -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.system import harness
+from testbed import harness
 
 
 def test_plain_key_runs_command_as_its_user(sshd: harness.Sshd, users: harness.Users) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system import harness
-from tests.system.gate_setup import ClientStore, GatedBuilder, Principal, client_store
+from testbed import harness
+from testbed.gate_setup import ClientStore, GatedBuilder, Principal, client_store
 
 SYSTEM = f"{platform.machine()}-linux"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from nixwarden.nix import nix32
+from nixwarden.nix.storepath import StorePath
 from nixwarden.trust import cache, export, nar, narinfo
 from nixwarden.trust.keys import PublicKey, SecretKey, TrustedKeys
-from nixwarden.trust.storepath import StorePath
-from tests.system import harness
+from testbed import harness
 
 NIXWARDEN = harness.NIXWARDEN
 

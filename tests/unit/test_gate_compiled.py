@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import time
 from pathlib import Path
@@ -65,31 +66,11 @@ def test_garbage_copy_is_ignored(config_file: Path) -> None:
     assert run.load_policy(str(config_file))[2]["alice"].store == "host"
 
 
-def test_gate_never_takes_its_config_from_the_environment(
-    config_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NIXWARDEN_CONFIG", str(config_file))
-    env = {b"SSH_ORIGINAL_COMMAND": b"nix-daemon --stdio"}
-    with pytest.raises(run.GateDenied, match=r"/etc/nixwarden/config\.toml"):
-        run.serve("alice", None, env)
-
-
-def test_unexpected_errors_are_logged_denials(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = tmp_path / "audit.jsonl"
-    config_file = tmp_path / "config.toml"
-    config_file.write_text(
-        f'[gate]\naudit_log = "{log}"\nstate_dir = "{tmp_path}"\n'
-        '[principals.alice]\nstore = "host"\n'
-    )
-
-    def broken(*_args: object) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(run.sessions, "acquire", broken)
-    env = {b"SSH_ORIGINAL_COMMAND": b"nix-daemon --stdio"}
-    with pytest.raises(run.GateDenied, match="internal error: OSError"):
-        run.serve("alice", str(config_file), env)
-    (line,) = log.read_text().splitlines()
-    assert '"decision":"deny"' in line and "Input/output error" in line
+def test_copy_from_an_older_format_is_ignored(config_file: Path) -> None:
+    """A copy compiled before validation tightened may hold values the config would now
+    refuse (a newline in a substituter): it must not outlive the upgrade."""
+    written = compiled.write(config.load(str(config_file)))
+    document = marshal.loads(Path(written).read_bytes())  # noqa: S302 - written just above
+    document["format"] = compiled.FORMAT - 1
+    Path(written).write_bytes(marshal.dumps(document))
+    assert compiled.read(str(config_file)) is None

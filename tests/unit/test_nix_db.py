@@ -119,3 +119,22 @@ def test_one_snapshot_while_a_writer_commits(tmp_path: Path) -> None:
         writer.execute("COMMIT")
         writer.close()
     assert len(db.closure([path(1)], file)) == 150
+
+
+@pytest.mark.parametrize(
+    ("environ", "reads_database"),
+    [
+        ({}, True),
+        ({"NIX_REMOTE": "daemon"}, True),
+        ({"NIX_REMOTE": "local?root=/srv/other"}, False),
+        ({"NIX_REMOTE": "ssh://builder"}, False),
+        ({"NIX_STATE_DIR": "/srv/state"}, False),
+        ({"NIX_STORE_DIR": "/gnu/store"}, False),
+    ],
+)
+def test_closure_reads_the_database_only_for_the_default_store(
+    environ: dict[str, str], reads_database: bool
+) -> None:
+    from nixwarden.nix import closure as nix_closure  # noqa: PLC0415
+
+    assert (nix_closure._store_elsewhere(environ) is None) == reads_database

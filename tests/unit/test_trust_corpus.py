@@ -93,8 +93,8 @@ NARINFO_REASONS = {
     "narinfo_narsize_overflow": "malformed NarSize",
     "narinfo_narsize_zero": "NarSize is 0",
     "narinfo_no_final_newline": "does not end with a newline",
-    "narinfo_path_bad_hash_chars": "not a store path base name",
-    "narinfo_path_dotdot": "not a store path base name",
+    "narinfo_path_bad_hash_chars": "store path hash is not in Nix's base-32 alphabet",
+    "narinfo_path_dotdot": "not exactly a store path",
     "narinfo_path_outside_store": "is not in the store",
     "narinfo_ref_double_space": "empty entries",
     "narinfo_ref_full_path": "References: '/nix/store/",
@@ -106,7 +106,7 @@ NARINFO_REASONS = {
     "narinfo_url_with_space": "URL is empty or contains spaces",
     "narinfo_compression_bidi_override": "malformed Compression 'xz\\u202e'",
     "narinfo_narsize_line_separator": "malformed NarSize '656\\u2028NarSize: 1'",
-    "narinfo_storepath_c1_control": "-corpus\\x85x' has an invalid store path name",
+    "narinfo_storepath_c1_control": "u0085x': store path name has a character Nix does not",
 }
 
 

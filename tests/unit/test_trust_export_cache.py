@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from nixwarden.errors import FormatError, Refused
+from nixwarden.nix.storepath import StorePath
 from nixwarden.trust import cache, export, nar, narinfo
 from nixwarden.trust.keys import SecretKey, TrustedKeys
-from nixwarden.trust.storepath import StorePath
 from nixwarden.trust.verify import PathFailure, VerificationFailed
 
 A = StorePath.from_base_name("0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-a")

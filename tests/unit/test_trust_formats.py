@@ -8,6 +8,7 @@ import pytest
 
 from nixwarden.errors import FormatError
 from nixwarden.nix import nix32
+from nixwarden.nix.storepath import StorePath
 from nixwarden.trust.hashes import Hash, HashAlgorithm, HashFormat
 from nixwarden.trust.keys import (
     PublicKey,
@@ -18,7 +19,6 @@ from nixwarden.trust.keys import (
     parse_public_keys,
 )
 from nixwarden.trust.narinfo import NarInfo, make
-from nixwarden.trust.storepath import StorePath
 from nixwarden.trust.verify import SignatureRejected, Verified
 
 # Known answers from Nix's own tests (libutil-tests/hash.cc).

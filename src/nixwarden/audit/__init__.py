@@ -1,1 +1,1 @@
-"""Audit (seed 003): a machine's Nix, SSH and nixwarden trust settings, checked."""
+"""Audit: a machine's Nix, SSH and nixwarden trust settings, checked."""

@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nixwarden import config as nw_config
-from nixwarden import process
 from nixwarden.audit import authorized_keys, machines, nixconf, sshd
 from nixwarden.audit.accounts import Accounts
 from nixwarden.audit.facts import Facts, KeyFile, NixwardenFacts
 from nixwarden.audit.model import FileStat
 from nixwarden.errors import InvalidInput, NixwardenError
+from nixwarden.nix import commands
 from nixwarden.nix.programs import find_nix_program
 
 MAX_FILE = 8 << 20
@@ -253,17 +253,10 @@ def _version(system: System) -> tuple[str | None, str]:
     if system.live:
         program = find_nix_program("nix")
         try:
-            result = process.run(
-                [program, "--version"],
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                check=False,
-                timeout=20,
-            )
+            text = commands.version(env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, nix=program)
         except NixwardenError as error:
             return None, f"{program} --version: {error}"
-        if result.returncode != 0:
-            return None, f"{program} --version exited {result.returncode}"
-        return result.stdout.decode("utf-8", "replace"), f"{program} --version"
+        return text, f"{program} --version"
     # An image: never run its binaries. Read the store path the profile points at, or dpkg.
     for link in (
         "/run/current-system/sw/bin/nix",

@@ -1,1 +1,1 @@
-"""Confinement (seed 001): a program or a service that sees only its closure."""
+"""Confinement: a program or a service that sees only its closure."""

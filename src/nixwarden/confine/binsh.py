@@ -36,7 +36,7 @@ def from_store(text: str, store_dir: str = STORE_DIR) -> BinSh:
     if not in_store(real, store_dir):
         raise InvalidInput(f"--bin-sh {text!r}: resolves to {real}, outside the store")
     _executable_file(real, f"--bin-sh {text!r}")
-    roots = (root.store_path.path, resolve_root(real, store_dir).store_path.path)
+    roots = (root.top, resolve_root(real, store_dir).top)
     return BinSh(real, tuple(dict.fromkeys(roots)))
 
 
@@ -45,7 +45,7 @@ def from_host(path: str = HOST_BIN_SH, store_dir: str = STORE_DIR) -> BinSh:
     real = os.path.realpath(path)
     _executable_file(real, f"host {path}")
     if in_store(real, store_dir):
-        return BinSh(real, (resolve_root(real, store_dir).store_path.path,))
+        return BinSh(real, (resolve_root(real, store_dir).top,))
     with open(real, "rb") as handle:
         data = handle.read()
     loader = interpreter(data, real)

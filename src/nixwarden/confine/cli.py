@@ -54,7 +54,7 @@ def _closure(argv: list[str]) -> int:
     p.add_argument("--db", metavar="FILE", help="the store database (default: Nix's)")
     p.add_argument("roots", nargs="+", metavar="ROOT")
     args = p.parse_args(argv)
-    store_paths = [resolve_root(root).store_path.path for root in args.roots]
+    store_paths = [resolve_root(root).top for root in args.roots]
     found = closure(store_paths, db=args.db)
     if found.source is Source.NIX_STORE:
         print(

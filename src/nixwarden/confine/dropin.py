@@ -123,20 +123,20 @@ def exec_roots(unit: Unit, origin: str) -> Roots:
                         "exist inside the confinement"
                     )
                 for word in command.argv:
-                    found += [p.path for p in references_in(word)]
+                    found += [p.absolute() for p in references_in(word)]
     return Roots(tuple(dict.fromkeys(found)), tuple(warnings))
 
 
 def full_unit_roots(unit: Unit, origin: str) -> Roots:
     """Every store path in the unit's settings (`fullUnit`; comments do not count),
     warning about environment files."""
-    found = [p.path for item in unit.assignments for p in references_in(item.value)]
+    found = [p.absolute() for item in unit.assignments for p in references_in(item.value)]
     warnings: list[str] = []
     for key in ("EnvironmentFile", "Environment"):
         for item in unit.assignments:
             if item.section != SERVICE or item.key != key:
                 continue
-            paths = list(dict.fromkeys(p.path for p in references_in(item.value)))
+            paths = list(dict.fromkeys(p.absolute() for p in references_in(item.value)))
             if paths:
                 warnings.append(
                     f"{origin}:{item.line}: {key}= puts {', '.join(paths)} in the chroot: "

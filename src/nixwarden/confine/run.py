@@ -104,7 +104,7 @@ def resolve_command(request: Request, environ: Mapping[str, str]) -> tuple[str, 
     root = resolve_root(program, STORE_DIR)
     if not in_store(root.path):
         raise UsageError(f"confine run: {program!r} is not in the store")
-    return root.path, root.store_path.path
+    return root.path, root.top
 
 
 def roots(request: Request, command_root: str | None) -> list[str]:
@@ -112,9 +112,9 @@ def roots(request: Request, command_root: str | None) -> list[str]:
     if command_root is not None:
         found.append(command_root)
     for argument in request.command[1:]:
-        found += [p.path for p in references_in(argument)]
+        found += [p.absolute() for p in references_in(argument)]
     for package in request.packages:
-        found.append(resolve_root(package).store_path.path)
+        found.append(resolve_root(package).top)
     if request.bin_sh is not None:
         found += request.bin_sh.store_roots
     return list(dict.fromkeys(found))

@@ -63,7 +63,7 @@ def unit_roots(request: Request) -> tuple[Roots, Unit | None]:
     for index, line in enumerate(request.execs, start=1):
         for command in parse_exec(line, f"--exec #{index}"):
             for word in command.argv:
-                found += [p.path for p in references_in(word)]
+                found += [p.absolute() for p in references_in(word)]
     return Roots(tuple(dict.fromkeys(found))), None
 
 
@@ -72,7 +72,7 @@ def build(request: Request) -> tuple[str, Sequence[str]]:
     name = parse_unit_name(request.name)
     roots, unit = unit_roots(request)
     every = list(roots.store_paths)
-    every += [resolve_root(p).store_path.path for p in request.packages]
+    every += [resolve_root(p).top for p in request.packages]
     if request.bin_sh is not None:
         every += request.bin_sh.store_roots
     found = closure(dict.fromkeys(every), db=request.db)

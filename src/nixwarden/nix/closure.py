@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from nixwarden import process
 from nixwarden.errors import CommandFailed, InvalidInput
+from nixwarden.nix import commands
 from nixwarden.nix import db as store_db
 from nixwarden.nix.storepath import STORE_DIR, BadStorePath, Root, in_store, parse_root
 
@@ -71,6 +71,16 @@ def resolve_root(text: str, store_dir: str = STORE_DIR, cwd: str | None = None) 
     raise InvalidInput(f"root {text!r}: not in the store {store_dir} (resolves to {path})")
 
 
+def _store_elsewhere(environ: Mapping[str, str]) -> str | None:
+    """The variable that points Nix at a store whose database is not the default one."""
+    if environ.get("NIX_REMOTE", "") not in ("", "auto", "daemon", "local"):
+        return "NIX_REMOTE"
+    for name in ("NIX_STATE_DIR", "NIX_STORE_DIR"):
+        if environ.get(name):
+            return name
+    return None
+
+
 def nix_store_closure(
     store_paths: Sequence[str], nix_store: str, environ: Mapping[str, str]
 ) -> frozenset[str]:
@@ -78,16 +88,7 @@ def nix_store_closure(
     env = {"PATH": "/usr/bin:/bin"} | {k: environ[k] for k in NIX_ENV if k in environ}
     if "HOME" in environ:
         env["HOME"] = environ["HOME"]
-    result = process.run(
-        [nix_store, "--query", "--requisites", "--", *store_paths], env=env, check=False
-    )
-    if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        last = lines[-1] if lines else f"exit status {result.returncode}"
-        if "is not valid" in last:
-            raise InvalidInput(last.removeprefix("error: "))
-        raise CommandFailed(f"{nix_store} --query --requisites: {last}")
-    return frozenset(line for line in result.stdout.decode().splitlines() if line)
+    return commands.query_requisites(store_paths, env=env, nix_store=nix_store)
 
 
 def closure(
@@ -104,14 +105,17 @@ def closure(
         return Closure(frozenset(), Source.DATABASE)
     environ = os.environ if environ is None else environ
     default = environ.get(DB_ENV) or store_db.DEFAULT_DB
-    try:
-        return Closure(store_db.closure(paths, db or default), Source.DATABASE)
-    except store_db.DatabaseUnreadable as error:
-        if db is not None:
-            raise CommandFailed(str(error)) from error
-        why = str(error)
+    elsewhere = _store_elsewhere(environ)
+    if db is None and elsewhere and DB_ENV not in environ:
+        why = f"{elsewhere} names another store than {store_db.DEFAULT_DB}'s"
+    else:
+        try:
+            return Closure(store_db.closure(paths, db or default), Source.DATABASE)
+        except store_db.DatabaseUnreadable as error:
+            if db is not None:
+                raise CommandFailed(str(error)) from error
+            why = str(error)
     from nixwarden.nix.programs import find_nix_program  # noqa: PLC0415 - only on the fallback
 
-    program = nix_store or find_nix_program("nix-store")
-    found = nix_store_closure(paths, program, environ)
+    found = nix_store_closure(paths, nix_store or find_nix_program("nix-store"), environ)
     return Closure(found, Source.NIX_STORE, why)

@@ -93,10 +93,24 @@ def closure(
             raise InvalidPaths(missing)
         return frozenset(row[0] for row in connection.execute(_CLOSURE, (roots,)))
 
-    return read(db, query, attempts=attempts, busy_timeout=busy_timeout)
+    return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)
 
 
-def read(
+_USAGE = "SELECT count(*), coalesce(sum(narSize), 0) FROM ValidPaths"
+
+
+def store_usage(db: str, *, attempts: int = 8, busy_timeout: float = 2.0) -> tuple[int, int]:
+    """(number of valid paths, total of their NAR sizes): what `nix path-info --all --size`
+    adds up."""
+
+    def query(connection: sqlite3.Connection) -> tuple[int, int]:
+        paths, nar_bytes = connection.execute(_USAGE).fetchone()
+        return int(paths), int(nar_bytes)
+
+    return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)
+
+
+def _read(
     db: str,
     query: Callable[[sqlite3.Connection], T],
     *,

@@ -1,8 +1,12 @@
-"""Store paths: parsing and finding them in text. Pure: no file system access.
+"""Store paths: the one type, parsed and checked as Nix checks them. Pure: no file access.
 
 A store path is `<store dir>/<hash>-<name>`: 32 characters of Nix's base-32 alphabet,
-a dash, and a name of at most 211 characters from `[A-Za-z0-9+-._?=]` (Nix's `checkName`).
-A *root* is a store path or a path inside one (`/nix/store/…-hello/bin/hello`).
+a dash, and a name of at most 211 characters from `[A-Za-z0-9+-._?=]` that does not
+start with a period (Nix's `checkName`). A *root* is a store path or a path inside one
+(`/nix/store/…-hello/bin/hello`).
+
+`StorePath` validates in its constructor, so an invalid store path cannot be built;
+every refusal is a `BadStorePath`, a `FormatError`, with one line naming the text.
 """
 
 from __future__ import annotations
@@ -11,39 +15,86 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from nixwarden.errors import InvalidInput
+from nixwarden.display import escape
+from nixwarden.errors import FormatError, InvalidInput
+from nixwarden.nix.nix32 import ALPHABET as NIX32_ALPHABET
 
 STORE_DIR = "/nix/store"
 HASH_LENGTH = 32
-MAX_NAME_LENGTH = 211
-NIX32_ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"  # no e, o, u, t
+MAX_NAME_LENGTH = 211  # Nix: 255 for the file name, less the hash part and the dash
 
 _HASH = re.compile(f"[{NIX32_ALPHABET}]{{{HASH_LENGTH}}}")
 _NAME = re.compile(r"[A-Za-z0-9+\-._?=]+")
+_SHOWN_LIMIT = 120
 
 
-class BadStorePath(InvalidInput):
-    """A path that is not a store path (or a path inside one); the message names it."""
+class BadStorePath(FormatError):
+    """Text that is not a store path (or a path inside one); the message names it."""
+
+
+def _shown(text: str) -> str:
+    return repr(escape(text if len(text) <= _SHOWN_LIMIT else text[: _SHOWN_LIMIT - 3] + "..."))
+
+
+def _problem(hash_part: str, name: str) -> str | None:
+    if len(hash_part) != HASH_LENGTH:
+        return f"store path hash has {len(hash_part)} characters, expected {HASH_LENGTH}"
+    if not _HASH.fullmatch(hash_part):
+        return "store path hash is not in Nix's base-32 alphabet"
+    if not name:
+        return "store path has an empty name"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"store path name is longer than {MAX_NAME_LENGTH}"
+    if not _NAME.fullmatch(name):
+        return "store path name has a character Nix does not allow"
+    if name.startswith("."):
+        return "store path name starts with '.'"
+    return None
 
 
 @dataclass(frozen=True, order=True)
 class StorePath:
-    """A store path's base name split into hash and name, in a given store directory."""
+    """A store path by its base name; the store directory is supplied where it matters."""
 
     hash_part: str
     name: str
-    store_dir: str = STORE_DIR
+
+    def __post_init__(self) -> None:
+        problem = _problem(self.hash_part, self.name)
+        if problem is not None:
+            raise BadStorePath(f"{_shown(self.base_name)}: {problem}")
+
+    @classmethod
+    def from_base_name(cls, text: str) -> StorePath:
+        """`<hash>-<name>`."""
+        hash_part, dash, name = text.partition("-")
+        if not dash:
+            raise BadStorePath(f"{_shown(text)}: store path has no '-' between hash and name")
+        return cls(hash_part, name)
+
+    @classmethod
+    def parse(cls, text: str, store_dir: str = STORE_DIR) -> StorePath:
+        """Exactly a store path directly inside `store_dir`: nothing below it, no slash after."""
+        prefix = store_dir.rstrip("/") + "/"
+        if not text.startswith(prefix):
+            raise BadStorePath(f"{_shown(text)} is not in the store {store_dir}")
+        base = text[len(prefix) :]
+        if "/" in base:
+            raise BadStorePath(f"{_shown(text)}: not exactly a store path")
+        try:
+            return cls.from_base_name(base)
+        except BadStorePath as error:
+            raise BadStorePath(f"{_shown(text)}: {str(error).split(': ', 1)[-1]}") from None
 
     @property
     def base_name(self) -> str:
         return f"{self.hash_part}-{self.name}"
 
-    @property
-    def path(self) -> str:
-        return f"{self.store_dir}/{self.base_name}"
+    def absolute(self, store_dir: str = STORE_DIR) -> str:
+        return f"{store_dir.rstrip('/')}/{self.base_name}"
 
     def __str__(self) -> str:
-        return self.path
+        return self.absolute()
 
 
 @dataclass(frozen=True)
@@ -52,50 +103,26 @@ class Root:
 
     store_path: StorePath
     inner: str = ""
+    store_dir: str = STORE_DIR
+
+    @property
+    def top(self) -> str:
+        """The store path itself, as a path in the store directory."""
+        return self.store_path.absolute(self.store_dir)
 
     @property
     def path(self) -> str:
-        return self.store_path.path + (f"/{self.inner}" if self.inner else "")
+        return self.top + (f"/{self.inner}" if self.inner else "")
 
 
 def check_store_dir(store_dir: str) -> str:
     if not store_dir.startswith("/") or store_dir != "/" + "/".join(
         part for part in store_dir.split("/") if part
     ):
-        raise InvalidInput(f"store directory {store_dir!r} is not a canonical absolute path")
+        raise InvalidInput(f"store directory {_shown(store_dir)} is not a canonical absolute path")
     if store_dir == "/":
         raise InvalidInput("the store directory cannot be /")
     return store_dir
-
-
-def parse_base_name(base: str, *, original: str, store_dir: str = STORE_DIR) -> StorePath:
-    """`<hash>-<name>` → StorePath; `original` is the text to name in errors."""
-    hash_part, dash, name = base.partition("-")
-    if not dash:
-        raise BadStorePath(f"{original!r}: store path has no '-' between hash and name")
-    if len(hash_part) != HASH_LENGTH:
-        raise BadStorePath(
-            f"{original!r}: store path hash has {len(hash_part)} characters, expected {HASH_LENGTH}"
-        )
-    if not _HASH.fullmatch(hash_part):
-        raise BadStorePath(f"{original!r}: store path hash is not in Nix's base-32 alphabet")
-    if not name:
-        raise BadStorePath(f"{original!r}: store path has an empty name")
-    if len(name) > MAX_NAME_LENGTH:
-        raise BadStorePath(f"{original!r}: store path name is longer than {MAX_NAME_LENGTH}")
-    if not _NAME.fullmatch(name):
-        raise BadStorePath(f"{original!r}: store path name has a character Nix does not allow")
-    if name.startswith("."):
-        raise BadStorePath(f"{original!r}: store path name starts with '.'")
-    return StorePath(hash_part, name, store_dir)
-
-
-def parse_store_path(text: str, store_dir: str = STORE_DIR) -> StorePath:
-    """Exactly a store path (no trailing slash, nothing below it)."""
-    root = parse_root(text, store_dir)
-    if root.inner or text != root.store_path.path:
-        raise BadStorePath(f"{text!r}: not exactly a store path")
-    return root.store_path
 
 
 def parse_root(text: str, store_dir: str = STORE_DIR) -> Root:
@@ -105,20 +132,23 @@ def parse_root(text: str, store_dir: str = STORE_DIR) -> Root:
     bytes and paths outside `store_dir`. Repeated slashes and `.` components are dropped.
     """
     if "\0" in text:
-        raise BadStorePath(f"{text!r}: contains a NUL byte")
+        raise BadStorePath(f"{_shown(text)}: contains a NUL byte")
     if not text.startswith("/"):
-        raise BadStorePath(f"{text!r}: not an absolute path")
+        raise BadStorePath(f"{_shown(text)}: not an absolute path")
     parts = [part for part in text.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise BadStorePath(f"{text!r}: '..' is not allowed in a root")
+        raise BadStorePath(f"{_shown(text)}: '..' is not allowed in a root")
     store_parts = [part for part in store_dir.split("/") if part]
     depth = len(store_parts)
     if parts[:depth] != store_parts:
-        raise BadStorePath(f"{text!r}: not in the store {store_dir}")
+        raise BadStorePath(f"{_shown(text)}: not in the store {store_dir}")
     if len(parts) == depth:
-        raise BadStorePath(f"{text!r}: the store directory itself is not a store path")
-    store_path = parse_base_name(parts[depth], original=text, store_dir=store_dir)
-    return Root(store_path, "/".join(parts[depth + 1 :]))
+        raise BadStorePath(f"{_shown(text)}: the store directory itself is not a store path")
+    try:
+        store_path = StorePath.from_base_name(parts[depth])
+    except BadStorePath as error:
+        raise BadStorePath(f"{_shown(text)}: {str(error).split(': ', 1)[-1]}") from None
+    return Root(store_path, "/".join(parts[depth + 1 :]), store_dir)
 
 
 def in_store(text: str, store_dir: str = STORE_DIR) -> bool:
@@ -137,5 +167,5 @@ def references_in(text: str, store_dir: str = STORE_DIR) -> Iterator[StorePath]:
     )
     for match in pattern.finditer(text):
         hash_part, _, name = match.group(1).partition("-")
-        if not name.startswith("."):
-            yield StorePath(hash_part, name, store_dir)
+        if not name.startswith(".") and len(name) <= MAX_NAME_LENGTH:
+            yield StorePath(hash_part, name)

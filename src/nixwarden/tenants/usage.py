@@ -18,13 +18,8 @@ def store_usage(database: str) -> StoreUsage:
     """Count and total NAR size of the valid paths; an absent database is an empty store."""
     if not os.path.exists(database):
         return StoreUsage(0, 0)
-    paths, nar_bytes = db.read(
-        database,
-        lambda connection: connection.execute(
-            "SELECT count(*), coalesce(sum(narSize), 0) FROM ValidPaths"
-        ).fetchone(),
-    )
-    return StoreUsage(int(paths), int(nar_bytes))
+    paths, nar_bytes = db.store_usage(database)
+    return StoreUsage(paths, nar_bytes)
 
 
 def human_bytes(count: int) -> str:

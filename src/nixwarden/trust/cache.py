@@ -30,12 +30,12 @@ from nixwarden.display import escape
 from nixwarden.errors import FormatError, Refused
 from nixwarden.files import write_atomic
 from nixwarden.nix import nix32
+from nixwarden.nix.storepath import STORE_DIR, StorePath
 from nixwarden.trust import nar, narinfo
 from nixwarden.trust.failures import shown
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.keys import SecretKey
 from nixwarden.trust.restore import restore
-from nixwarden.trust.storepath import STORE_DIR, StorePath
 from nixwarden.trust.verify import KeyPolicy, verify_paths
 
 CACHE_INFO = "nix-cache-info"

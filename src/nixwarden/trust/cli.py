@@ -14,9 +14,9 @@ from nixwarden.errors import FormatError, InvalidInput, Refused, UsageError
 from nixwarden.trust.failures import from_os_error
 
 if TYPE_CHECKING:
+    from nixwarden.nix.storepath import StorePath
     from nixwarden.trust import pathinfo
     from nixwarden.trust.keys import SecretKey, TrustedKeys
-    from nixwarden.trust.storepath import StorePath
     from nixwarden.trust.verify import PathFailure
 
 # Each command imports only what it uses, when it runs: `nar dump` of a large tree
@@ -223,7 +223,7 @@ def _sign(argv: list[str]) -> int:
 
     key = read_secret_key(args.key)
     paths = _store_paths(args.paths)
-    query = pathinfo.query(paths, recursive=False)
+    query = pathinfo.query(paths)
     _known(query)
     for path in paths:
         info = query.infos[path]
@@ -258,7 +258,7 @@ def _verify(argv: list[str]) -> int:
 
     trusted = read_public_keys(args.trusted_key)
     store_paths = _store_paths(args.paths)
-    query = pathinfo.query(store_paths, recursive=False)
+    query = pathinfo.query(store_paths)
     paths = [path.absolute() for path in store_paths]
     infos = {info.absolute: info for info in query.infos.values()}
     reasons: dict[str, str] = {}  # the first problem found with each failing path
@@ -329,6 +329,8 @@ def _signature_failures(
 
 
 def _cache(argv: list[str]) -> int:
+    from nixwarden.nix import closure as nix_closure  # noqa: PLC0415
+    from nixwarden.nix.storepath import StorePath  # noqa: PLC0415
     from nixwarden.trust import cache, pathinfo  # noqa: PLC0415
 
     top = parser("cache", "file:// binary caches that nix copy and substituters accept.")
@@ -350,8 +352,9 @@ def _cache(argv: list[str]) -> int:
         raise UsageError(f"unknown cache action {args.action!r}")
     key = read_secret_key(args.key)
     paths = _store_paths(args.paths)
-    _known(pathinfo.query(paths, recursive=False))
-    closure = pathinfo.query(paths, recursive=True)
+    _known(pathinfo.query(paths))
+    everything = nix_closure.closure(path.absolute() for path in paths).paths
+    closure = pathinfo.query(sorted(StorePath.parse(path) for path in everything))
     _known(closure)
     cache.init(args.to)
     compression = cache.Compression(args.compression)

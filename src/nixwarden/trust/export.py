@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from nixwarden.errors import FormatError
+from nixwarden.nix.storepath import STORE_DIR, StorePath
 from nixwarden.trust import nar
-from nixwarden.trust.storepath import STORE_DIR, StorePath
 
 EXPORT_MAGIC = 0x4558494E
 MAX_REFERENCES = 1 << 20

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from nixwarden.errors import FormatError
+from nixwarden.nix.storepath import STORE_DIR, StorePath
 from nixwarden.trust.failures import shown
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.keys import SecretKey, Signature, fingerprint
-from nixwarden.trust.storepath import STORE_DIR, StorePath
 
 # A narinfo with more than this is not one any cache writes; stop before parsing it.
 MAX_NARINFO_SIZE = 4 << 20

@@ -12,14 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nixwarden import process
 from nixwarden.errors import FormatError
-from nixwarden.nix.programs import find_nix_program
+from nixwarden.nix import commands
+from nixwarden.nix.storepath import STORE_DIR, StorePath
 from nixwarden.trust.hashes import Hash, HashAlgorithm
-from nixwarden.trust.storepath import STORE_DIR, StorePath
-
-# Variables a user sets to point Nix at a store, a daemon or a configuration.
-_PASSED_THROUGH = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "USER", "LOGNAME")
 
 
 @dataclass(frozen=True)
@@ -84,15 +80,6 @@ def _strings(entry: Mapping[str, Any], key: str) -> list[str]:
     return value
 
 
-def nix_env() -> dict[str, str]:
-    """Our environment, narrowed to what tells Nix which store and settings to use."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key in _PASSED_THROUGH or key.startswith("NIX_")
-    }
-
-
 @dataclass(frozen=True)
 class Query:
     """Answers of one `nix path-info` run: infos by path, and the paths that are not valid."""
@@ -101,23 +88,15 @@ class Query:
     invalid: tuple[StorePath, ...]
 
 
-def query(paths: Sequence[StorePath], *, recursive: bool, store_dir: str = STORE_DIR) -> Query:
+def query(paths: Sequence[StorePath], *, store_dir: str = STORE_DIR) -> Query:
+    """What the store records about exactly `paths` (closures: nix.closure)."""
     if not paths:
         return Query({}, ())
-    argv = [
-        find_nix_program("nix"),
-        "--extra-experimental-features",
-        "nix-command",
-        "path-info",
-        "--json",
-        "--sigs",
-        *(["--recursive"] if recursive else []),
-        "--",
-        *(path.absolute(store_dir) for path in paths),
-    ]
-    result = process.run(argv, env=nix_env(), check=True)
+    output = commands.path_info_json(
+        [path.absolute(store_dir) for path in paths], env=commands.nix_env()
+    )
     try:
-        entries = json.loads(result.stdout)
+        entries = json.loads(output)
     except ValueError:
         raise FormatError("nix path-info: output is not JSON") from None
     if not isinstance(entries, list):

@@ -1,4 +1,4 @@
-"""A gated builder for system tests: config, principals, users and their keys behind the sshd."""
+"""A gated builder for the tests, demo and bench: config, principals, users, keys, sshd."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.system import harness
+from testbed import harness
 
 
 def toml_value(value: object) -> str:
@@ -59,8 +59,11 @@ class GatedBuilder:
         return self.directory / "state"
 
     def write_config(self) -> None:
-        sections = {"gate": {"audit_log": str(self.audit_log), "state_dir": str(self.state_dir)}}
-        sections["gate"].update({k: v for k, v in self.gate.items()})
+        gate: dict[str, object] = {
+            "audit_log": str(self.audit_log),
+            "state_dir": str(self.state_dir),
+        }
+        sections = {"gate": gate | self.gate}
         lines: list[str] = []
         for name, table in sections.items():
             lines.append(f"[{name}]")
@@ -126,8 +129,8 @@ class GatedBuilder:
 @contextlib.contextmanager
 def gated_builder(sshd: harness.Sshd, users: harness.Users) -> Iterator[GatedBuilder]:
     directory = harness.world_dir("nwt-gate")
-    # As an administrator would: the log exists, appendable by the gate users' group.
-    harness.run(["groupadd", "-f", harness.LOG_GROUP])
+    # As an administrator would: the log exists, appendable by the gate users' group
+    # (which the bootstrap creates).
     (directory / "log").mkdir(mode=0o755)
     log = directory / "log" / "audit.jsonl"
     log.touch(mode=0o620)

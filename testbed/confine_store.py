@@ -147,9 +147,9 @@ def synthetic_chain(count: int, tag: str | None = None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="nwt-syn-") as scratch:
         files = []
         for index in range(count):
-            path = Path(scratch) / f"syn-{tag}-{index:05d}"
-            path.write_text(f"{tag} {index}\n")
-            files.append(str(path))
+            source = Path(scratch) / f"syn-{tag}-{index:05d}"
+            source.write_text(f"{tag} {index}\n")
+            files.append(str(source))
         paths = run(["nix-store", "--add", *files]).split()
     assert len(paths) == count
     records: list[str] = []

@@ -1,7 +1,8 @@
-"""The system-test harness: real nix-daemon, real sshd on loopback, throwaway unix users.
+"""The harness: real nix-daemon, real sshd on loopback, throwaway unix users.
 
-Everything here drives the real tools as root. Prerequisites that are missing fail
-the test when NIXWARDEN_REQUIRE_SYSTEM=1 (as in CI) and skip it otherwise.
+Everything here drives the real tools as root. A missing prerequisite raises
+`PrerequisiteMissing`; the test suite fails on it when NIXWARDEN_REQUIRE_SYSTEM=1 (as in
+CI) and skips otherwise (tests/conftest.py), the demo and bench print it and stop.
 """
 
 from __future__ import annotations
@@ -16,33 +17,35 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from testbed import requirements
+from testbed.errors import PrerequisiteMissing, SetupConflict, Undeclared
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
 NIXWARDEN = str(VENV_BIN / "nixwarden")
-REQUIRE_SYSTEM = os.environ.get("NIXWARDEN_REQUIRE_SYSTEM") == "1"
 
-# Shared, machine-wide state of the harness (the nix-daemon outlives one pytest run,
+# Shared, machine-wide state of the harness (the nix-daemon outlives one test run,
 # like a system daemon would; everything else is per run and removed).
 STATE = Path("/run/nixwarden-test")
 DAEMON_SOCKET = Path("/nix/var/nix/daemon-socket/socket")
-TRUSTED_GROUP = "nixwarden-trusted"
-# The gate users' group that may append to the audit log (see docs/gate.md).
-LOG_GROUP = "nixwarden-log"
 USER_PREFIX = "nwt"
-# Debian's nix-setup-systemd lets only this group reach the daemon socket.
-NIX_USERS_GROUP = "nix-users"
+# The machine's part (groups, directories, packages) is in requirements.py, and
+# scripts/bootstrap.sh creates it; `require_system` runs the bootstrap's own check.
+BOOTSTRAP = REPO / "scripts" / "bootstrap.sh"
 
-TOOLS = ("nix", "nix-store", "nix-daemon", "nix-build", "sshd", "ssh", "ssh-keygen", "bwrap")
+TOOLS = requirements.HARNESS_TOOLS
+# Tests, demo and bench name the groups as harness.*_GROUP.
+NIX_USERS_GROUP = requirements.NIX_USERS_GROUP
+TRUSTED_GROUP = requirements.TRUSTED_GROUP
+LOG_GROUP = requirements.LOG_GROUP
 TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 DAEMON_NIX_CONF = f"""\
-build-users-group = nixbld
+build-users-group = {requirements.BUILD_USERS_GROUP}
 sandbox = false
 trusted-users = root @{TRUSTED_GROUP}
 require-sigs = true
@@ -61,15 +64,15 @@ connect-timeout = 10
 
 
 def need(condition: bool, what: str) -> None:
-    """Fail (CI) or skip (a developer's machine) when a system prerequisite is missing."""
-    if condition:
-        return
-    if REQUIRE_SYSTEM:
-        pytest.fail(f"system prerequisite missing: {what}", pytrace=False)
-    pytest.skip(f"system prerequisite missing: {what}")
+    """Raise `PrerequisiteMissing` naming `what` unless `condition` holds."""
+    if not condition:
+        raise PrerequisiteMissing(what)
 
 
 def which(tool: str) -> str | None:
+    """Where `tool` is installed; only for tools declared in requirements.TOOLS."""
+    if tool not in requirements.TOOLS:
+        raise Undeclared(f"tool {tool}")
     for directory in TOOL_DIRS:
         candidate = os.path.join(directory, tool)
         if os.access(candidate, os.X_OK):
@@ -78,8 +81,12 @@ def which(tool: str) -> str | None:
 
 
 def require_system(tools: Sequence[str] = TOOLS) -> None:
+    """Linux, root, and every piece of machine state the bootstrap states (it checks)."""
     need(sys.platform.startswith("linux"), "Linux")
     need(os.geteuid() == 0, "running as root")
+    check = run([str(BOOTSTRAP), "--check"], check=False, timeout=120)
+    missing = check.stderr.decode(errors="replace").strip().replace("\n", "; ")
+    need(check.returncode == 0, f"{missing or 'scripts/bootstrap.sh --check failed'}")
     for tool in tools:
         need(which(tool) is not None, f"{tool} on PATH")
     need(os.access(NIXWARDEN, os.X_OK), f"{NIXWARDEN} (run make deps)")
@@ -128,10 +135,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: object, what: str, timeout: float = 20.0) -> None:
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
@@ -188,7 +195,6 @@ def ensure_nix_daemon() -> NixDaemon:
     (conf_dir / "nix.conf").write_text(DAEMON_NIX_CONF)
     pidfile = STATE / "nix-daemon.pid"
     log = STATE / "nix-daemon.log"
-    run(["groupadd", "-f", TRUSTED_GROUP])
 
     ours = False
     if pidfile.exists():
@@ -197,10 +203,9 @@ def ensure_nix_daemon() -> NixDaemon:
     if ours and _socket_alive(DAEMON_SOCKET):
         return NixDaemon(conf_dir, log)
     if _socket_alive(DAEMON_SOCKET):
-        pytest.fail(
+        raise SetupConflict(
             "a nix-daemon the harness did not start serves the default socket; its "
-            f"trusted-users are unknown. Stop it, or give it the settings in {conf_dir}/nix.conf",
-            pytrace=False,
+            f"trusted-users are unknown. Stop it, or give it the settings in {conf_dir}/nix.conf"
         )
     with contextlib.suppress(FileNotFoundError):
         DAEMON_SOCKET.unlink()
@@ -250,6 +255,9 @@ class Users:
         self.created: list[str] = []
 
     def create(self, *, groups: Sequence[str] = (NIX_USERS_GROUP,), shell: str = "/bin/sh") -> User:
+        for group in groups:
+            if group not in requirements.GROUPS:
+                raise Undeclared(f"group {group}")
         name = f"{USER_PREFIX}{secrets.token_hex(3)}"
         argv = ["useradd", "--create-home", "--shell", shell, "--user-group"]
         if groups:
@@ -295,7 +303,6 @@ class Sshd:
         return self.directory / "known_hosts"
 
     def start(self) -> None:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         host_key = self.directory / "ssh_host_ed25519_key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
         self.host_public_key = (self.directory / "ssh_host_ed25519_key.pub").read_text().strip()
