@@ -6,6 +6,7 @@ everything that must land in a *separate* store goes into a chroot store under /
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import secrets
@@ -355,16 +356,16 @@ CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "nar"
 
 @pytest.fixture
 def small_disk(scratch: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs of our own: a disk that fills up."""
+    """A 1 MiB tmpfs of our own: a disk that fills up (mounted with mount(2) directly)."""
     mountpoint = scratch / f"disk-{secrets.token_hex(4)}"
     mountpoint.mkdir()
-    harness.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "nwt-trust-disk", str(mountpoint)]
-    )
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"nwt-trust-disk", os.fsencode(mountpoint), b"tmpfs", 0, b"size=1m,mode=0755"):
+        raise OSError(ctypes.get_errno(), "mount tmpfs", str(mountpoint))
     try:
         yield mountpoint
     finally:
-        harness.run(["umount", str(mountpoint)], check=False)
+        libc.umount2(os.fsencode(mountpoint), 0)
         mountpoint.rmdir()
 
 
