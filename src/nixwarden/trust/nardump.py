@@ -38,9 +38,12 @@ Write = Callable[[bytes | bytearray | memoryview], object]
 
 
 def string(data: bytes) -> bytes:
+    """`data` framed as the NAR frames every string: length, bytes, zero padding."""
     return struct.pack("<Q", len(data)) + data + b"\0" * (-len(data) % 8)
 
 
+# The grammar's tokens as they appear in an archive, and the runs of them that the
+# writer emits and the parser matches in one comparison.
 OPEN = string(b"(")
 CLOSE = string(b")")
 HEADER = string(MAGIC)

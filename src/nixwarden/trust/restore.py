@@ -7,9 +7,11 @@ directory descriptor this module opened itself, with O_EXCL and O_NOFOLLOW, so n
 name in the archive can reach outside the target and no symlink the archive created
 is ever followed.
 
-However deep the archive, at most four descriptors are open: the target's parent,
-the scratch directory, the directory being filled and the file being written.
-Going back up a level reopens `..` and checks it is the directory it should be.
+However deep the archive, the descriptors open stay few: the target's parent, one
+set aside for clean-up, the scratch directory, the directory being filled (and for
+a moment the one above it), the small file being written, and at most eight large
+files the writer thread is filling. Going back up a level reopens `..` and checks it
+is the directory it should be.
 
 Any failure (a malformed archive, a full disk, no descriptors left, a file-size
 limit, a refused `verify`) removes the scratch directory, again with a bounded number
