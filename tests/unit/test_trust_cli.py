@@ -136,3 +136,22 @@ def test_nar_dump_imports_neither_hashing_nor_dataclasses(tmp_path: Path) -> Non
     )
     assert result.stdout == nar.dump_bytes(tmp_path)
     assert result.stderr == b"[]"
+
+
+@pytest.mark.parametrize("output", ["pipe", "file", "appended file"])
+def test_nar_dump_writes_the_same_bytes_to_any_output(tmp_path: Path, output: str) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "large").write_bytes(os.urandom(300_000))  # sent with sendfile where it can be
+    (tree / "small").write_bytes(b"small\n")
+    argv = [sys.executable, "-m", "nixwarden", "nar", "dump", str(tree)]
+    env = {"PATH": "/usr/bin"}
+    if output == "pipe":
+        data = subprocess.run(argv, capture_output=True, check=True, env=env).stdout
+    else:
+        target = tmp_path / "out.nar"
+        target.write_bytes(b"before\n" if output == "appended file" else b"")
+        with open(target, "ab" if output == "appended file" else "wb") as out:
+            subprocess.run(argv, stdout=out, check=True, env=env)
+        data = target.read_bytes().removeprefix(b"before\n")
+    assert data == nar.dump_bytes(tree)

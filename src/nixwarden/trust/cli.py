@@ -72,12 +72,18 @@ def _nar(argv: list[str]) -> int:
     try:
         match args.action:
             case "dump":
-                from nixwarden.trust.nardump import dump  # noqa: PLC0415
+                from nixwarden.trust import nardump  # noqa: PLC0415
 
                 # No second thread: writing to a pipe or file costs little next to
                 # reading the tree, and the kernel's buffer already decouples the two.
-                dump(args.path, _stdout, threaded=False)
                 sys.stdout.buffer.flush()
+                try:
+                    out = sys.stdout.fileno()
+                except (AttributeError, OSError, ValueError):  # not a file (captured)
+                    nardump.dump(args.path, _stdout, threaded=False)
+                    sys.stdout.buffer.flush()
+                else:
+                    nardump.dump_to(args.path, out)
             case "hash":
                 from nixwarden.trust import nar  # noqa: PLC0415
                 from nixwarden.trust.hashes import HashFormat  # noqa: PLC0415

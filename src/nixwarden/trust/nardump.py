@@ -6,6 +6,7 @@ little more than `os` before it starts reading: see `nar` for the format.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -102,6 +103,27 @@ def dump(path: str | os.PathLike[str], write: Write, *, threaded: bool = True) -
         return sink.size
 
 
+def dump_to(path: str | os.PathLike[str], out: int) -> int:
+    """`dump` straight to the file descriptor `out` (a pipe, a file, /dev/null).
+
+    Large files go with sendfile(2), from the page cache to `out` without a copy
+    through this process; headers and small files are written in blocks. When `out`
+    cannot take sendfile (a terminal, a file opened for appending), everything is
+    written as `dump` writes it.
+    """
+
+    def write(data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view) :]
+
+    with pipeline.BlockSink(write, block=BLOCK, threaded=False) as sink:
+        sink.put(HEADER)
+        _Dumper(sink, send_to=out).root(os.fsencode(path))
+        sink.close()
+        return sink.size
+
+
 def dump_bytes(path: str | os.PathLike[str]) -> bytes:
     """The whole NAR of a (small) tree; for tests and small files."""
     parts: list[bytes] = []
@@ -112,8 +134,9 @@ def dump_bytes(path: str | os.PathLike[str]) -> bytes:
 class _Dumper:
     """Walks a tree into a sink; `where` (the path from the root) only names errors."""
 
-    def __init__(self, sink: pipeline.BlockSink) -> None:
+    def __init__(self, sink: pipeline.BlockSink, *, send_to: int | None = None) -> None:
         self.sink = sink
+        self.send_to = send_to  # where large files may go with sendfile(2), if anywhere
 
     def root(self, path: bytes) -> None:
         info = os.lstat(path)
@@ -195,7 +218,15 @@ class _Dumper:
                 self.sink.put(header + _read_whole(fd, size) + suffixes[size % 8])
                 return
             self.sink.put(header)
-            _copy_file(self.sink, fd, size, where)
+            if self.send_to is not None:
+                self.sink.hand_over()  # what came before goes first
+                if _send_file(self.send_to, fd, size, where):
+                    self.sink.size += size
+                else:
+                    self.send_to = None
+                    _copy_file(self.sink, fd, size, where)
+            else:
+                _copy_file(self.sink, fd, size, where)
         finally:
             os.close(fd)
         self.sink.put(suffixes[size % 8])
@@ -234,6 +265,29 @@ def _copy_file(sink: pipeline.BlockSink, fd: int, size: int, where: tuple[bytes,
     except OSError as error:
         error.filename = b"/".join(where)
         raise
+
+
+def _send_file(out: int, fd: int, size: int, where: tuple[bytes, ...]) -> bool:
+    """`size` bytes of the file at `fd` sent to `out` with sendfile(2); False, with
+    nothing sent, when `out` cannot take it."""
+    offset = 0
+    try:
+        while offset < size:
+            try:
+                sent = os.sendfile(out, fd, offset, min(size - offset, 1 << 30))
+            except OSError as error:
+                if offset == 0 and error.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    return False
+                raise
+            if sent == 0:
+                raise TreeError(f"{_show(where)}: shrank while being archived")
+            offset += sent
+        if os.pread(fd, 1, size):
+            raise TreeError(f"{_show(where)}: grew while being archived")
+    except OSError as error:
+        error.filename = b"/".join(where)
+        raise
+    return True
 
 
 def _show(where: tuple[bytes, ...]) -> str:
