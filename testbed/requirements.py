@@ -88,6 +88,10 @@ TOOLS: Mapping[str, str] = {
     "ls": "coreutils",
     "rm": "coreutils",
     "sha256sum": "coreutils",
+    # run by the tenant-limit tests' builds, inside the tenant sandbox (from the host's /usr)
+    "head": "coreutils",
+    "tr": "coreutils",
+    "sleep": "coreutils",
     "timeout": "coreutils",
     "true": "coreutils",
 }

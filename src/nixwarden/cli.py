@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "nar": ("nixwarden.trust.cli", "dump, hash, list and restore Nix archives"),
     "key": ("nixwarden.trust.cli", "generate Nix signing keys; show one as an OpenSSH key"),
     "sign": ("nixwarden.trust.cli", "sign store paths"),
-    "verify": ("nixwarden.trust.cli", "verify store paths' signatures against trusted keys"),
+    "verify": ("nixwarden.ca.cli", "verify store paths' signatures: trusted or certified keys"),
     "cache": ("nixwarden.trust.cli", "export a closure as a signed file:// binary cache"),
     "ca": ("nixwarden.ca.cli", "certify Nix signing keys with an OpenSSH CA; revoke them in KRLs"),
     "closure": ("nixwarden.confine.cli", "print the closure of store paths"),

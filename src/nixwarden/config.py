@@ -65,6 +65,10 @@ class GateSettings:
 class TenantSettings:
     root: str = "/var/lib/nixwarden/tenants"
     bwrap: str = "/usr/bin/bwrap"
+    # Where the cgroup hierarchies are mounted, and the name of nixwarden's cgroup in each
+    # (tenants.limits): <cgroup_root>/<controller>/<cgroup_name>/<principal>/slot<n>.
+    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_name: str = "nixwarden"
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,11 @@ class Principal:
     nice: int = 10
     session_timeout: int = 3600
     disk_quota: int | None = None
+    # Kernel-enforced limits of each session (tenants.limits): bytes, cores, tasks.
+    memory: int | None = None
+    cpu: float | None = None
+    tasks: int | None = None
+    limits: str = "enforce"
 
 
 @dataclass(frozen=True)
@@ -398,6 +407,16 @@ class _Reader:
         return result
 
 
+def _cores(reader: _Reader, key: str, value: object) -> float:
+    """A cap in cores: 0.5 is half of one core's time, 2 is two cores'."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise reader.fail(key, f"expected a number of cores such as 0.5 or 2, got {_kind(value)}")
+    cores = float(value)
+    if not MIN_CPU <= cores <= MAX_CPU:  # also refuses nan and inf
+        raise reader.fail(key, f"expected {MIN_CPU} to {MAX_CPU:g} cores, got {_shown(value)}")
+    return cores
+
+
 def _kind(value: object) -> str:
     match value:
         case bool():
@@ -429,8 +448,17 @@ def _gate(reader: _Reader, table: Mapping[str, Any]) -> GateSettings:
 
 
 def _tenants(reader: _Reader, table: Mapping[str, Any]) -> TenantSettings:
-    reader.only_keys("tenants", table, ("root", "bwrap"))
-    values = {key: reader.absolute_path(f"tenants.{key}", table[key]) for key in table}
+    reader.only_keys("tenants", table, ("root", "bwrap", "cgroup_root", "cgroup_name"))
+    values = {
+        key: reader.absolute_path(f"tenants.{key}", table[key])
+        for key in table
+        if key != "cgroup_name"
+    }
+    if "cgroup_name" in table:
+        name = reader.string("tenants.cgroup_name", table["cgroup_name"])
+        if not PRINCIPAL_NAME.fullmatch(name):
+            raise reader.fail("tenants.cgroup_name", "expected 1-32 of a-z, 0-9, '_' and '-'")
+        values["cgroup_name"] = name
     return TenantSettings(**values)
 
 
@@ -487,6 +515,10 @@ _PRINCIPAL_KEYS = (
     "nice",
     "session_timeout",
     "disk_quota",
+    "memory",
+    "cpu",
+    "tasks",
+    "limits",
 )
 _TENANT_ONLY = (
     "network",
@@ -497,7 +529,15 @@ _TENANT_ONLY = (
     "nice",
     "session_timeout",
     "disk_quota",
+    "memory",
+    "cpu",
+    "tasks",
+    "limits",
 )
+LIMIT_MODES = ("enforce", "best-effort")
+MIN_MEMORY = 32 << 20  # below this not even the sandbox and Nix start
+MAX_CPU = 1024.0
+MIN_CPU = 0.01  # 1 ms of each 100 ms CFS period
 
 
 def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principal:
@@ -549,6 +589,16 @@ def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principa
         values["disk_quota"] = reader.converted(
             key("disk_quota"), table["disk_quota"], parse_size, MAX_SIZE
         )
+    if "memory" in table:
+        values["memory"] = reader.converted(key("memory"), table["memory"], parse_size, MAX_SIZE)
+        if values["memory"] < MIN_MEMORY:
+            raise reader.fail(key("memory"), f"at least {MIN_MEMORY >> 20}M")
+    if "cpu" in table:
+        values["cpu"] = _cores(reader, key("cpu"), table["cpu"])
+    if "tasks" in table:
+        values["tasks"] = reader.integer(key("tasks"), table["tasks"], 8, 1 << 22)
+    if "limits" in table:
+        values["limits"] = reader.choice(key("limits"), table["limits"], LIMIT_MODES)
 
     principal = Principal(**values)
     if principal.write and "ssh" not in principal.protocols:

@@ -42,6 +42,13 @@ class Refused(NixwardenError):
     prefix = "denied"
 
 
+class EnvironmentFailure(NixwardenError):
+    """The machine could not do what was asked: a full disk, no file descriptors left,
+    a file-size limit, an I/O error. Nothing was wrong with the input; exit 1."""
+
+    exit_code = EXIT_REFUSED
+
+
 class CommandFailed(NixwardenError):
     """A program nixwarden started failed; the message says which and how."""
 

@@ -3,8 +3,9 @@
 Run from the repository: `.venv/bin/python -m tests.corpus.make_corpus`. The archives
 are built from raw strings here, not with nixwarden's serializer, so a bug there
 cannot hide in the corpus. `NAR_REASONS` and `NARINFO_REASONS` in
-tests/unit/test_trust_corpus.py map each file to the reason it must be refused with
-(checked both ways: every file has a reason, every reason a file).
+tests/unit/test_trust_corpus.py map each malformed file to the reason it must be
+refused with, and `NAR_ACCEPTED` each valid but hostile archive to what it attacks
+(checked both ways: every file has an entry, every entry a file).
 """
 
 from __future__ import annotations
@@ -108,6 +109,37 @@ NARS: dict[str, bytes] = {
 }
 
 
+# Valid archives that attack whoever handles them rather than the parser: restore
+# (a descriptor per level) and anyone who prints their names or targets.
+HOSTILE_NARS: dict[str, bytes] = {
+    "nar_deep_fd_exhaustion": nar(deep(128)),  # as deep as allowed
+    "nar_name_c0_controls": nar(
+        directory(
+            entry(b"esc-\x1b[2J", regular()),
+            entry(b"nl-\nfake-line", regular()),
+            entry(b"tab\t", regular()),
+        )
+    ),
+    "nar_name_c1_controls": nar(
+        directory(
+            entry("csi-\u009b31m".encode(), regular()), entry("nel-\u0085x".encode(), regular())
+        )
+    ),
+    "nar_name_line_separators": nar(
+        directory(entry("ls-\u2028x".encode(), regular()), entry("ps-\u2029x".encode(), regular()))
+    ),
+    "nar_name_bidi_override": nar(
+        directory(
+            entry("invoice-\u202efdp.exe".encode(), regular()),
+            entry("isolate-\u2066x\u2069".encode(), regular()),
+        )
+    ),
+    "nar_symlink_target_controls": nar(symlink("../\x1b[31m\u202e\nx -> y".encode())),
+    "nar_name_not_utf8": nar(directory(entry(b"raw-\xff\xfe", regular()))),
+    "nar_name_backslash": nar(directory(entry(b"a\\x0ab", regular()))),
+}
+
+
 def narinfo(**overrides: str | None) -> str:
     fields = {
         "StorePath": PATH,
@@ -155,6 +187,10 @@ NARINFOS: dict[str, str] = {
     "narinfo_carriage_return": narinfo().replace("\n", "\r\n"),
     "narinfo_bad_ca": narinfo(CA="sha256:abc"),
     "narinfo_url_with_space": narinfo(URL="nar/a b.nar"),
+    # Values that would reorder or split the line of an error that repeated them.
+    "narinfo_compression_bidi_override": narinfo(Compression="xz\u202e"),
+    "narinfo_narsize_line_separator": narinfo(NarSize="656\u2028NarSize: 1"),
+    "narinfo_storepath_c1_control": narinfo(StorePath=PATH + "\u0085x"),
 }
 
 
@@ -168,9 +204,10 @@ def write_corpus(directory: Path, suffix: str, corpus: Mapping[str, bytes]) -> N
 
 
 def main() -> None:
-    write_corpus(HERE / "nar", ".nar", NARS)
+    write_corpus(HERE / "nar", ".nar", NARS | HOSTILE_NARS)
     write_corpus(HERE / "narinfo", ".narinfo", {n: text.encode() for n, text in NARINFOS.items()})
-    print(f"wrote {len(NARS)} NARs and {len(NARINFOS)} narinfos under {HERE}")
+    nars = len(NARS) + len(HOSTILE_NARS)
+    print(f"wrote {nars} NARs and {len(NARINFOS)} narinfos under {HERE}")
 
 
 if __name__ == "__main__":

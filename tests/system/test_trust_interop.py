@@ -6,6 +6,7 @@ everything that must land in a *separate* store goes into a chroot store under /
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import secrets
@@ -348,3 +349,61 @@ def test_narinfos_written_by_nix_parse_and_render_identically(
     trusted = TrustedKeys.of([PublicKey.parse(public.read_text())])
     info = cache.BinaryCache(str(directory)).check(StorePath.parse(top), trusted)
     assert info.compression == "xz"
+
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "nar"
+
+
+@pytest.fixture
+def small_disk(scratch: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs of our own: a disk that fills up (mounted with mount(2) directly)."""
+    mountpoint = scratch / f"disk-{secrets.token_hex(4)}"
+    mountpoint.mkdir()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"nwt-trust-disk", os.fsencode(mountpoint), b"tmpfs", 0, b"size=1m,mode=0755"):
+        raise OSError(ctypes.get_errno(), "mount tmpfs", str(mountpoint))
+    try:
+        yield mountpoint
+    finally:
+        libc.umount2(os.fsencode(mountpoint), 0)
+        mountpoint.rmdir()
+
+
+def test_restore_onto_a_full_disk_is_one_line_and_leaves_nothing(
+    nix: dict[str, str], small_disk: Path, scratch: Path
+) -> None:
+    tree = scratch / f"big-{secrets.token_hex(4)}"
+    (tree / "sub").mkdir(parents=True)
+    for index in range(40):
+        (tree / "sub" / f"small-{index:02d}").write_bytes(b"s" * 1000)
+    (tree / "sub" / "zbig").write_bytes(os.urandom(3 << 20))
+    archive = _run(["nix-store", "--dump", str(tree)], nix)
+    failed = harness.run(
+        [NIXWARDEN, "nar", "restore", str(small_disk / "out")], env=nix, input=archive, check=False
+    )
+    err = failed.stderr.decode()
+    assert failed.returncode == 1, err
+    assert err == f"nixwarden: error: {small_disk}/out: No space left on device\n"
+    assert os.listdir(small_disk) == []
+    # The same disk, freed: the same command works.
+    (tree / "sub" / "zbig").write_bytes(b"fits now")
+    archive = _run(["nix-store", "--dump", str(tree)], nix)
+    harness.run([NIXWARDEN, "nar", "restore", str(small_disk / "out")], env=nix, input=archive)
+    assert nar.dump_bytes(small_disk / "out") == archive
+
+
+def test_a_deep_archive_restores_under_a_low_descriptor_limit_as_nix_restores_it(
+    nix: dict[str, str], scratch: Path
+) -> None:
+    archive = (CORPUS / "nar_deep_fd_exhaustion.nar").read_bytes()
+    ours, theirs = (
+        scratch / f"deep-ours-{secrets.token_hex(4)}",
+        scratch / f"deep-nix-{secrets.token_hex(4)}",
+    )
+    limited = ["sh", "-c", 'ulimit -n 24 && exec "$@"', "limited"]
+    harness.run([*limited, NIXWARDEN, "nar", "restore", str(ours)], env=nix, input=archive)
+    harness.run(["nix-store", "--restore", str(theirs)], env=nix, input=archive)
+    assert nar.dump_bytes(ours) == nar.dump_bytes(theirs) == archive
+    assert _run(["nix-hash", "--type", "sha256", "--base32", str(ours)], nix) == _run(
+        ["nix-hash", "--type", "sha256", "--base32", str(theirs)], nix
+    )

@@ -128,7 +128,7 @@ def test_internal_error_is_logged_in_detail_and_generic_for_the_client(
     def broken(*_args: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(run.sessions, "acquire", broken)
+    monkeypatch.setattr(run.sessions, "acquire_numbered", broken)
     with pytest.raises(run.GateDenied) as denied:
         run.serve("alice", str(config), ENV)
     assert str(denied.value) == "principal alice: server-side error; see the server's log"

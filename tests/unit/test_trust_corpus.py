@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,33 @@ NAR_REASONS = {
     "nar_wrong_magic": "wrong magic",
 }
 
+# Valid archives that attack what handles them; each must be accepted and handled safely.
+NAR_ACCEPTED = {
+    "nar_deep_fd_exhaustion": "restore holding a descriptor per directory level",
+    "nar_name_c0_controls": "a listing forged by escape sequences and newlines in names",
+    "nar_name_c1_controls": "a listing forged by C1 controls (CSI, NEL) in names",
+    "nar_name_line_separators": "one entry shown as several by U+2028/U+2029",
+    "nar_name_bidi_override": "names shown reordered by bidirectional overrides",
+    "nar_symlink_target_controls": "a symlink target that forges the rest of its line",
+    "nar_name_not_utf8": "bytes that are not UTF-8 shown as something else",
+    "nar_name_backslash": "a literal backslash mistaken for an escape",
+}
+
+# What `nar ls` prints for the archives above that attack a reader of the listing.
+NAR_LISTINGS = {
+    "nar_name_c0_controls": [
+        "./esc-\\x1b[2J",
+        "./nl-\\x0afake-line",
+        "./tab\\x09",
+    ],
+    "nar_name_c1_controls": ["./csi-\\u009b31m", "./nel-\\u0085x"],
+    "nar_name_line_separators": ["./ls-\\u2028x", "./ps-\\u2029x"],
+    "nar_name_bidi_override": ["./invoice-\\u202efdp.exe", "./isolate-\\u2066x\\u2069"],
+    "nar_symlink_target_controls": [". -> ../\\x1b[31m\\u202e\\x0ax -> y"],
+    "nar_name_not_utf8": ["./raw-\\xff\\xfe"],
+    "nar_name_backslash": ["./a\\\\x0ab"],
+}
+
 NARINFO_REASONS = {
     "narinfo_bad_ca": "malformed CA",
     "narinfo_carriage_return": "control character",
@@ -76,6 +104,9 @@ NARINFO_REASONS = {
     "narinfo_sig_bad_base64": "malformed Sig",
     "narinfo_sig_short": "malformed Sig",
     "narinfo_url_with_space": "URL is empty or contains spaces",
+    "narinfo_compression_bidi_override": "malformed Compression 'xz\\u202e'",
+    "narinfo_narsize_line_separator": "malformed NarSize '656\\u2028NarSize: 1'",
+    "narinfo_storepath_c1_control": "u0085x': store path name has a character Nix does not",
 }
 
 
@@ -84,8 +115,41 @@ def _files(kind: str) -> dict[str, Path]:
 
 
 def test_every_corpus_file_has_an_expected_reason_and_vice_versa() -> None:
-    assert set(_files("nar")) == set(NAR_REASONS)
+    assert not set(NAR_REASONS) & set(NAR_ACCEPTED)
+    assert set(_files("nar")) == set(NAR_REASONS) | set(NAR_ACCEPTED)
+    assert set(NAR_LISTINGS) <= set(NAR_ACCEPTED)
     assert set(_files("narinfo")) == set(NARINFO_REASONS)
+
+
+@pytest.mark.parametrize("name", sorted(NAR_ACCEPTED))
+def test_hostile_valid_archives_are_accepted_and_listed_one_printable_line_per_node(
+    name: str, tmp_path: Path
+) -> None:
+    data = _files("nar")[name].read_bytes()
+    nar.validate(io.BytesIO(data))
+    restore(io.BytesIO(data), tmp_path / "out")
+    assert nar.dump_bytes(tmp_path / "out") == data
+    lines = list(nar.list_lines(io.BytesIO(data)))
+    nodes = sum(
+        isinstance(event, nar.DirectoryStart | nar.FileStart | nar.Symlink)
+        for event in nar.parse(io.BytesIO(data))
+    )
+    assert len(lines) == nodes
+    assert all(line.isprintable() for line in lines)
+    if name in NAR_LISTINGS:
+        shown = [re.fullmatch(r"\S+ +\d+ (.*)", line).group(1) for line in lines]  # type: ignore[union-attr]
+        assert [path for path in shown if path != "."] == NAR_LISTINGS[name]
+
+
+def test_nar_ls_prints_hostile_names_escaped(
+    monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    data = _files("nar")["nar_name_bidi_override"].read_bytes()
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert main(["nar", "ls"]) == 0
+    out = capsysbinary.readouterr().out
+    assert out.count(b"\n") == 3
+    assert "\u202e".encode() not in out and b"\\u202efdp.exe" in out
 
 
 @pytest.mark.parametrize("name", sorted(NAR_REASONS))
@@ -95,7 +159,7 @@ def test_nar_corpus_is_refused_with_its_reason(name: str) -> None:
         nar.validate(io.BytesIO(data))
     message = str(refused.value)
     assert NAR_REASONS[name] in message
-    assert "\n" not in message
+    assert message.isprintable()
 
 
 @pytest.mark.parametrize("name", sorted(NAR_REASONS))
@@ -112,6 +176,7 @@ def test_narinfo_corpus_is_refused_with_its_reason(name: str) -> None:
     with pytest.raises(FormatError) as refused:
         narinfo.NarInfo.parse(data)
     assert NARINFO_REASONS[name] in str(refused.value)
+    assert str(refused.value).isprintable()
 
 
 def test_cli_exits_2_with_one_line_for_a_corpus_nar(

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import io
+import lzma
 import os
+import shutil
+import signal
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from nixwarden.errors import FormatError, Refused
 from nixwarden.nix.storepath import StorePath
-from nixwarden.trust import cache, export, nar
+from nixwarden.trust import cache, export, nar, narinfo
 from nixwarden.trust.keys import SecretKey, TrustedKeys
+from nixwarden.trust.verify import PathFailure, VerificationFailed
 
 A = StorePath.from_base_name("0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-a")
 B = StorePath.from_base_name("1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-b")
@@ -97,15 +102,18 @@ def test_cache_write_then_verified_read(
     assert nar.dump_bytes(tmp_path / "restored") == nar.dump_bytes(trees[A])
 
     stranger = TrustedKeys.of([SecretKey.generate("other-1").public()])
-    with pytest.raises(Refused, match="untrusted keys cache-1"):
+    with pytest.raises(VerificationFailed) as failed:
         store.check(A, stranger)
+    assert failed.value.failures == (
+        PathFailure(A.absolute(), "signed only by untrusted keys cache-1"),
+    )
 
     narinfo_file = Path(root) / f"{B.hash_part}.narinfo"
     good = narinfo_file.read_bytes()
     narinfo_file.write_bytes(
         good.replace(b"References: ", b"References: " + B.base_name.encode() + b" ")
     )
-    with pytest.raises(Refused, match="does not verify"):
+    with pytest.raises(VerificationFailed, match=f"{B.absolute()}: signature by cache-1 does not"):
         store.check(B, trusted)
     narinfo_file.write_bytes(good)
 
@@ -151,3 +159,152 @@ def test_cache_refuses_a_foreign_non_empty_directory(tmp_path: Path) -> None:
     cache.init(str(tmp_path / "fresh"))
     cache.init(str(tmp_path / "fresh"))  # an existing cache is fine
     assert (tmp_path / "fresh" / "nix-cache-info").read_text() == "StoreDir: /nix/store\n"
+
+
+# --- a cache laid out by someone hostile ----------------------------------------------
+
+
+def _planted_cache(trees: dict[StorePath, Path], tmp_path: Path) -> tuple[Path, SecretKey]:
+    key = SecretKey.generate("cache-1")
+    root = tmp_path / "cache"
+    cache.init(str(root))
+    digest = nar.hash_path(trees[A])
+    source = cache.CacheSource(A, (), None, None, digest.hash, digest.size, str(trees[A]))
+    cache.add(str(root), source, key, cache.Compression.XZ)
+    return root, key
+
+
+def _replace(path: Path, make: Callable[[Path], None]) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    make(path)
+
+
+def _move_away(directory: Path, elsewhere: Path) -> None:
+    """`directory` moved to `elsewhere`, and a symlink to it left in its place."""
+    shutil.move(directory, elsewhere)
+    directory.symlink_to(elsewhere)
+
+
+def _narinfo(root: Path) -> Path:
+    return root / f"{A.hash_part}.narinfo"
+
+
+def _nar_file(root: Path) -> Path:
+    (path,) = (root / "nar").iterdir()
+    return path
+
+
+def _bomb_without_file_size(root: Path, key: SecretKey, tmp_path: Path) -> None:
+    """A narinfo signed without FileSize/FileHash, and its NAR swapped for an xz stream
+    that expands far beyond the signed NarSize."""
+    info = cache.BinaryCache(str(root)).read_narinfo(A)
+    unsigned = narinfo.make(
+        A,
+        url=info.url,
+        compression="xz",
+        file_hash=None,
+        file_size=None,
+        nar_hash=info.nar_hash,
+        nar_size=info.nar_size,
+        references=(),
+    )
+    _narinfo(root).write_bytes(unsigned.signed(key).render())
+    huge = (
+        struct.pack("<Q", 13)
+        + b"nix-archive-1\0\0\0"
+        + b"".join(
+            struct.pack("<Q", len(t)) + t + b"\0" * (-len(t) % 8)
+            for t in (b"(", b"type", b"regular", b"contents")
+        )
+        + struct.pack("<Q", 1 << 40)
+    )
+    compressor = lzma.LZMACompressor(format=lzma.FORMAT_XZ)
+    blob = compressor.compress(huge) + b"".join(
+        compressor.compress(bytes(1 << 20)) for _ in range(64)
+    )
+    _nar_file(root).write_bytes(blob + compressor.flush())
+
+
+# name -> (how the cache is tampered with, the error, what it says)
+CACHE_ATTACKS: dict[str, tuple[Callable[[Path, SecretKey, Path], None], type[Exception], str]] = {
+    "cache_narinfo_is_fifo": (
+        lambda root, key, tmp: _replace(_narinfo(root), os.mkfifo),
+        FormatError,
+        "is not a regular file",
+    ),
+    "cache_narinfo_is_directory": (
+        lambda root, key, tmp: _replace(_narinfo(root), os.mkdir),
+        FormatError,
+        "is not a regular file",
+    ),
+    "cache_narinfo_is_symlink": (
+        lambda root, key, tmp: _replace(_narinfo(root), lambda p: p.symlink_to("/etc/passwd")),
+        FormatError,
+        "a symlink or not a directory",
+    ),
+    "cache_info_is_fifo": (
+        lambda root, key, tmp: _replace(root / "nix-cache-info", os.mkfifo),
+        FormatError,
+        "cache: nix-cache-info is not a regular file",
+    ),
+    "cache_narinfo_huge": (
+        lambda root, key, tmp: os.truncate(_narinfo(root), 1 << 40),
+        FormatError,
+        "larger than",
+    ),
+    "cache_nar_is_fifo": (
+        lambda root, key, tmp: _replace(_nar_file(root), os.mkfifo),
+        FormatError,
+        "is not a regular file",
+    ),
+    "cache_nar_is_symlink": (
+        lambda root, key, tmp: _replace(_nar_file(root), lambda p: p.symlink_to("/dev/zero")),
+        FormatError,
+        "a symlink or not a directory",
+    ),
+    "cache_nar_dir_is_symlink": (
+        lambda root, key, tmp: _move_away(root / "nar", tmp / "elsewhere"),
+        FormatError,
+        "a symlink or not a directory",
+    ),
+    "cache_nar_missing": (
+        lambda root, key, tmp: _nar_file(root).unlink(),
+        Refused,
+        "is missing from the cache",
+    ),
+    "cache_nar_longer_than_file_size": (
+        lambda root, key, tmp: os.truncate(_nar_file(root), 1 << 40),
+        Refused,
+        "does not match its FileSize",
+    ),
+    "cache_nar_decompression_bomb": (
+        _bomb_without_file_size,
+        FormatError,
+        "larger than its signed NarSize",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CACHE_ATTACKS))
+def test_a_tampered_cache_is_refused_in_one_line_in_bounded_time(
+    trees: dict[StorePath, Path], tmp_path: Path, name: str
+) -> None:
+    root, key = _planted_cache(trees, tmp_path)
+    tamper, error, reason = CACHE_ATTACKS[name]
+    tamper(root, key, tmp_path)
+    store = cache.BinaryCache(str(root))
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"{name}: reader hung"))
+    signal.alarm(20)
+    try:
+        with pytest.raises(error) as refused:
+            store.fetch(A, TrustedKeys.of([key.public()]), str(tmp_path / "out"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert reason in str(refused.value)
+    assert str(refused.value).isprintable()
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

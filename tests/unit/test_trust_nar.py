@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -198,7 +199,118 @@ def test_root_file_and_symlink_archives(tmp_path: Path) -> None:
 def test_listing_escapes_hostile_names() -> None:
     data = serialize(events({b"a\nb": b"", b"c\\": "t\x1b[0m"}))
     assert list(nar.list_lines(io.BytesIO(data))) == [
-        b"dr-xr-xr-x                    0 .",
-        b"-r--r--r--                    0 ./a\\x0ab",
-        b"lrwxrwxrwx                    0 ./c\\x5c -> t\\x1b[0m",
+        "dr-xr-xr-x                    0 .",
+        "-r--r--r--                    0 ./a\\x0ab",
+        "lrwxrwxrwx                    0 ./c\\\\ -> t\\x1b[0m",
     ]
+
+
+class Trickle:
+    """A stream that returns at most `step` bytes per read, as a slow pipe does."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data = data
+        self.step = step
+        self.at = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        size = self.step if size < 0 else min(size, self.step)
+        chunk = self.data[self.at : self.at + size]
+        self.at += len(chunk)
+        return chunk
+
+
+def _outcome(stream: nar.Readable, *, whole: bool = True) -> tuple[str, bytes | str]:
+    try:
+        return "ok", serialize(list(nar.parse(stream, whole=whole)))
+    except FormatError as error:
+        return "refused", str(error)
+
+
+@given(mutated(), st.integers(1, 9))
+@settings(max_examples=400, deadline=None)
+def test_parsing_does_not_depend_on_how_the_stream_is_cut(data: bytes, step: int) -> None:
+    # Whole archives are parsed from buffered blocks with runs of tokens matched at
+    # once; a trickling stream splits every run, so the token-by-token path runs.
+    expected = _outcome(io.BytesIO(data))
+    assert _outcome(Trickle(data, step)) == expected
+    # Inside a larger stream the reader never looks ahead; it must agree except that
+    # bytes after the archive are none of its business.
+    embedded = _outcome(io.BytesIO(data), whole=False)
+    if expected[0] == "refused" and "trailing bytes" in str(expected[1]):
+        assert embedded[0] == "ok"
+    else:
+        assert embedded == expected
+
+
+@given(trees)
+@settings(max_examples=100, deadline=None)
+def test_validate_hashes_exactly_the_archive(tree: Tree) -> None:
+    data = serialize(events(tree))
+    digest = nar.validate(io.BytesIO(data))
+    assert digest.size == len(data)
+    assert digest.hash.digest == hashlib.sha256(data).digest()
+    assert nar.validate(Trickle(data, 3)) == digest
+
+
+class _Listing:
+    """What os.scandir returns, listed before `then` runs: the race window of `dump`."""
+
+    def __init__(self, entries: list[os.DirEntry[str]]) -> None:
+        self.entries = entries
+
+    def __enter__(self) -> list[os.DirEntry[str]]:
+        return self.entries
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("swap", ["file_to_fifo", "file_to_symlink", "directory_to_symlink"])
+def test_a_tree_changed_after_listing_is_never_followed_nor_waited_on(
+    tmp_path: Path, swap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The entry is swapped between `dump` listing its directory and opening it, as
+    # someone racing a root-run `nar hash` of a tree they can write would.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    if swap == "directory_to_symlink":
+        (tree / "e").mkdir()
+    else:
+        (tree / "e").write_bytes(b"x")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key").write_bytes(b"do not archive")
+    real_scandir = os.scandir
+
+    def racing_scandir(fd: int) -> _Listing:
+        with real_scandir(fd) as listing:
+            entries = list(listing)
+        if swap == "directory_to_symlink":
+            (tree / "e").rmdir()
+        else:
+            (tree / "e").unlink()
+        if swap == "file_to_fifo":
+            os.mkfifo(tree / "e")
+        else:
+            (tree / "e").symlink_to(secret if swap == "directory_to_symlink" else secret / "key")
+        return _Listing(entries)
+
+    monkeypatch.setattr(os, "scandir", racing_scandir)
+    parts: list[bytes] = []
+    with pytest.raises((nar.TreeError, OSError)) as refused:
+        nar.dump(tree, lambda data: parts.append(bytes(data)), threaded=False)
+    assert b"do not archive" not in b"".join(parts)
+    if isinstance(refused.value, nar.TreeError):
+        assert str(refused.value) == f"{tree}/e: changed while being archived"
+
+
+def test_dump_errors_name_the_path_from_the_root_escaped(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub\u202e").mkdir(parents=True)
+    os.mkfifo(tree / "sub\u202e" / "fifo")
+    with pytest.raises(nar.TreeError) as refused:
+        nar.dump_bytes(tree)
+    assert str(refused.value) == (
+        f"{tree}/sub\\u202e/fifo: not a regular file, symlink or directory"
+    )

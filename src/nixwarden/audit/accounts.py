@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class GroupEntry:
 
 def _lines(data: bytes) -> list[list[str]]:
     rows = []
-    for raw in data.decode("utf-8", "replace").splitlines():
+    # Lines end at \n only, as getpwent reads them (str.splitlines would also split at
+    # \x0b, \x1c, \x85, \u2028…, and see entries the system does not).
+    for raw in data.decode("utf-8", "replace").split("\n"):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         rows.append(raw.split(":"))
@@ -59,6 +62,15 @@ def parse_group(data: bytes) -> dict[str, GroupEntry]:
     return groups
 
 
+@dataclass
+class _Index:
+    user_name: dict[int, str] = field(default_factory=dict)
+    group_name: dict[int, str] = field(default_factory=dict)
+    users_of_gid: dict[int, list[str]] = field(default_factory=dict)
+    groups_of_gid: dict[int, list[str]] = field(default_factory=dict)
+    groups_of_member: dict[str, set[str]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Accounts:
     users: Mapping[str, UserEntry] = field(default_factory=dict)
@@ -68,29 +80,37 @@ class Accounts:
     def parse(cls, passwd: bytes, group: bytes) -> Accounts:
         return cls(parse_passwd(passwd), parse_group(group))
 
+    @cached_property
+    def _index(self) -> _Index:
+        """Built once: the audit asks these for every user and every file it stats."""
+        index = _Index()
+        for group in self.groups.values():
+            index.group_name.setdefault(group.gid, group.name)
+            index.groups_of_gid.setdefault(group.gid, []).append(group.name)
+            for member in group.members:
+                index.groups_of_member.setdefault(member, set()).add(group.name)
+        for user in self.users.values():
+            index.user_name.setdefault(user.uid, user.name)
+            index.users_of_gid.setdefault(user.gid, []).append(user.name)
+        return index
+
     def group_members(self, name: str) -> tuple[str, ...] | None:
         """Explicit members and users whose primary group it is; None if no such group."""
         entry = self.groups.get(name)
         if entry is None:
             return None
-        primary = [u.name for u in self.users.values() if u.gid == entry.gid]
+        primary = self._index.users_of_gid.get(entry.gid, [])
         return tuple(sorted(set(entry.members) | set(primary)))
 
     def groups_of(self, user: str) -> tuple[str, ...]:
         entry = self.users.get(user)
-        names = {g.name for g in self.groups.values() if user in g.members}
+        names = set(self._index.groups_of_member.get(user, ()))
         if entry is not None:
-            names |= {g.name for g in self.groups.values() if g.gid == entry.gid}
+            names.update(self._index.groups_of_gid.get(entry.gid, ()))
         return tuple(sorted(names))
 
     def user_name(self, uid: int) -> str:
-        for entry in self.users.values():
-            if entry.uid == uid:
-                return entry.name
-        return str(uid)
+        return self._index.user_name.get(uid, str(uid))
 
     def group_name(self, gid: int) -> str:
-        for entry in self.groups.values():
-            if entry.gid == gid:
-                return entry.name
-        return str(gid)
+        return self._index.group_name.get(gid, str(gid))

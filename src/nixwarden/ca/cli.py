@@ -29,6 +29,7 @@ def main(command: str, argv: list[str]) -> int:
         from nixwarden.ca.options import VALUE_OPTIONS, CertificateOptions  # noqa: PLC0415
         from nixwarden.trust.cli import verify  # noqa: PLC0415
 
+        # trust/ (below ca/) owns `verify`; the certificate options are plugged in here.
         return verify(glue_values(argv, VALUE_OPTIONS), CertificateOptions())
     top = parser(
         "ca",

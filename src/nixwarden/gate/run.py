@@ -224,13 +224,20 @@ def _decide_and_prepare(  # noqa: PLR0917
         session.request = request.describe(raw)
         parsed = request.parse(raw)
     argv = _argv_for(gate, principal, parsed)
-    slot = sessions.acquire(gate.state_dir, principal.name, principal.max_sessions)
+    slot, slot_number = sessions.acquire_numbered(
+        gate.state_dir, principal.name, principal.max_sessions
+    )
     if principal.store == "tenant":
         from nixwarden.tenants import session as tenant_session  # noqa: PLC0415
 
         try:
             tenant_argv, env = tenant_session.prepare(
-                tenants, principal, argv, state_dir=gate.state_dir, config_path=config_path
+                tenants,
+                principal,
+                argv,
+                state_dir=gate.state_dir,
+                config_path=config_path,
+                slot=slot_number,
             )
         except BaseException:
             os.close(slot)

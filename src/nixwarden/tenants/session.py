@@ -49,6 +49,7 @@ def prepare(
     *,
     state_dir: str,
     config_path: str | None = None,
+    slot: int = 0,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment to exec for this tenant session. Leaves the principal's
     lock (sessions.principal_lock) open and inheritable: the session holds it."""
@@ -65,6 +66,9 @@ def prepare(
     lock, alone = sessions.principal_lock(state_dir, principal.name, wait=LOCK_WAIT_SECONDS)
     try:
         # Limits and niceness first: everything below, the probe included, runs under them.
+        # Inline, not limits.has_kernel_limits: nothing more to import without limits.
+        if principal.memory is not None or principal.cpu is not None or principal.tasks is not None:
+            enter_cgroups(settings, principal, slot)
         apply_limits(principal)
         program = host.resolve_keeping_name(nix_argv[0])
         sandbox = host.tenant_sandbox(layout, policy, [program])
@@ -271,6 +275,21 @@ def check_quota(usage: TenantUsage, principal: Principal) -> None:
             f"tenant store is over its disk quota ({human_bytes(used)} used of "
             f"{human_bytes(principal.disk_quota)}); "
             f"free space with: nixwarden tenant gc {principal.name}"
+        )
+
+
+def enter_cgroups(settings: TenantSettings, principal: Principal, slot: int) -> None:
+    """Into the session slot's cgroups (tenants.limits), or refuse when the limits cannot be
+    enforced here, unless the policy accepts best effort."""
+    from nixwarden.tenants import limits  # noqa: PLC0415 - only for principals with limits
+
+    why = limits.unenforceable(settings, principal)
+    if why is None:
+        limits.enter(settings, principal, slot)
+    elif principal.limits == "enforce":
+        raise TenantSetupError(
+            f"the limits of {principal.name} cannot be enforced on this host: {why} "
+            '(limits = "best-effort" accepts that)'
         )
 
 

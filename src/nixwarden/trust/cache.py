@@ -16,22 +16,27 @@ from __future__ import annotations
 import bz2
 import contextlib
 import enum
+import errno
 import lzma
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from nixwarden.display import escape
 from nixwarden.errors import FormatError, Refused
 from nixwarden.files import write_atomic
 from nixwarden.nix import nix32
 from nixwarden.nix.storepath import STORE_DIR, StorePath
 from nixwarden.trust import nar, narinfo
+from nixwarden.trust.failures import shown
 from nixwarden.trust.hashes import Hash, HashAlgorithm
-from nixwarden.trust.keys import SecretKey, TrustedKeys
+from nixwarden.trust.keys import SecretKey
 from nixwarden.trust.restore import restore
+from nixwarden.trust.verify import KeyPolicy, verify_paths
 
 CACHE_INFO = "nix-cache-info"
 MAX_CACHE_INFO = 64 << 10
@@ -58,7 +63,7 @@ class Compression(enum.Enum):
         try:
             return cls(name)
         except ValueError:
-            raise FormatError(f"unsupported compression {name!r}") from None
+            raise FormatError(f"unsupported compression {shown(name)}") from None
 
 
 @dataclass(frozen=True)
@@ -93,10 +98,7 @@ def init(root: str, store_dir: str = STORE_DIR) -> None:
 
 
 def read_store_dir(root: str) -> str:
-    with open(os.path.join(root, CACHE_INFO), "rb") as handle:
-        data = handle.read(MAX_CACHE_INFO + 1)
-    if len(data) > MAX_CACHE_INFO:
-        raise FormatError(f"{CACHE_INFO}: too large")
+    data = _read_file(root, CACHE_INFO, MAX_CACHE_INFO)
     store_dir = STORE_DIR
     for line in data.decode("utf-8", "replace").splitlines():
         key, _, value = line.partition(":")
@@ -184,17 +186,82 @@ def _write_nar(
 
 # --- reading ---------------------------------------------------------------------------
 
+# Below the cache's root nothing is followed: each directory is opened with O_NOFOLLOW
+# relative to the one above, and the file itself with O_NOFOLLOW and O_NONBLOCK (a FIFO
+# must not hang the reader), then checked to be a regular file on its descriptor.
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _open_file(root: str, relative: str) -> tuple[int, int]:
+    """(descriptor, size) of the regular file `relative` below the cache `root`.
+
+    Raises FileNotFoundError when it does not exist, FormatError (one line) when it
+    is anything but a regular file reached without a symlink.
+    """
+    *directories, name = relative.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the caller's own path
+    try:
+        for directory in directories:
+            below = _open_below(fd, directory, _DIRECTORY_FLAGS, relative)
+            os.close(fd)
+            fd = below
+        handle = _open_below(fd, name, _FILE_FLAGS, relative)
+    finally:
+        os.close(fd)
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(handle)
+        raise FormatError(f"{escape(root)}: {escape(relative)} is not a regular file")
+    os.set_blocking(handle, True)
+    return handle, info.st_size
+
+
+def _open_below(fd: int, name: str, flags: int, relative: str) -> int:
+    try:
+        return os.open(name, flags, dir_fd=fd)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise FormatError(
+                f"{escape(relative)}: a symlink or not a directory in the cache"
+            ) from None
+        raise
+
+
+def _read_file(root: str, relative: str, limit: int) -> bytes:
+    """The whole of a small file of the cache (`_open_file`), at most `limit` bytes."""
+    fd, size = _open_file(root, relative)
+    with os.fdopen(fd, "rb") as handle:
+        if size > limit:
+            raise FormatError(f"{escape(relative)}: larger than {limit} bytes")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FormatError(f"{escape(relative)}: larger than {limit} bytes")
+    return data
+
 
 class _Decompressing:
     """A readable stream of the NAR inside a cache file, hashing the file as it goes."""
 
     def __init__(
-        self, handle: IO[bytes], compression: Compression, algorithm: HashAlgorithm
+        self,
+        handle: IO[bytes],
+        compression: Compression,
+        algorithm: HashAlgorithm,
+        *,
+        file_limit: int,
+        nar_limit: int,
     ) -> None:
         self.handle = handle
         self.algorithm = algorithm
         self.file_hasher = algorithm.new()
         self.file_size = 0
+        # Never read more than the file held when it was opened (plus one byte, to see
+        # it grow), nor produce more NAR than the signed NarSize: a replaced file or a
+        # decompression bomb is refused without filling the disk first.
+        self.file_limit = file_limit
+        self.nar_limit = nar_limit
+        self.nar_size = 0
         self.buffer = b""
         self.decompressor: lzma.LZMADecompressor | bz2.BZ2Decompressor | None
         match compression:
@@ -205,17 +272,26 @@ class _Decompressing:
             case Compression.BZIP2:
                 self.decompressor = bz2.BZ2Decompressor()
 
-    def _raw(self) -> bytes:
-        data = self.handle.read(nar.CHUNK)
+    def _raw(self, size: int = nar.CHUNK) -> bytes:
+        data = self.handle.read(min(size, self.file_limit + 1 - self.file_size))
         self.file_hasher.update(data)
         self.file_size += len(data)
+        if self.file_size > self.file_limit:
+            raise FormatError("cache file grew while being read")
         return data
 
     def read(self, size: int = -1, /) -> bytes:
         if size < 0:
             raise ValueError("internal: reads must be bounded")
+        chunk = self._read(size)
+        self.nar_size += len(chunk)
+        if self.nar_size > self.nar_limit:
+            raise FormatError(f"NAR is larger than its signed NarSize {self.nar_limit}")
+        return chunk
+
+    def _read(self, size: int) -> bytes:
         if self.decompressor is None:
-            return self._raw_exact(size)
+            return self._raw(size)
         while len(self.buffer) < size:
             if self.decompressor.eof:
                 break
@@ -231,12 +307,6 @@ class _Decompressing:
                 raise FormatError(f"compressed NAR is corrupt: {error}") from None
         chunk, self.buffer = self.buffer[:size], self.buffer[size:]
         return chunk
-
-    def _raw_exact(self, size: int) -> bytes:
-        data = self.handle.read(size)
-        self.file_hasher.update(data)
-        self.file_size += len(data)
-        return data
 
     def finish(self) -> tuple[Hash, int]:
         """Hash whatever of the file is left (trailing garbage changes FileHash too)."""
@@ -256,35 +326,33 @@ class BinaryCache:
         return read_store_dir(self.root)
 
     def read_narinfo(self, path: StorePath) -> narinfo.NarInfo:
-        name = os.path.join(self.root, f"{path.hash_part}.narinfo")
+        name = f"{path.hash_part}.narinfo"
         try:
-            with open(name, "rb") as handle:
-                data = handle.read(narinfo.MAX_NARINFO_SIZE + 1)
+            data = _read_file(self.root, name, narinfo.MAX_NARINFO_SIZE)
         except FileNotFoundError:
-            raise Refused(f"{path.base_name}: not in the cache {self.root}") from None
+            raise Refused(f"{path.base_name}: not in the cache {escape(self.root)}") from None
         info = narinfo.NarInfo.parse(data, store_dir=self.store_dir)
         if info.store_path != path:
             raise Refused(f"{name}: describes {info.store_path.base_name}, not {path.base_name}")
         return info
 
-    def verified_narinfo(self, path: StorePath, trusted: TrustedKeys) -> narinfo.NarInfo:
+    def verified_narinfo(self, path: StorePath, policy: KeyPolicy) -> narinfo.NarInfo:
+        """The narinfo of `path`, once `policy` accepts its signatures (else raises)."""
         info = self.read_narinfo(path)
-        check = trusted.check(info.fingerprint(), info.signatures)
-        if not check.passed:
-            raise Refused(f"{info.path}: {check.reason()}")
+        verify_paths([(info.path, info.fingerprint(), info.signatures)], policy)
         return info
 
-    def check(self, path: StorePath, trusted: TrustedKeys) -> narinfo.NarInfo:
+    def check(self, path: StorePath, policy: KeyPolicy) -> narinfo.NarInfo:
         """Verify signature, file and NAR of `path` without unpacking it."""
-        info = self.verified_narinfo(path, trusted)
+        info = self.verified_narinfo(path, policy)
         with self._open(info) as stream:
             digest = nar.validate(stream)
             self._check(info, stream, digest)
         return info
 
-    def fetch(self, path: StorePath, trusted: TrustedKeys, target: str) -> narinfo.NarInfo:
+    def fetch(self, path: StorePath, policy: KeyPolicy, target: str) -> narinfo.NarInfo:
         """Verify `path` and restore it as `target`; nothing is left at `target` on failure."""
-        info = self.verified_narinfo(path, trusted)
+        info = self.verified_narinfo(path, policy)
         with self._open(info) as stream:
             restore(stream, target, verify=lambda digest: self._check(info, stream, digest))
         return info
@@ -292,11 +360,19 @@ class BinaryCache:
     @contextlib.contextmanager
     def _open(self, info: narinfo.NarInfo) -> Iterator[_Decompressing]:
         if not _SAFE_URL.fullmatch(info.url):
-            raise FormatError(f"{info.path}: URL {info.url[:80]!r} is not a nar/ file name")
+            raise FormatError(f"{info.path}: URL {shown(info.url)} is not a nar/ file name")
         compression = Compression.parse(info.compression)
-        with open(os.path.join(self.root, info.url), "rb") as handle:
+        try:
+            fd, size = _open_file(self.root, info.url)
+        except FileNotFoundError:
+            raise Refused(f"{info.path}: its NAR {info.url} is missing from the cache") from None
+        with os.fdopen(fd, "rb") as handle:
+            if info.file_size is not None and size != info.file_size:
+                raise Refused(f"{info.path}: cache file does not match its FileSize")
             algorithm = HashAlgorithm.SHA256 if info.file_hash is None else info.file_hash.algorithm
-            yield _Decompressing(handle, compression, algorithm)
+            yield _Decompressing(
+                handle, compression, algorithm, file_limit=size, nar_limit=info.nar_size
+            )
 
     @staticmethod
     def _check(info: narinfo.NarInfo, stream: _Decompressing, digest: nar.NarDigest) -> None:

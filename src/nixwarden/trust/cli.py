@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from nixwarden.cliutil import parser
+from nixwarden.display import escape
 from nixwarden.errors import FormatError, InvalidInput, Refused, UsageError
-from nixwarden.trust import nar
-from nixwarden.trust.hashes import HashFormat
+from nixwarden.trust.failures import from_os_error
 
 if TYPE_CHECKING:
+    import argparse
+
     from nixwarden.nix.storepath import StorePath
     from nixwarden.trust import pathinfo
     from nixwarden.trust.keys import SecretKey, TrustedKeys
+    from nixwarden.trust.verify import KeyPolicy, PathFailure
 
-# `nar` commands import only what they use: a hash of a large tree should not wait for
-# the Ed25519 and compression libraries to load. The other commands import lazily below.
+# Each command imports only what it uses, when it runs: `nar dump` of a large tree
+# should not wait for hashing, dataclasses, Ed25519 or compression libraries to load.
 
 MAX_KEY_FILE = 64 << 10
+# The values of trust.hashes.HashFormat (a test keeps the two the same), here so that
+# building the parser does not import the hash module.
+HASH_FORMATS = ("nix32", "base16", "base64", "sri")
 
 
 def main(command: str, argv: list[str]) -> int:
@@ -28,7 +35,7 @@ def main(command: str, argv: list[str]) -> int:
         "nar": _nar,
         "key": _key,
         "sign": _sign,
-        "verify": _verify,
+        "verify": verify,
         "cache": _cache,
     }
     return handlers[command](argv)
@@ -36,10 +43,6 @@ def main(command: str, argv: list[str]) -> int:
 
 def _stdout(data: bytes | bytearray | memoryview) -> None:
     sys.stdout.buffer.write(data)
-
-
-def _io_error(path: str, error: OSError) -> InvalidInput:
-    return InvalidInput(f"{path}: {error.strerror or error}")
 
 
 # --- nar -------------------------------------------------------------------------------
@@ -52,37 +55,70 @@ def _nar(argv: list[str]) -> int:
         epilog="Reading commands refuse any malformed archive with exit status 2.",
     )
     commands = top.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dump = commands.add_parser("dump", help="write the NAR of PATH to stdout")
-    dump.add_argument("path", metavar="PATH")
+    dumping = commands.add_parser("dump", help="write the NAR of PATH to stdout")
+    dumping.add_argument("path", metavar="PATH")
     hashing = commands.add_parser("hash", help="print the NAR hash of PATH (sha256:<nix32>)")
     hashing.add_argument("path", metavar="PATH")
     hashing.add_argument(
         "--format",
-        choices=[form.value for form in HashFormat],
-        default=HashFormat.NIX32.value,
+        choices=HASH_FORMATS,
+        default=HASH_FORMATS[0],
         help="how to print the hash (default: nix32, as nix-store -q --hash)",
     )
-    unpack = commands.add_parser("restore", help="unpack the NAR on stdin as DIR (must not exist)")
-    unpack.add_argument("directory", metavar="DIR")
+    restoring = commands.add_parser(
+        "restore", help="unpack the NAR on stdin as DIR (must not exist)"
+    )
+    restoring.add_argument("directory", metavar="DIR")
     commands.add_parser("ls", help="validate the NAR on stdin and list its contents")
     args = top.parse_args(argv)
     try:
         match args.action:
             case "dump":
-                nar.dump(args.path, _stdout)
+                from nixwarden.trust import nardump  # noqa: PLC0415
+
+                # No second thread: writing to a pipe or file costs little next to
+                # reading the tree, and the kernel's buffer already decouples the two.
                 sys.stdout.buffer.flush()
+                try:
+                    out = sys.stdout.fileno()
+                except (AttributeError, OSError, ValueError):  # not a file (captured)
+                    nardump.dump(args.path, _stdout, threaded=False)
+                    sys.stdout.buffer.flush()
+                else:
+                    nardump.dump_to(args.path, out)
             case "hash":
+                from nixwarden.trust import nar  # noqa: PLC0415
+                from nixwarden.trust.hashes import HashFormat  # noqa: PLC0415
+
                 digest = nar.hash_path(args.path)
                 print(digest.hash.render(HashFormat(args.format)))
             case "restore":
-                from nixwarden.trust.restore import restore  # noqa: PLC0415
+                from nixwarden.trust.restore import unpack  # noqa: PLC0415
 
-                restore(sys.stdin.buffer, args.directory)
+                unpack(sys.stdin.buffer, args.directory)
             case "ls":
-                lines = list(nar.list_lines(sys.stdin.buffer))  # all validated before any output
-                sys.stdout.buffer.write(b"".join(line + b"\n" for line in lines))
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        raise _io_error(error.filename or "", error) from None
+                import shutil  # noqa: PLC0415
+                import tempfile  # noqa: PLC0415
+
+                from nixwarden.trust import nar  # noqa: PLC0415
+
+                # Nothing is printed before the whole archive is validated; the lines
+                # wait in memory up to 8 MiB, beyond that in a temporary file.
+                with tempfile.SpooledTemporaryFile(max_size=8 << 20) as listing:
+                    for line in nar.list_lines(sys.stdin.buffer):
+                        listing.write(line.encode() + b"\n")
+                    listing.seek(0)
+                    shutil.copyfileobj(listing, sys.stdout.buffer)
+    except BrokenPipeError:
+        raise  # the reader went away: not an error worth a message (see nixwarden.cli)
+    except OSError as error:
+        named: str | bytes = (
+            error.filename
+            or getattr(args, "path", None)
+            or getattr(args, "directory", None)
+            or "standard input"
+        )
+        raise from_os_error(named, error) from None
     return 0
 
 
@@ -138,18 +174,39 @@ def _ssh_public(path: str) -> int:
     return 0
 
 
+def read_key_file(path: str) -> bytes:
+    """A key file's bytes, at most `MAX_KEY_FILE` of them.
+
+    A regular file or a pipe (`--key <(pass show nix-key)`); a device, directory or
+    socket is refused, and a FIFO nobody writes to ends at once instead of hanging.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise from_os_error(path, error) from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        os.close(fd)
+        raise InvalidInput(f"{escape(path)}: not a regular file or a pipe")
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        os.set_blocking(fd, True)
+        parts: list[bytes] = []
+        size = 0
+        while size <= MAX_KEY_FILE and (part := handle.read(MAX_KEY_FILE + 1 - size)):
+            parts.append(part)
+            size += len(part)
+    if size > MAX_KEY_FILE:
+        raise InvalidInput(f"{escape(path)}: larger than {MAX_KEY_FILE} bytes; not a key file")
+    return b"".join(parts)
+
+
 def read_secret_key(path: str) -> SecretKey:
     from nixwarden.trust.keys import decode_secret_key  # noqa: PLC0415
 
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_KEY_FILE)
-    except OSError as error:
-        raise _io_error(path, error) from None
-    try:
-        return decode_secret_key(data)
+        return decode_secret_key(read_key_file(path))
     except FormatError as error:
-        raise FormatError(f"{path}: {error}") from None
+        raise FormatError(f"{escape(path)}: {error}") from None
 
 
 def read_public_keys(paths: Sequence[str]) -> TrustedKeys:
@@ -158,15 +215,13 @@ def read_public_keys(paths: Sequence[str]) -> TrustedKeys:
     keys: list[PublicKey] = []
     for path in paths:
         try:
-            with open(path, encoding="ascii") as handle:
-                text = handle.read(MAX_KEY_FILE)
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) else "not ASCII text"
-            raise InvalidInput(f"{path}: {reason}") from None
+            text = read_key_file(path).decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{escape(path)}: not ASCII text") from None
         try:
             keys += parse_public_keys(text)
         except FormatError as error:
-            raise FormatError(f"{path}: {error}") from None
+            raise FormatError(f"{escape(path)}: {error}") from None
     return TrustedKeys.of(keys)
 
 
@@ -210,7 +265,18 @@ def _sign(argv: list[str]) -> int:
     return 0
 
 
-def _verify(argv: list[str]) -> int:
+class PolicyOptions(Protocol):
+    """More ways to decide which signatures count, that a part above this layer plugs
+    into `verify` (certified keys: nixwarden.ca.options.CertificateOptions)."""
+
+    def add_arguments(self, command: argparse.ArgumentParser) -> None: ...
+
+    def policy(self, args: argparse.Namespace, trusted: TrustedKeys | None) -> KeyPolicy | None:
+        """The policy the options ask for, or None when none of them was given."""
+        ...
+
+
+def verify(argv: list[str], options: PolicyOptions | None = None) -> int:
     command = parser(
         "verify",
         "Check that every PATH carries a valid signature by a trusted key, as\n"
@@ -220,7 +286,8 @@ def _verify(argv: list[str]) -> int:
     command.add_argument(
         "--trusted-key",
         action="append",
-        required=True,
+        required=options is None,
+        default=[],
         metavar="PUBFILE",
         help="file of public keys (name:base64, whitespace-separated); repeatable",
     )
@@ -229,58 +296,83 @@ def _verify(argv: list[str]) -> int:
         action="store_true",
         help="also re-hash each path's contents and compare with its recorded NAR hash",
     )
+    if options is not None:
+        options.add_arguments(command)
     command.add_argument("paths", nargs="+", metavar="PATH")
     args = command.parse_args(argv)
     from nixwarden.trust import pathinfo  # noqa: PLC0415
+    from nixwarden.trust.verify import PathFailure, VerificationFailed  # noqa: PLC0415
 
-    trusted = read_public_keys(args.trusted_key)
-    paths = _store_paths(args.paths)
-    query = pathinfo.query(paths)
-    failures = 0
+    trusted = read_public_keys(args.trusted_key) if args.trusted_key else None
+    policy = (options.policy(args, trusted) if options is not None else None) or trusted
+    if policy is None:
+        raise UsageError("nothing to trust: give --trusted-key, or --ca and --certs")
+    store_paths = _store_paths(args.paths)
+    query = pathinfo.query(store_paths)
+    paths = [path.absolute() for path in store_paths]
+    infos = {info.absolute: info for info in query.infos.values()}
+    reasons: dict[str, str] = {}  # the first problem found with each failing path
     for path in paths:
-        info = query.infos.get(path)
-        problem = (
-            "not valid in the store"
-            if info is None
-            else _problem(info, trusted, args.check_contents)
-        )
-        if problem is None:
-            continue
-        failures += 1
-        print(f"nixwarden: {path.absolute()}: {problem}", file=sys.stderr)
-    if failures:
-        raise Refused(f"{failures} of {len(paths)} paths failed verification")
+        info = infos.get(path)
+        if info is None:
+            reasons[path] = "not valid in the store"
+        elif args.check_contents:
+            mismatch = _contents_mismatch(info)
+            if mismatch is not None:
+                reasons[path] = mismatch
+    for failure in _signature_failures([infos[path] for path in paths if path in infos], policy):
+        reasons.setdefault(failure.path, failure.reason)
+    if reasons:
+        failures = [PathFailure(path, reasons[path]) for path in paths if path in reasons]
+        raise VerificationFailed(failures, checked=len(paths))
     print(f"{len(paths)} paths verified", file=sys.stderr)
     return 0
 
 
-def _problem(info: pathinfo.PathInfo, trusted: TrustedKeys, check_contents: bool) -> str | None:
-    from nixwarden.trust.keys import Signature, fingerprint  # noqa: PLC0415
+def _contents_mismatch(info: pathinfo.PathInfo) -> str | None:
+    from nixwarden.trust import nar  # noqa: PLC0415
 
-    if check_contents:
-        digest = nar.hash_path(info.absolute)
-        if (digest.hash, digest.size) != (info.nar_hash, info.nar_size):
-            return (
-                f"contents hash to {digest.hash.to_nix32()} ({digest.size} bytes), "
-                f"the store records {info.nar_hash.to_nix32()} ({info.nar_size} bytes)"
-            )
-    signatures: list[Signature] = []
-    malformed = 0
-    for text in info.signatures:
-        try:
-            signatures.append(Signature.parse(text))
-        except FormatError:
-            malformed += 1
-    check = trusted.check(
-        fingerprint(info.absolute, info.nar_hash, info.nar_size, info.reference_paths()),
-        signatures,
-    )
-    if check.passed:
+    digest = nar.hash_path(info.absolute)
+    if (digest.hash, digest.size) == (info.nar_hash, info.nar_size):
         return None
-    reason = check.reason()
-    if malformed:
-        reason += f"; {malformed} malformed signatures"
-    return reason
+    return (
+        f"contents hash to {digest.hash.to_nix32()} ({digest.size} bytes), "
+        f"the store records {info.nar_hash.to_nix32()} ({info.nar_size} bytes)"
+    )
+
+
+def _signature_failures(
+    infos: Sequence[pathinfo.PathInfo], policy: KeyPolicy
+) -> tuple[PathFailure, ...]:
+    """The paths whose signatures the policy refuses, and why.
+
+    A signature the store holds but that does not parse counts as absent; the reason
+    says how many there were, so a garbled signature is not mistaken for none.
+    """
+    from nixwarden.trust.keys import Signature, fingerprint  # noqa: PLC0415
+    from nixwarden.trust.verify import PathFailure, VerificationFailed, verify_paths  # noqa: PLC0415
+
+    items = []
+    malformed: dict[str, int] = {}
+    for info in infos:
+        signatures: list[Signature] = []
+        for text in info.signatures:
+            try:
+                signatures.append(Signature.parse(text))
+            except FormatError:
+                malformed[info.absolute] = malformed.get(info.absolute, 0) + 1
+        message = fingerprint(info.absolute, info.nar_hash, info.nar_size, info.reference_paths())
+        items.append((info.absolute, message, signatures))
+    try:
+        verify_paths(items, policy)
+    except VerificationFailed as failed:
+        return tuple(
+            PathFailure(f.path, f"{f.reason} ({malformed[f.path]} malformed signatures ignored)")
+            if f.path in malformed
+            else f
+            for f in failed.failures
+        )
+    return ()
 
 
 # --- cache -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from nixwarden.errors import FormatError
 from nixwarden.nix import nix32
+from nixwarden.trust.failures import shown
 
 
 class HashAlgorithm(enum.Enum):
@@ -42,7 +43,7 @@ class HashAlgorithm(enum.Enum):
         try:
             return cls(name)
         except ValueError:
-            raise FormatError(f"unknown hash algorithm {name!r}") from None
+            raise FormatError(f"unknown hash algorithm {shown(name)}") from None
 
 
 class HashFormat(enum.Enum):
@@ -84,17 +85,17 @@ class Hash:
             if name in {a.value for a in HashAlgorithm}:
                 return cls.from_sri(text)
         if default is None:
-            raise FormatError(f"hash {_shown(text)} does not name its algorithm")
+            raise FormatError(f"hash {shown(text)} does not name its algorithm")
         return cls.decode(default, text)
 
     @classmethod
     def from_sri(cls, text: str) -> Hash:
         name, dash, encoded = text.partition("-")
         if not dash:
-            raise FormatError(f"SRI hash {_shown(text)} lacks 'algo-'")
+            raise FormatError(f"SRI hash {shown(text)} lacks 'algo-'")
         algorithm = HashAlgorithm.parse(name)
         if len(encoded) != _base64_length(algorithm.size):
-            raise FormatError(f"SRI hash {_shown(text)} has the wrong length")
+            raise FormatError(f"SRI hash {shown(text)} has the wrong length")
         return cls(algorithm, _strict_b64decode(encoded))
 
     @classmethod
@@ -104,16 +105,16 @@ class Hash:
         try:
             if len(encoded) == size * 2:
                 if encoded != encoded.lower():
-                    raise FormatError(f"base16 hash {_shown(encoded)} is not lower case")
+                    raise FormatError(f"base16 hash {shown(encoded)} is not lower case")
                 return cls(algorithm, bytes.fromhex(encoded))
             if len(encoded) == nix32.encoded_length(size):
                 return cls(algorithm, nix32.decode(encoded, size))
             if len(encoded) == _base64_length(size):
                 return cls(algorithm, _strict_b64decode(encoded))
         except ValueError:
-            raise FormatError(f"hash {_shown(encoded)} is not valid base16") from None
+            raise FormatError(f"hash {shown(encoded)} is not valid base16") from None
         raise FormatError(
-            f"{algorithm.value} hash {_shown(encoded)} has a length of none of its encodings"
+            f"{algorithm.value} hash {shown(encoded)} has a length of none of its encodings"
         )
 
     @classmethod
@@ -151,8 +152,3 @@ class Hash:
 
 def _base64_length(size: int) -> int:
     return (size + 2) // 3 * 4
-
-
-def _shown(text: str) -> str:
-    """A bounded, printable rendering of untrusted text for one-line error messages."""
-    return repr(text if len(text) <= 80 else text[:77] + "...")

@@ -18,79 +18,66 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from nixwarden import display
 from nixwarden.errors import FormatError
+from nixwarden.trust import nardump, pipeline
 from nixwarden.trust.hashes import Hash, HashAlgorithm
+from nixwarden.trust.nardump import (
+    BLOCK,
+    CASE_HACK_SUFFIX,
+    CHUNK,
+    MAGIC,
+    MAX_DEPTH,
+    MAX_LENGTH,
+    MAX_NAME,
+    MAX_TARGET,
+    MAX_TOKEN,
+    TreeError,
+    Write,
+    dump,
+    dump_bytes,
+)
 
-MAGIC = b"nix-archive-1"
-# Contents move in chunks this large: big enough that per-call overhead vanishes, small
-# enough that a chunk read from the page cache is still in the CPU's L2 cache when it
-# is hashed (measured here: 256 KiB chunks hash about 1.4 times as fast as 1 MiB ones).
-CHUNK = 256 << 10
-# Limits Nix applies (archive.cc, and the kernel's NAME_MAX / PATH_MAX - 1).
-MAX_NAME = 255
-MAX_TARGET = 4095
-# Deep enough for any real tree, shallow enough that a hostile archive cannot make
-# restore hold thousands of directory descriptors.
-MAX_DEPTH = 128
-# Lengths at or beyond this are not a file size anyone has; refusing them early
-# keeps arithmetic on padding and totals obviously safe.
-MAX_LENGTH = 1 << 62
-# No token of the grammar is longer than this; longer "tokens" are refused unread.
-MAX_TOKEN = 16
-# Nix's macOS case hack appends this on restore; a name carrying it would not dump back.
-CASE_HACK_SUFFIX = b"~nix~case~hack~"
+# Writing a tree lives in `nardump` (see there); this module re-exports it.
+__all__ = [
+    "BLOCK",
+    "CASE_HACK_SUFFIX",
+    "CHUNK",
+    "MAGIC",
+    "MAX_DEPTH",
+    "MAX_LENGTH",
+    "MAX_NAME",
+    "MAX_TARGET",
+    "MAX_TOKEN",
+    "CountingHasher",
+    "DirectoryEnd",
+    "DirectoryStart",
+    "Event",
+    "FileChunk",
+    "FileEnd",
+    "FileStart",
+    "NarDigest",
+    "Path",
+    "Readable",
+    "Symlink",
+    "TreeError",
+    "Updatable",
+    "Write",
+    "dump",
+    "dump_bytes",
+    "hash_path",
+    "list_lines",
+    "parse",
+    "validate",
+    "write_events",
+]
 
-Write = Callable[[bytes | bytearray | memoryview], object]
 Path = tuple[bytes, ...]  # names from the archive's root; () is the root itself
-
-
-def _string(data: bytes) -> bytes:
-    return struct.pack("<Q", len(data)) + data + b"\0" * (-len(data) % 8)
-
-
-_OPEN = _string(b"(")
-_CLOSE = _string(b")")
-_HEADER = _string(MAGIC)
-_TYPE_REGULAR = _OPEN + _string(b"type") + _string(b"regular")
-_EXECUTABLE = _string(b"executable") + _string(b"")
-_CONTENTS = _string(b"contents")
-_TYPE_SYMLINK = _OPEN + _string(b"type") + _string(b"symlink") + _string(b"target")
-_TYPE_DIRECTORY = _OPEN + _string(b"type") + _string(b"directory")
-_ENTRY = _string(b"entry") + _OPEN + _string(b"name")
-_NODE = _string(b"node")
-
-
-# --- serializing -----------------------------------------------------------------------
-
-
-class TreeError(FormatError):
-    """A file tree that has no NAR form (a device, a socket, a file that changed meanwhile)."""
-
-
-def dump(path: str | os.PathLike[str], write: Write) -> int:
-    """Write the NAR of the tree at `path` to `write`; returns the archive's size.
-
-    `write` is called with views of a reused buffer: it must consume the data before
-    returning (hash it, write it out, compress it), never keep the view.
-    """
-    dumper = _Dumper(write)
-    dumper.out(_HEADER)
-    dumper.node(os.fsencode(path), 0)
-    dumper.flush()
-    return dumper.size
-
-
-def dump_bytes(path: str | os.PathLike[str]) -> bytes:
-    """The whole NAR of a (small) tree; for tests and small files."""
-    parts: list[bytes] = []
-    dump(path, lambda data: parts.append(bytes(data)))
-    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -100,90 +87,16 @@ class NarDigest:
     hash: Hash
     size: int
 
+    @classmethod
+    def sha256(cls, digest: bytes, size: int) -> NarDigest:
+        return cls(Hash(HashAlgorithm.SHA256, digest), size)
+
 
 def hash_path(path: str | os.PathLike[str]) -> NarDigest:
     """The NAR hash and size of the tree at `path`, as `nix-store -q --hash` reports them."""
     hasher = hashlib.sha256()
     size = dump(path, hasher.update)
     return NarDigest(Hash(HashAlgorithm.SHA256, hasher.digest()), size)
-
-
-class _Dumper:
-    def __init__(self, write: Write) -> None:
-        self.write = write
-        self.size = 0
-        # Headers and small files gather here so the sink sees few, large writes.
-        self.pending = bytearray()
-        self.buffer = bytearray(CHUNK)
-        self.view = memoryview(self.buffer)
-
-    def out(self, data: bytes) -> None:
-        self.pending += data
-        if len(self.pending) >= CHUNK:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.size += len(self.pending)
-            self.write(self.pending)
-            self.pending = bytearray()
-
-    def node(self, path: bytes, depth: int) -> None:
-        info = os.lstat(path)
-        mode = info.st_mode
-        if stat.S_ISREG(mode):
-            self.regular(path, info)
-        elif stat.S_ISLNK(mode):
-            target = os.readlink(path)
-            if len(target) > MAX_TARGET:
-                raise TreeError(f"{_show(path)}: symlink target longer than {MAX_TARGET} bytes")
-            self.out(_TYPE_SYMLINK + _string(target) + _CLOSE)
-        elif stat.S_ISDIR(mode):
-            if depth >= MAX_DEPTH:
-                raise TreeError(f"{_show(path)}: tree nests deeper than {MAX_DEPTH} directories")
-            self.out(_TYPE_DIRECTORY)
-            # Nix orders entries by their bytes (std::map<std::string>), as sorted() on bytes does.
-            for name in sorted(os.listdir(path)):
-                self.out(_ENTRY + _string(name) + _NODE)
-                self.node(path + b"/" + name, depth + 1)
-                self.out(_CLOSE)
-            self.out(_CLOSE)
-        else:
-            raise TreeError(f"{_show(path)}: not a regular file, symlink or directory")
-
-    def regular(self, path: bytes, info: os.stat_result) -> None:
-        size = info.st_size
-        header = _TYPE_REGULAR
-        if info.st_mode & stat.S_IXUSR:
-            header += _EXECUTABLE
-        self.out(header + _CONTENTS + struct.pack("<Q", size))
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            if size < CHUNK // 4:
-                # Small files join the pending buffer: one read, no extra write.
-                data = os.read(fd, size + 1)
-                if len(data) != size:
-                    raise TreeError(f"{_show(path)}: changed size while being archived")
-                self.out(data + b"\0" * (-size % 8) + _CLOSE)
-                return
-            self.flush()
-            remaining = size
-            while remaining:
-                got = os.readv(fd, [self.view[: min(remaining, CHUNK)]])
-                if got == 0:
-                    raise TreeError(f"{_show(path)}: shrank while being archived")
-                self.write(self.view[:got])
-                remaining -= got
-            if os.read(fd, 1):
-                raise TreeError(f"{_show(path)}: grew while being archived")
-            self.size += size
-        finally:
-            os.close(fd)
-        self.out(b"\0" * (-size % 8) + _CLOSE)
-
-
-def _show(path: bytes) -> str:
-    return repr(os.fsdecode(path))
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -233,35 +146,166 @@ class Updatable(Protocol):
     def update(self, data: bytes, /) -> None: ...
 
 
-class _Reader:
-    """Exact reads from a stream, counting and (optionally) hashing every byte consumed."""
+# Fixed runs of tokens, matched in one comparison when they are already buffered.
+_NODE_START = nardump.OPEN + nardump.string(b"type")
+_KIND_REGULAR = nardump.string(b"regular") + nardump.CONTENTS
+_KIND_EXECUTABLE = nardump.string(b"regular") + nardump.EXECUTABLE + nardump.CONTENTS
+_KIND_SYMLINK = nardump.string(b"symlink") + nardump.string(b"target")
+_KIND_DIRECTORY = nardump.string(b"directory")
+_NODE_REGULAR = nardump.NODE + _NODE_START + _KIND_REGULAR
+_NODE_EXECUTABLE = nardump.NODE + _NODE_START + _KIND_EXECUTABLE
 
-    def __init__(self, stream: Readable, hasher: Updatable | None) -> None:
+
+class _Reader:
+    """Reads the stream, counting and (optionally) hashing every byte it takes.
+
+    Reading a whole archive (`block` > 0), it takes the stream in blocks and parses
+    tokens out of memory; file contents beyond the buffered block are read straight
+    from the stream in chunks. Inside a larger stream (`block` == 0), it never reads
+    a byte past what the grammar needs, so the archive's end is the stream's position.
+    """
+
+    def __init__(self, stream: Readable, hasher: Updatable | None, block: int) -> None:
         self.stream = stream
         self.hasher = hasher
-        self.offset = 0
+        self.block = block
+        self.buffer = b""
+        self.position = 0  # next byte of `buffer` to parse
+        self.start = 0  # offset in the archive of `buffer[0]`
+
+    @property
+    def offset(self) -> int:
+        return self.start + self.position
 
     def fail(self, reason: str) -> FormatError:
         return FormatError(f"NAR: {reason} (at byte {self.offset})")
 
-    def exact(self, size: int) -> bytes:
+    def _read(self, size: int) -> bytes:
         data = self.stream.read(size)
-        if len(data) != size:
-            # Pipes may return less than asked; only an empty read means the end.
-            parts = [data]
-            got = len(data)
-            while got < size and data:
-                data = self.stream.read(size - got)
-                parts.append(data)
-                got += len(data)
-            data = b"".join(parts)
-            if got < size:
-                self.offset += got
-                raise self.fail("archive is truncated")
-        if self.hasher is not None:
+        if data and self.hasher is not None:
             self.hasher.update(data)
-        self.offset += size
         return data
+
+    def _fill(self, size: int) -> bool:
+        """Make `size` bytes available from `position`; False at the end of the stream."""
+        rest = self.buffer[self.position :]
+        parts = [rest] if rest else []
+        have = len(rest)
+        self.start += self.position
+        self.position = 0
+        while have < size:
+            # Pipes may return less than asked; only an empty read means the end.
+            data = self._read(max(self.block, size - have))
+            if not data:
+                self.buffer = b"".join(parts)
+                return False
+            parts.append(data)
+            have += len(data)
+        self.buffer = parts[0] if len(parts) == 1 else b"".join(parts)
+        return True
+
+    def exact(self, size: int) -> bytes:
+        position = self.position
+        end = position + size
+        if end > len(self.buffer):
+            if not self._fill(size):
+                self.position = len(self.buffer)
+                raise self.fail("archive is truncated")
+            position, end = 0, size
+        self.position = end
+        return self.buffer[position:end]
+
+    def skip(self, run: bytes) -> bool:
+        """Consume `run` if the stream continues with it; consume nothing otherwise.
+
+        Only a whole-archive reader looks ahead; inside a larger stream this is always
+        False and the caller falls back to reading token by token.
+        """
+        if self.buffer.startswith(run, self.position):
+            self.position += len(run)
+            return True
+        if (
+            self.block
+            and len(self.buffer) - self.position < len(run)
+            and self._fill(len(run))
+            and self.buffer.startswith(run, self.position)
+        ):
+            self.position += len(run)
+            return True
+        return False
+
+    def small_file(self, previous: bytes | None) -> tuple[bytes, bool, bytes] | None:
+        """A whole directory entry holding a regular file, if it is already buffered
+        and valid in every respect: (name, executable, contents). Otherwise None, and
+        nothing is consumed: the general path then reads it and names any flaw.
+
+        Most entries of most archives are small files; this reads one with a handful
+        of comparisons instead of a dozen token reads.
+        """
+        buffer = self.buffer
+        at = self.position
+        if not buffer.startswith(nardump.ENTRY, at):
+            return None
+        at += len(nardump.ENTRY)
+        end = len(buffer)
+        if at + 8 > end:
+            return None
+        (length,) = nardump.U64.unpack_from(buffer, at)
+        at += 8
+        padded = at + length + (-length % 8)
+        if not 0 < length <= MAX_NAME or padded > end:
+            return None
+        name = buffer[at : at + length]
+        if (
+            buffer[at + length : padded] != nardump.ZEROS[: padded - at - length]
+            or name in (b".", b"..")
+            or b"/" in name
+            or b"\0" in name
+            or CASE_HACK_SUFFIX in name
+            or (previous is not None and name <= previous)
+        ):
+            return None
+        at = padded
+        if buffer.startswith(_NODE_REGULAR, at):
+            executable = False
+            at += len(_NODE_REGULAR)
+        elif buffer.startswith(_NODE_EXECUTABLE, at):
+            executable = True
+            at += len(_NODE_EXECUTABLE)
+        else:
+            return None
+        if at + 8 > end:
+            return None
+        (size,) = nardump.U64.unpack_from(buffer, at)
+        at += 8
+        if size > end - at:
+            return None
+        tail = nardump.PAD_CLOSE_ENTRY[size % 8]
+        if not buffer.startswith(tail, at + size):
+            return None
+        self.position = at + size + len(tail)
+        return name, executable, buffer[at : at + size]
+
+    def contents(self, size: int) -> Iterator[bytes]:
+        """`size` bytes of file contents, in chunks of at most `CHUNK` bytes."""
+        buffered = min(len(self.buffer) - self.position, size)
+        if buffered:
+            start = self.position
+            self.position += buffered
+            size -= buffered
+            yield self.buffer[start : start + buffered]
+        if not size:
+            return
+        self.start += len(self.buffer)
+        self.buffer = b""
+        self.position = 0
+        while size:
+            data = self._read(min(size, CHUNK))
+            if not data:
+                raise self.fail("archive is truncated")
+            self.start += len(data)
+            size -= len(data)
+            yield data
 
     def length(self, limit: int, what: str) -> int:
         (value,) = struct.unpack("<Q", self.exact(8))
@@ -273,7 +317,7 @@ class _Reader:
 
     def padding(self, size: int) -> None:
         pad = -size % 8
-        if pad and self.exact(pad) != b"\0" * pad:
+        if pad and self.exact(pad) != nardump.ZEROS[:pad]:
             raise self.fail("non-zero padding")
 
     def string(self, limit: int, what: str) -> bytes:
@@ -291,7 +335,7 @@ class _Reader:
             raise self.fail(f"expected {wanted.decode()!r}, got unknown token {_token(got)}")
 
     def at_end(self) -> bool:
-        return self.stream.read(1) == b""
+        return self.position == len(self.buffer) and self.stream.read(1) == b""
 
 
 def _token(data: bytes) -> str:
@@ -331,70 +375,96 @@ def parse(
     sees exactly the archive's bytes. Raises `FormatError` at the first flaw; a
     consumer that acts on events must be ready to undo them (see `restore`).
     """
-    reader = _Reader(stream, hasher)
+    reader = _Reader(stream, hasher, BLOCK if whole else 0)
     magic = reader.string(MAX_TOKEN, "the magic")
     if magic != MAGIC:
         raise reader.fail(f"wrong magic {_token(magic)}, not a Nix archive")
     stack: list[_OpenDirectory] = []
     pending: Path | None = ()
+    # Each step first tries the canonical run of tokens in one comparison; when that
+    # does not match, it reads token by token, which names exactly what was wrong.
     while True:
         if pending is not None:
             path, pending = pending, None
-            reader.expect(b"(")
-            reader.expect(b"type")
-            kind = reader.token()
+            if not reader.skip(_NODE_START):
+                reader.expect(b"(")
+                reader.expect(b"type")
+            if reader.skip(_KIND_REGULAR):
+                kind, executable = b"regular", False
+            elif reader.skip(_KIND_EXECUTABLE):
+                kind, executable = b"regular", True
+            elif reader.skip(_KIND_SYMLINK):
+                kind = b"symlink"
+            elif reader.skip(_KIND_DIRECTORY):
+                kind = b"directory"
+            else:
+                kind = reader.token()
+                if kind == b"regular":
+                    tag = reader.token()
+                    executable = tag == b"executable"
+                    if executable:
+                        if reader.string(MAX_TOKEN, "the executable marker"):
+                            raise reader.fail("non-empty executable marker")
+                        tag = reader.token()
+                    if tag != b"contents":
+                        raise reader.fail(f"expected 'contents', got unknown token {_token(tag)}")
+                elif kind == b"symlink":
+                    reader.expect(b"target")
             if kind == b"directory":
                 if len(path) >= max_depth:
                     raise reader.fail(f"directories nest deeper than {max_depth}")
                 stack.append(_OpenDirectory(path))
                 yield DirectoryStart(path)
-            elif kind == b"regular":
-                tag = reader.token()
-                executable = tag == b"executable"
-                if executable:
-                    if reader.string(MAX_TOKEN, "the executable marker"):
-                        raise reader.fail("non-empty executable marker")
-                    tag = reader.token()
-                if tag != b"contents":
-                    raise reader.fail(f"expected 'contents', got unknown token {_token(tag)}")
+                continue
+            if kind == b"regular":
                 size = reader.length(MAX_LENGTH - 1, "file contents")
                 yield FileStart(path, executable, size)
-                remaining = size
-                while remaining:
-                    chunk = reader.exact(min(remaining, CHUNK))
-                    remaining -= len(chunk)
+                for chunk in reader.contents(size):
                     yield FileChunk(chunk)
                 reader.padding(size)
-                reader.expect(b")")
+                finished = _finish_node(reader, path)
                 yield FileEnd(path)
-                if _finish_node(reader, path):
-                    break
             elif kind == b"symlink":
-                reader.expect(b"target")
                 target = reader.string(MAX_TARGET, "symlink target")
                 if not target:
                     raise reader.fail("empty symlink target")
                 if b"\0" in target:
                     raise reader.fail("symlink target contains NUL")
-                reader.expect(b")")
+                finished = _finish_node(reader, path)
                 yield Symlink(path, target)
-                if _finish_node(reader, path):
-                    break
             else:
                 raise reader.fail(f"unknown node type {_token(kind)}")
-            continue
-        directory = stack[-1]
-        tag = reader.token()
-        if tag == b")":
-            stack.pop()
-            yield DirectoryEnd(directory.path)
-            if _finish_node(reader, directory.path):
+            if finished:
                 break
             continue
-        if tag != b"entry":
-            raise reader.fail(f"expected 'entry' or ')', got unknown token {_token(tag)}")
-        reader.expect(b"(")
-        reader.expect(b"name")
+        directory = stack[-1]
+        small = reader.small_file(directory.previous)
+        if small is not None:
+            name, executable, data = small
+            directory.previous = name
+            path = (*directory.path, name)
+            yield FileStart(path, executable, len(data))
+            if data:
+                yield FileChunk(data)
+            yield FileEnd(path)
+            continue
+        if not reader.skip(nardump.ENTRY):
+            if reader.skip(nardump.CLOSE):
+                tag = b")"
+            else:
+                tag = reader.token()
+                if tag not in (b")", b"entry"):
+                    raise reader.fail(f"expected 'entry' or ')', got unknown token {_token(tag)}")
+                if tag == b"entry":
+                    reader.expect(b"(")
+                    reader.expect(b"name")
+            if tag == b")":
+                stack.pop()
+                finished = _finish_directory(reader, directory.path)
+                yield DirectoryEnd(directory.path)
+                if finished:
+                    break
+                continue
         name = reader.string(MAX_NAME, "file name")
         _check_name(reader, name)
         if directory.previous is not None and name <= directory.previous:
@@ -402,26 +472,47 @@ def parse(
                 raise reader.fail(f"duplicate entry {_token(name)}")
             raise reader.fail(f"directory entries are not sorted at {_token(name)}")
         directory.previous = name
-        reader.expect(b"node")
+        if not reader.skip(nardump.NODE):
+            reader.expect(b"node")
         pending = (*directory.path, name)
     if whole and not reader.at_end():
         raise reader.fail("trailing bytes after the archive")
 
 
 def _finish_node(reader: _Reader, path: Path) -> bool:
-    """Close the entry around a finished node; True when the root itself is finished."""
+    """Read the `)` closing a file or symlink node and the one closing its entry.
+
+    True when the node is the archive's root (no entry around it).
+    """
+    if path and reader.skip(nardump.CLOSE_ENTRY):
+        return False
+    reader.expect(b")")
     if not path:
         return True
     reader.expect(b")")
     return False
 
 
+def _finish_directory(reader: _Reader, path: Path) -> bool:
+    """After a directory's closing `)`, read the `)` closing its entry; True for the root."""
+    if not path:
+        return True
+    if not reader.skip(nardump.CLOSE):
+        reader.expect(b")")
+    return False
+
+
 def validate(stream: Readable, *, whole: bool = True) -> NarDigest:
     """Parse the archive to its end, returning its hash and size; raises on any flaw."""
-    counter = CountingHasher()
-    for _event in parse(stream, whole=whole, hasher=counter):
-        pass
-    return counter.digest()
+    if not whole:
+        counter = CountingHasher()
+        for _event in parse(stream, whole=False, hasher=counter):
+            pass
+        return counter.digest()
+    with pipeline.BackgroundHasher() as hasher:
+        for _event in parse(stream, hasher=hasher):
+            pass
+        return NarDigest.sha256(*hasher.result())
 
 
 class CountingHasher:
@@ -442,35 +533,31 @@ class CountingHasher:
 # --- listing ---------------------------------------------------------------------------
 
 
-def escape_name(data: bytes) -> bytes:
-    """Control bytes and backslashes as `\\xNN`, so an archive's names cannot forge lines."""
-    out = bytearray()
-    for byte in data:
-        if byte < 0x20 or byte in (0x5C, 0x7F):
-            out += b"\\x%02x" % byte
-        else:
-            out.append(byte)
-    return bytes(out)
+def list_lines(stream: Readable) -> Iterator[str]:
+    """`nix nar ls -lR`-style lines for every node, the root shown as `.`.
 
-
-def list_lines(stream: Readable) -> Iterator[bytes]:
-    """`nix nar ls -lR`-style lines for every node, the root shown as `.`."""
+    Names and targets are the archive's bytes, shown with `display.escape_bytes`:
+    every character that is not printable (C0 and C1 controls, line and paragraph
+    separators, bidirectional overrides), every byte that is not UTF-8, and the
+    backslash itself become backslash escapes, so one entry is always one line and
+    reads in the order it is stored.
+    """
     for event in parse(stream):
         match event:
             case DirectoryStart(path):
-                yield b"dr-xr-xr-x %20d %s" % (0, _display(path))
+                yield f"dr-xr-xr-x {0:20d} {_display(path)}"
             case FileStart(path, executable, size):
-                mode = b"-r-xr-xr-x" if executable else b"-r--r--r--"
-                yield b"%s %20d %s" % (mode, size, _display(path))
+                mode = "-r-xr-xr-x" if executable else "-r--r--r--"
+                yield f"{mode} {size:20d} {_display(path)}"
             case Symlink(path, target):
-                shown = escape_name(target)
-                yield b"lrwxrwxrwx %20d %s -> %s" % (0, _display(path), shown)
+                shown = display.escape_bytes(target)
+                yield f"lrwxrwxrwx {0:20d} {_display(path)} -> {shown}"
             case _:
                 pass
 
 
-def _display(path: Path) -> bytes:
-    return b"/".join((b".", *(escape_name(name) for name in path)))
+def _display(path: Path) -> str:
+    return "/".join((".", *(display.escape_bytes(name) for name in path)))
 
 
 # --- writing from events ---------------------------------------------------------------
@@ -482,30 +569,35 @@ def write_events(events: Iterable[Event], write: Write) -> None:
     With `parse`, this gives copy-through-validation: what comes out is exactly the
     canonical archive of the tree the events describe.
     """
-    write(_HEADER)
+    write(nardump.HEADER)
     file_size = 0
     for event in events:
         match event:
             case DirectoryStart(path):
-                write(_entry_open(path) + _TYPE_DIRECTORY)
+                write(_entry_open(path) + nardump.TYPE_DIRECTORY)
             case DirectoryEnd(path):
-                write(_CLOSE + _entry_close(path))
+                write(nardump.CLOSE + _entry_close(path))
             case FileStart(path, executable, size):
-                header = _TYPE_REGULAR + (_EXECUTABLE if executable else b"")
-                write(_entry_open(path) + header + _CONTENTS + struct.pack("<Q", size))
+                header = nardump.TYPE_REGULAR + (nardump.EXECUTABLE if executable else b"")
+                write(_entry_open(path) + header + nardump.CONTENTS + struct.pack("<Q", size))
                 file_size = size
             case FileChunk(data):
                 write(data)
             case FileEnd(path):
-                write(b"\0" * (-file_size % 8) + _CLOSE + _entry_close(path))
+                write(b"\0" * (-file_size % 8) + nardump.CLOSE + _entry_close(path))
             case Symlink(path, target):
-                write(_entry_open(path) + _TYPE_SYMLINK + _string(target) + _CLOSE)
+                write(
+                    _entry_open(path)
+                    + nardump.TYPE_SYMLINK
+                    + nardump.string(target)
+                    + nardump.CLOSE
+                )
                 write(_entry_close(path))
 
 
 def _entry_open(path: Path) -> bytes:
-    return _ENTRY + _string(path[-1]) + _NODE if path else b""
+    return nardump.ENTRY + nardump.string(path[-1]) + nardump.NODE if path else b""
 
 
 def _entry_close(path: Path) -> bytes:
-    return _CLOSE if path else b""
+    return nardump.CLOSE if path else b""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from nixwarden.errors import FormatError
 from nixwarden.nix.storepath import STORE_DIR, StorePath
+from nixwarden.trust.failures import shown
 from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.keys import SecretKey, Signature, fingerprint
 
@@ -80,7 +81,7 @@ class NarInfo:
         if compression is None:
             compression = "bzip2"  # what Nix assumes when the field is absent
         if not _COMPRESSION.fullmatch(compression):
-            raise FormatError(f"narinfo: malformed Compression {compression[:40]!r}")
+            raise FormatError(f"narinfo: malformed Compression {shown(compression, 40)}")
         file_hash_text = one("FileHash", required=False)
         file_hash = None if file_hash_text is None else _hash("FileHash", file_hash_text)
         file_size_text = one("FileSize", required=False)
@@ -206,7 +207,7 @@ def _hash(key: str, text: str) -> Hash:
 
 def _size(key: str, text: str) -> int:
     if not _SIZE.fullmatch(text) or int(text) >= 1 << 64:
-        raise FormatError(f"narinfo: malformed {key} {text[:40]!r}")
+        raise FormatError(f"narinfo: malformed {key} {shown(text, 40)}")
     return int(text)
 
 
