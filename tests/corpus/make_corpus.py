@@ -10,6 +10,7 @@ tests/unit/test_trust_corpus.py map each file to the reason it must be refused w
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -157,17 +158,18 @@ NARINFOS: dict[str, str] = {
 }
 
 
+def write_corpus(directory: Path, suffix: str, corpus: Mapping[str, bytes]) -> None:
+    """Replace the `*suffix` files of `directory` with one file per entry of `corpus`."""
+    directory.mkdir(exist_ok=True)
+    for stale in directory.glob(f"*{suffix}"):
+        stale.unlink()
+    for name, data in corpus.items():
+        (directory / f"{name}{suffix}").write_bytes(data)
+
+
 def main() -> None:
-    for directory, suffix, corpus in (
-        ("nar", ".nar", {name: data for name, data in NARS.items()}),
-        ("narinfo", ".narinfo", {name: text.encode() for name, text in NARINFOS.items()}),
-    ):
-        target = HERE / directory
-        target.mkdir(exist_ok=True)
-        for stale in target.glob(f"*{suffix}"):
-            stale.unlink()
-        for name, data in corpus.items():
-            (target / f"{name}{suffix}").write_bytes(data)
+    write_corpus(HERE / "nar", ".nar", NARS)
+    write_corpus(HERE / "narinfo", ".narinfo", {n: text.encode() for n, text in NARINFOS.items()})
     print(f"wrote {len(NARS)} NARs and {len(NARINFOS)} narinfos under {HERE}")
 
 

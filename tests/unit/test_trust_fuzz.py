@@ -13,6 +13,7 @@ from nixwarden.trust import export
 from nixwarden.trust.hashes import Hash
 from nixwarden.trust.keys import PublicKey, SecretKey, Signature
 from nixwarden.trust.narinfo import NarInfo
+from tests.unit.mutation import mutated
 from tests.unit.test_trust_formats import NIX_NARINFO
 
 
@@ -24,22 +25,7 @@ def test_hash_and_key_parsers_only_raise_format_error(text: str) -> None:
             parse(text)
 
 
-@st.composite
-def mutated_narinfo(draw: st.DrawFn) -> bytes:
-    data = bytearray(NIX_NARINFO)
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(data) - 1))
-        match draw(st.sampled_from(["replace", "delete", "insert"])):
-            case "replace":
-                data[at] = draw(st.integers(0, 255))
-            case "delete":
-                del data[at : at + draw(st.integers(1, 30))]
-            case "insert":
-                data[at:at] = draw(st.binary(min_size=1, max_size=10))
-    return bytes(data)
-
-
-@given(mutated_narinfo())
+@given(mutated(st.just(NIX_NARINFO)))
 @settings(max_examples=300)
 def test_narinfo_parser_only_raises_format_error(data: bytes) -> None:
     try:
