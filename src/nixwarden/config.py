@@ -25,9 +25,9 @@ STORE_MODES = ("tenant", "host")
 
 PRINCIPAL_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _SIZE = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
-_DURATION = re.compile(r"(\d+)\s*([smhd]?)")
+_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,25 @@ class GateSettings:
 class TenantSettings:
     root: str = "/var/lib/nixwarden/tenants"
     bwrap: str = "/usr/bin/bwrap"
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """`[trust]`: which certified signing keys count (see docs/ca.md).
+
+    A signature counts when a certificate by one of `ca_keys` (OpenSSH public key
+    files) certifies its key, no KRL in `krl` revokes it, one of `principals` is
+    among its principals (none listed: any principal), its validity spans at most
+    `max_validity` seconds and holds now, give or take `clock_skew`; every path
+    needs `min_signers` distinct certified signers.
+    """
+
+    ca_keys: tuple[str, ...] = ()
+    krl: tuple[str, ...] = ()
+    principals: tuple[str, ...] = ()
+    max_validity: int | None = None
+    clock_skew: int = 0
+    min_signers: int = 1
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,7 @@ class Config:
     gate: GateSettings = field(default_factory=GateSettings)
     tenants: TenantSettings = field(default_factory=TenantSettings)
     principals: Mapping[str, Principal] = field(default_factory=dict)
+    trust: TrustSettings = field(default_factory=TrustSettings)
 
     @classmethod
     def from_toml(cls, data: bytes, path: str) -> Config:
@@ -85,7 +105,7 @@ class Config:
     @classmethod
     def from_mapping(cls, document: Mapping[str, Any], path: str) -> Config:
         reader = _Reader(path)
-        reader.only_keys("", document, ("gate", "tenants", "principals"))
+        reader.only_keys("", document, ("gate", "tenants", "principals", "trust"))
         gate_table = reader.table("gate", document.get("gate", {}))
         tenants_table = reader.table("tenants", document.get("tenants", {}))
         principals_table = reader.table("principals", document.get("principals", {}))
@@ -98,6 +118,7 @@ class Config:
             gate=_gate(reader, gate_table),
             tenants=_tenants(reader, tenants_table),
             principals=principals,
+            trust=_trust(reader, reader.table("trust", document.get("trust", {}))),
         )
 
     def principal(self, name: str) -> Principal:
@@ -130,14 +151,14 @@ def parse_size(text: str | int) -> int:
 
 
 def parse_duration(text: str | int) -> int:
-    """`90`, `90s`, `30m`, `2h`, `1d` → seconds."""
+    """`90`, `90s`, `30m`, `2h`, `1d`, `52w` → seconds."""
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("must not be negative")
         return text
     match = _DURATION.fullmatch(str(text).strip())
     if not match:
-        raise ValueError("expected a duration such as 90, 30m or 2h")
+        raise ValueError("expected a duration such as 90, 30m, 2h or 52w")
     return int(match[1]) * _DURATION_UNITS[match[2]]
 
 
@@ -244,6 +265,43 @@ def _tenants(reader: _Reader, table: Mapping[str, Any]) -> TenantSettings:
     reader.only_keys("tenants", table, ("root", "bwrap"))
     values = {key: reader.absolute_path(f"tenants.{key}", table[key]) for key in table}
     return TenantSettings(**values)
+
+
+MAX_CLOCK_SKEW = 86400
+MAX_MIN_SIGNERS = 64
+
+
+def _trust(reader: _Reader, table: Mapping[str, Any]) -> TrustSettings:
+    keys = ("ca_keys", "krl", "principals", "max_validity", "clock_skew", "min_signers")
+    reader.only_keys("trust", table, keys)
+    values: dict[str, Any] = {}
+    for listed in ("ca_keys", "krl"):
+        if listed in table:
+            value = table[listed]
+            items = [value] if isinstance(value, str) else reader.strings(f"trust.{listed}", value)
+            values[listed] = tuple(
+                reader.absolute_path(f"trust.{listed}", item) for item in dict.fromkeys(items)
+            )
+    if "principals" in table:
+        principals = reader.strings("trust.principals", table["principals"])
+        if not all(principals):
+            raise reader.fail("trust.principals", "a principal must not be empty")
+        values["principals"] = tuple(dict.fromkeys(principals))
+    if "max_validity" in table:
+        seconds = reader.converted("trust.max_validity", table["max_validity"], parse_duration)
+        if seconds <= 0:
+            raise reader.fail("trust.max_validity", "must be longer than 0 seconds")
+        values["max_validity"] = seconds
+    if "clock_skew" in table:
+        skew = reader.converted("trust.clock_skew", table["clock_skew"], parse_duration)
+        if skew > MAX_CLOCK_SKEW:
+            raise reader.fail("trust.clock_skew", f"at most {MAX_CLOCK_SKEW} seconds (1d)")
+        values["clock_skew"] = skew
+    if "min_signers" in table:
+        values["min_signers"] = reader.integer(
+            "trust.min_signers", table["min_signers"], 1, MAX_MIN_SIGNERS
+        )
+    return TrustSettings(**values)
 
 
 _PRINCIPAL_KEYS = (

@@ -108,3 +108,45 @@ def test_parse_size(text: str, value: int) -> None:
 )
 def test_parse_duration(text: str, value: int) -> None:
     assert parse_duration(text) == value
+
+
+def test_trust_table() -> None:
+    config = load(
+        """
+[trust]
+ca_keys = ["/etc/nixwarden/ca.pub", "/etc/nixwarden/ca.pub"]
+krl = "/etc/nixwarden/revoked.krl"
+principals = ["deploy", "deploy:web"]
+max_validity = "52w"
+clock_skew = "5m"
+min_signers = 2
+"""
+    )
+    trust = config.trust
+    assert trust.ca_keys == ("/etc/nixwarden/ca.pub",)
+    assert trust.krl == ("/etc/nixwarden/revoked.krl",)
+    assert trust.principals == ("deploy", "deploy:web")
+    assert (trust.max_validity, trust.clock_skew, trust.min_signers) == (52 * 7 * 86400, 300, 2)
+    defaults = load("").trust
+    assert (defaults.ca_keys, defaults.max_validity, defaults.min_signers) == ((), None, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("ca_key = []", "trust.ca_key", "unknown key"),
+        ("ca_keys = ['ca.pub']", "trust.ca_keys", "absolute path"),
+        ("krl = [1]", "trust.krl[0]", "expected a string"),
+        ("principals = ['']", "trust.principals", "must not be empty"),
+        ("max_validity = '0s'", "trust.max_validity", "longer than 0"),
+        ("max_validity = '1y'", "trust.max_validity", "52w"),
+        ("clock_skew = '2d'", "trust.clock_skew", "at most 86400"),
+        ("min_signers = 0", "trust.min_signers", "from 1 to 64"),
+        ("min_signers = '2'", "trust.min_signers", "an integer"),
+    ],
+)
+def test_trust_table_errors(text: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load(f"[trust]\n{text}\n")
+    assert error.value.key == key
+    assert expected in str(error.value)

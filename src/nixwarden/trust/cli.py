@@ -100,7 +100,14 @@ def _key(argv: list[str]) -> int:
     generate.add_argument("--name", required=True, help="key name, e.g. builder1.example.org-1")
     generate.add_argument("--secret", required=True, metavar="FILE", help="secret key file")
     generate.add_argument("--public", required=True, metavar="FILE", help="public key file")
+    ssh_public = commands.add_parser(
+        "ssh-public",
+        help="print a Nix public key as an OpenSSH public key line (for ssh-keygen -s)",
+    )
+    ssh_public.add_argument("--public", required=True, metavar="NIXPUB", help="public key file")
     args = top.parse_args(argv)
+    if args.action == "ssh-public":
+        return _ssh_public(args.public)
     from nixwarden.files import write_atomic  # noqa: PLC0415
     from nixwarden.trust.keys import SecretKey  # noqa: PLC0415
 
@@ -111,6 +118,24 @@ def _key(argv: list[str]) -> int:
     write_atomic(args.secret, secret.render().encode(), mode=0o600, replace=False)
     write_atomic(args.public, (secret.public().render() + "\n").encode(), mode=0o644, replace=False)
     print(secret.public().render())
+    return 0
+
+
+def _ssh_public(path: str) -> int:
+    """`ssh-ed25519 BASE64 NAME`: the same 32 bytes, so a CA can certify the Nix key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        Encoding,
+        PublicFormat,
+    )
+
+    for key in read_public_keys([path]).by_name.values():
+        line = Ed25519PublicKey.from_public_bytes(key.key).public_bytes(
+            Encoding.OpenSSH, PublicFormat.OpenSSH
+        )
+        print(f"{line.decode()} {key.name}")
     return 0
 
 
