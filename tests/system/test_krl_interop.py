@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives.serialization import (
     SSHCertificate,
     load_ssh_public_identity,
 )
-from testbed import harness
 
 from nixwarden.ca.krl import CertRef, Krl
 from nixwarden.errors import FormatError
+from testbed import harness
 from tests.corpus.make_krl_corpus import GOOD, signed
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "krl"
