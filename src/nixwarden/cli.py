@@ -30,6 +30,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "closure": ("nixwarden.confine.cli", "print the closure of store paths"),
     "confine": ("nixwarden.confine.cli", "run a program or a service seeing only its closure"),
     "audit": ("nixwarden.audit.cli", "check a machine's Nix, SSH and nixwarden trust settings"),
+    "receive-daemon": (
+        "nixwarden.deploy.receive_cli",
+        "run the deploy receive service (verified pushes without root)",
+    ),
+    "provenance": (
+        "nixwarden.deploy.provenance_cli",
+        "who put a store path here: the receive service's hash-chained records",
+    ),
 }
 
 USAGE = "usage: nixwarden [--debug] COMMAND [ARGS…]   (nixwarden COMMAND --help for details)"
