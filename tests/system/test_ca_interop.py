@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testbed import harness
 
 from nixwarden.ca import sshkey
 from nixwarden.ca.cert import Certificate
 from nixwarden.ca.validity import parse_validity
 from nixwarden.trust.keys import PublicKey
+from testbed import harness
 
 NIXWARDEN = harness.NIXWARDEN
 KEYGEN = "ssh-keygen"
