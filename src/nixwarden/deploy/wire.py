@@ -353,7 +353,9 @@ def parse_header(header: bytes) -> tuple[MessageType, int]:
     except ValueError:
         raise WireError(f"wire: unknown message type {kind_number}") from None
     if length > _limit(kind):
-        raise WireError(f"wire: {kind.name} payload of {length} bytes is over the {_limit(kind)}")
+        raise WireError(
+            f"wire: {kind.name} payload of {length} bytes is over the {_limit(kind)} allowed"
+        )
     return kind, length
 
 
@@ -423,7 +425,12 @@ def _json_object(what: str, payload: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise WireError(f"wire: {what}: payload is not UTF-8 (byte {error.start})") from None
     try:
-        value = json.loads(text, object_pairs_hook=_no_repeated_keys, parse_constant=_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_repeated_keys,
+            parse_constant=_constant,
+            parse_int=_integer,
+        )
     except _RepeatedKey as error:
         raise WireError(f"wire: {what}: key {_shown(error.key)} is repeated") from None
     except RecursionError:
@@ -452,6 +459,13 @@ def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _integer(text: str) -> int:
+    # Every bound in the protocol fits in 19 digits; more is an attack on int() itself.
+    if len(text.lstrip("-")) > 20:
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
 
 
 def _first_line(error: Exception) -> str:
@@ -498,8 +512,10 @@ class _Fields:
 
     def version(self) -> None:
         value = self.get("version")
-        if type(value) is not int or value != VERSION:
-            raise self.fail("version", f"unsupported protocol version {_shown(str(value))}")
+        if type(value) is not int:
+            raise self.fail("version", f"expected an integer, got {_kind(value)}")
+        if value != VERSION:
+            raise self.fail("version", f"unsupported protocol version {value}")
 
     def text(self, where: str, value: Any, *, limit: int = MAX_STRING, empty: bool = False) -> str:
         if type(value) is not str:
