@@ -22,13 +22,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "tenant": ("nixwarden.tenants.cli", "list, garbage-collect and remove tenant stores"),
     "nar": ("nixwarden.trust.cli", "dump, hash, list and restore Nix archives"),
-    "key": ("nixwarden.trust.cli", "generate Nix signing keys"),
+    "key": ("nixwarden.trust.cli", "generate Nix signing keys; show one as an OpenSSH key"),
     "sign": ("nixwarden.trust.cli", "sign store paths"),
     "verify": ("nixwarden.trust.cli", "verify store paths' signatures against trusted keys"),
     "cache": ("nixwarden.trust.cli", "export a closure as a signed file:// binary cache"),
+    "ca": ("nixwarden.ca.cli", "certify Nix signing keys with an OpenSSH CA; revoke them in KRLs"),
     "closure": ("nixwarden.confine.cli", "print the closure of store paths"),
     "confine": ("nixwarden.confine.cli", "run a program or a service seeing only its closure"),
     "audit": ("nixwarden.audit.cli", "check a machine's Nix, SSH and nixwarden trust settings"),
+    "receive-daemon": (
+        "nixwarden.deploy.receive_cli",
+        "run the deploy receive service (verified pushes without root)",
+    ),
+    "provenance": (
+        "nixwarden.deploy.provenance_cli",
+        "who put a store path here: the receive service's hash-chained records",
+    ),
 }
 
 USAGE = "usage: nixwarden [--debug] COMMAND [ARGS…]   (nixwarden COMMAND --help for details)"

@@ -32,15 +32,21 @@ __all__ = ["CONFIG_ENV", "DEFAULT_CONFIG_PATH", "Config", "Principal", "config_p
 
 PROTOCOLS = ("ssh-ng", "ssh")
 STORE_MODES = ("tenant", "host")
+ROLES = ("build", "deploy")
 
 PRINCIPAL_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# A profile is a file name in [receive] profiles_dir; Nix adds `-N-link` for generations.
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_+.-]{0,63}")
+UNIX_USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+MAX_ACTIVATION_TIMEOUT = 86400
 # ASCII only: \d and \s would also take other scripts' digits and spaces, which int() reads.
 _SIZE = re.compile(r"([0-9]{1,15}) ?([KMGT]?)i?B?", re.IGNORECASE | re.ASCII)
-_DURATION = re.compile(r"([0-9]{1,12}) ?([smhd]?)", re.ASCII)
+_DURATION = re.compile(r"([0-9]{1,12}) ?([smhdw]?)", re.ASCII)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_SIZE = 1 << 60  # 1 EiB: any real quota, and far from overflowing a C off_t
 MAX_DURATION = 366 * 86400
+ANY_DURATION = 1 << 40  # where the caller checks a tighter bound of its own (seconds)
 
 # Bounds on the document, checked before tomllib parses it (see the module docstring).
 MAX_CONFIG_BYTES = 1 << 20
@@ -68,8 +74,54 @@ class TenantSettings:
 
 
 @dataclass(frozen=True)
+class TrustSettings:
+    """`[trust]`: which certified signing keys count (see docs/ca.md).
+
+    A signature counts when a certificate by one of `ca_keys` (OpenSSH public key
+    files) certifies its key, no KRL in `krl` revokes it, one of `principals` is
+    among its principals (none listed: any principal), its validity spans at most
+    `max_validity` seconds and holds now, give or take `clock_skew`; every path
+    needs `min_signers` distinct certified signers.
+    """
+
+    ca_keys: tuple[str, ...] = ()
+    krl: tuple[str, ...] = ()
+    principals: tuple[str, ...] = ()
+    max_validity: int | None = None
+    clock_skew: int = 0
+    min_signers: int = 1
+
+
+@dataclass(frozen=True)
+class Activation:
+    """`[receive.activation.NAME]`: a program the receive service runs after switching
+    profile NAME (argv, absolute program path), killed after `timeout` seconds."""
+
+    command: tuple[str, ...]
+    timeout: int = 300
+
+
+@dataclass(frozen=True)
+class ReceiveSettings:
+    """`[receive]`: the deploy receive service of this machine (see docs/deploy.md)."""
+
+    user: str = "nixwarden-receive"
+    socket: str = "/run/nixwarden/receive.sock"
+    signing_key: str = "/var/lib/nixwarden/receive/host.sec"
+    profiles_dir: str = "/nix/var/nix/profiles/nixwarden"
+    staging_dir: str = "/var/lib/nixwarden/receive/staging"
+    provenance: str = "/var/lib/nixwarden/receive/provenance.db"
+    idle_timeout: int = 60
+    max_connections: int = 16
+    activation: Mapping[str, Activation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Principal:
     name: str
+    role: str = "build"
+    user: str | None = None  # deploy: the unix user whose sessions may speak for it
+    profiles: tuple[str, ...] = ()  # deploy: the profiles it may set
     protocols: tuple[str, ...] = ("ssh-ng",)
     write: bool = False
     store: str = "tenant"
@@ -92,6 +144,8 @@ class Config:
     gate: GateSettings = field(default_factory=GateSettings)
     tenants: TenantSettings = field(default_factory=TenantSettings)
     principals: Mapping[str, Principal] = field(default_factory=dict)
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    receive: ReceiveSettings = field(default_factory=ReceiveSettings)
 
     @classmethod
     def from_toml(cls, data: bytes, path: str) -> Config:
@@ -115,7 +169,7 @@ class Config:
     @classmethod
     def from_mapping(cls, document: Mapping[str, Any], path: str) -> Config:
         reader = _Reader(path)
-        reader.only_keys("", document, ("gate", "tenants", "principals"))
+        reader.only_keys("", document, ("gate", "tenants", "principals", "trust", "receive"))
         gate_table = reader.table("gate", document.get("gate", {}))
         tenants_table = reader.table("tenants", document.get("tenants", {}))
         principals_table = reader.table("principals", document.get("principals", {}))
@@ -128,6 +182,8 @@ class Config:
             gate=_gate(reader, gate_table),
             tenants=_tenants(reader, tenants_table),
             principals=principals,
+            trust=_trust(reader, reader.table("trust", document.get("trust", {}))),
+            receive=_receive(reader, reader.table("receive", document.get("receive", {}))),
         )
 
     def principal(self, name: str) -> Principal:
@@ -268,14 +324,14 @@ def parse_size(text: str | int) -> int:
 
 
 def parse_duration(text: str | int) -> int:
-    """`90`, `90s`, `30m`, `2h`, `1d` → seconds (ASCII digits only)."""
+    """`90`, `90s`, `30m`, `2h`, `1d`, `52w` → seconds (ASCII digits only)."""
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("must not be negative")
         return text
     match = _DURATION.fullmatch(str(text))
     if not match:
-        raise ValueError("expected a duration such as 90, 30m or 2h")
+        raise ValueError("expected a duration such as 90, 30m, 2h or 52w")
     return int(match[1]) * _DURATION_UNITS[match[2]]
 
 
@@ -409,7 +465,107 @@ def _tenants(reader: _Reader, table: Mapping[str, Any]) -> TenantSettings:
     return TenantSettings(**values)
 
 
+MAX_CLOCK_SKEW = 86400
+MAX_MIN_SIGNERS = 64
+
+
+def _trust(reader: _Reader, table: Mapping[str, Any]) -> TrustSettings:
+    keys = ("ca_keys", "krl", "principals", "max_validity", "clock_skew", "min_signers")
+    reader.only_keys("trust", table, keys)
+    values: dict[str, Any] = {}
+    for listed in ("ca_keys", "krl"):
+        if listed in table:
+            value = table[listed]
+            items = [value] if isinstance(value, str) else reader.strings(f"trust.{listed}", value)
+            values[listed] = tuple(
+                reader.absolute_path(f"trust.{listed}", item) for item in dict.fromkeys(items)
+            )
+    if "principals" in table:
+        principals = reader.strings("trust.principals", table["principals"])
+        if not all(principals):
+            raise reader.fail("trust.principals", "a principal must not be empty")
+        values["principals"] = tuple(dict.fromkeys(principals))
+    if "max_validity" in table:
+        seconds = reader.converted(
+            "trust.max_validity", table["max_validity"], parse_duration, ANY_DURATION
+        )
+        if seconds <= 0:
+            raise reader.fail("trust.max_validity", "must be longer than 0 seconds")
+        values["max_validity"] = seconds
+    if "clock_skew" in table:
+        skew = reader.converted(
+            "trust.clock_skew", table["clock_skew"], parse_duration, ANY_DURATION
+        )
+        if skew > MAX_CLOCK_SKEW:
+            raise reader.fail("trust.clock_skew", f"at most {MAX_CLOCK_SKEW} seconds (1d)")
+        values["clock_skew"] = skew
+    if "min_signers" in table:
+        values["min_signers"] = reader.integer(
+            "trust.min_signers", table["min_signers"], 1, MAX_MIN_SIGNERS
+        )
+    return TrustSettings(**values)
+
+
+_RECEIVE_PATHS = ("socket", "signing_key", "profiles_dir", "staging_dir", "provenance")
+
+
+def _receive(reader: _Reader, table: Mapping[str, Any]) -> ReceiveSettings:
+    keys = ("user", *_RECEIVE_PATHS, "idle_timeout", "max_connections", "activation")
+    reader.only_keys("receive", table, keys)
+    values: dict[str, Any] = {}
+    if "user" in table:
+        user = reader.string("receive.user", table["user"])
+        if not UNIX_USER_NAME.fullmatch(user):
+            raise reader.fail("receive.user", f"{user!r} is not a unix user name")
+        if user == "root":
+            raise reader.fail("receive.user", "the receive service never runs as root")
+        values["user"] = user
+    for key in _RECEIVE_PATHS:
+        if key in table:
+            values[key] = reader.absolute_path(f"receive.{key}", table[key])
+    if "idle_timeout" in table:
+        seconds = reader.converted(
+            "receive.idle_timeout", table["idle_timeout"], parse_duration, ANY_DURATION
+        )
+        if not 1 <= seconds <= 3600:
+            raise reader.fail("receive.idle_timeout", "expected 1 second to 1 hour")
+        values["idle_timeout"] = seconds
+    if "max_connections" in table:
+        values["max_connections"] = reader.integer(
+            "receive.max_connections", table["max_connections"], 1, 1024
+        )
+    activations = reader.table("receive.activation", table.get("activation", {}))
+    values["activation"] = {
+        name: _activation(reader, f"receive.activation.{name}", name, value)
+        for name, value in activations.items()
+    }
+    return ReceiveSettings(**values)
+
+
+def _activation(reader: _Reader, prefix: str, profile: str, value: object) -> Activation:
+    if not PROFILE_NAME.fullmatch(profile):
+        raise reader.fail(prefix, "a profile name is 1-64 of A-Z a-z 0-9 _ + . -")
+    table = reader.table(prefix, value)
+    reader.only_keys(prefix, table, ("command", "timeout"))
+    if "command" not in table:
+        raise reader.fail(f"{prefix}.command", "required (the program and its arguments)")
+    command = reader.strings(f"{prefix}.command", table["command"])
+    if not command or not os.path.isabs(command[0]):
+        raise reader.fail(f"{prefix}.command", "expected [absolute program, arguments…]")
+    timeout = 300
+    if "timeout" in table:
+        timeout = reader.converted(
+            f"{prefix}.timeout", table["timeout"], parse_duration, ANY_DURATION
+        )
+        if not 1 <= timeout <= MAX_ACTIVATION_TIMEOUT:
+            raise reader.fail(f"{prefix}.timeout", "expected 1 second to 1 day")
+    return Activation(command=command, timeout=timeout)
+
+
 _PRINCIPAL_KEYS = (
+    "role",
+    "user",
+    "profiles",
     "protocols",
     "write",
     "store",
@@ -448,6 +604,21 @@ def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principa
     def key(k: str) -> str:
         return f"{prefix}.{k}"
 
+    if "role" in table:
+        values["role"] = reader.choice(key("role"), table["role"], ROLES)
+    if "user" in table:
+        user = reader.string(key("user"), table["user"])
+        if not UNIX_USER_NAME.fullmatch(user):
+            raise reader.fail(key("user"), f"{user!r} is not a unix user name")
+        values["user"] = user
+    if "profiles" in table:
+        profiles = reader.strings(key("profiles"), table["profiles"])
+        for index, profile in enumerate(profiles):
+            if not PROFILE_NAME.fullmatch(profile):
+                raise reader.fail(
+                    f"{key('profiles')}[{index}]", "a profile name is 1-64 of A-Z a-z 0-9 _ + . -"
+                )
+        values["profiles"] = tuple(dict.fromkeys(profiles))
     if "protocols" in table:
         protocols = reader.strings(key("protocols"), table["protocols"])
         for index, protocol in enumerate(protocols):

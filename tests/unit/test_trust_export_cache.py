@@ -13,6 +13,7 @@ from nixwarden.errors import FormatError, Refused
 from nixwarden.nix.storepath import StorePath
 from nixwarden.trust import cache, export, nar
 from nixwarden.trust.keys import SecretKey, TrustedKeys
+from nixwarden.trust.verify import PathFailure, VerificationFailed
 
 A = StorePath.from_base_name("0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a-a")
 B = StorePath.from_base_name("1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b-b")
@@ -97,15 +98,18 @@ def test_cache_write_then_verified_read(
     assert nar.dump_bytes(tmp_path / "restored") == nar.dump_bytes(trees[A])
 
     stranger = TrustedKeys.of([SecretKey.generate("other-1").public()])
-    with pytest.raises(Refused, match="untrusted keys cache-1"):
+    with pytest.raises(VerificationFailed) as failed:
         store.check(A, stranger)
+    assert failed.value.failures == (
+        PathFailure(A.absolute(), "signed only by untrusted keys cache-1"),
+    )
 
     narinfo_file = Path(root) / f"{B.hash_part}.narinfo"
     good = narinfo_file.read_bytes()
     narinfo_file.write_bytes(
         good.replace(b"References: ", b"References: " + B.base_name.encode() + b" ")
     )
-    with pytest.raises(Refused, match="does not verify"):
+    with pytest.raises(VerificationFailed, match=f"{B.absolute()}: signature by cache-1 does not"):
         store.check(B, trusted)
     narinfo_file.write_bytes(good)
 

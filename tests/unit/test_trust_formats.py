@@ -19,6 +19,7 @@ from nixwarden.trust.keys import (
     parse_public_keys,
 )
 from nixwarden.trust.narinfo import NarInfo, make
+from nixwarden.trust.verify import SignatureRejected, Verified
 
 # Known answers from Nix's own tests (libutil-tests/hash.cc).
 EMPTY_SHA256_NIX32 = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
@@ -160,13 +161,20 @@ def test_trusted_keys_check_reasons() -> None:
     impostor = SecretKey.generate("alice-1")
     trusted = TrustedKeys.of(parse_public_keys(alice.public().render() + "\n"))
     message = b"1;/nix/store/x;sha256:y;1;"
-    assert trusted.check(message, [mallory.sign(message), alice.sign(message)]).passed
-    check = trusted.check(message, [mallory.sign(message), impostor.sign(message)])
-    assert not check.passed
-    assert check.reason() == (
-        "signature by alice-1 does not verify; signed only by untrusted keys mallory-1"
-    )
-    assert trusted.check(message, []).reason() == "no signatures"
+    verified = trusted.check(message, [mallory.sign(message), alice.sign(message)])
+    assert verified == Verified(("alice-1",))
+    for signatures, reason in (
+        (
+            [mallory.sign(message), impostor.sign(message)],
+            "signature by alice-1 does not verify (also signed by untrusted keys mallory-1)",
+        ),
+        ([impostor.sign(message)], "signature by alice-1 does not verify"),
+        ([mallory.sign(message)], "signed only by untrusted keys mallory-1"),
+        ([], "no signatures"),
+    ):
+        with pytest.raises(SignatureRejected) as rejected:
+            trusted.check(message, signatures)
+        assert rejected.value.reason == reason
     with pytest.raises(FormatError, match="two different trusted keys"):
         TrustedKeys.of([alice.public(), impostor.public()])
 
@@ -222,7 +230,8 @@ def test_narinfo_signing_covers_fingerprint_only() -> None:
     ).signed(key)
     trusted = TrustedKeys.of([key.public()])
     reparsed = NarInfo.parse(info.render())
-    assert trusted.check(reparsed.fingerprint(), reparsed.signatures).passed
+    assert trusted.check(reparsed.fingerprint(), reparsed.signatures).signers == ("cache-1",)
     tampered = NarInfo.parse(info.render().replace(b"NarSize: 656", b"NarSize: 657"))
-    assert not trusted.check(tampered.fingerprint(), tampered.signatures).passed
+    with pytest.raises(SignatureRejected, match="does not verify"):
+        trusted.check(tampered.fingerprint(), tampered.signatures)
     assert len(info.signed(key).signatures) == 1

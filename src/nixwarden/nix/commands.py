@@ -119,6 +119,165 @@ def collect_garbage(
     return escape(output[-1]) if output else "done"
 
 
+# How many store paths one command line carries: far below ARG_MAX (2 MiB on Linux)
+# with paths of up to 255 bytes.
+PATHS_PER_COMMAND = 4096
+
+
+def _batches(paths: Sequence[str]) -> list[Sequence[str]]:
+    return [paths[i : i + PATHS_PER_COMMAND] for i in range(0, len(paths), PATHS_PER_COMMAND)]
+
+
+def copy_from(
+    source: str,
+    paths: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    to: str = "daemon",
+    nix: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix copy --no-recursive --from SOURCE --to TO PATH…`: exactly `paths`, no closure.
+
+    Their references must be valid at `to` or among `paths`; `paths` must come in an
+    order where every path follows its references (each command line is one batch, and
+    a later batch may refer to an earlier one). Signatures are checked at `to` as its
+    trust settings say (`--no-check-sigs` is never passed).
+    """
+    program = nix or find_nix_program("nix")
+    for batch in _batches(paths):
+        argv = [
+            program,
+            "--extra-experimental-features",
+            "nix-command",
+            "copy",
+            "--no-recursive",
+            "--from",
+            source,
+            "--to",
+            to,
+            "--",
+            *batch,
+        ]
+        result = process.run(argv, env=env, check=False, timeout=timeout)
+        if result.returncode != 0:
+            raise _failed(argv, result.stderr, result.returncode)
+
+
+def delete_paths(
+    paths: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    nix_store: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix-store --delete PATH…`: delete `paths` if nothing keeps them alive.
+
+    Raises `CommandFailed` when a path is still alive (a GC root, a running process or
+    a valid path outside `paths` refers to it) or the daemon refuses; the paths that
+    were dead are deleted even then.
+    """
+    program = nix_store or find_nix_program("nix-store")
+    for batch in _batches(paths):
+        argv = [program, "--delete", "--", *batch]
+        result = process.run(argv, env=env, check=False, timeout=timeout)
+        if result.returncode != 0:
+            raise _failed(argv, result.stderr, result.returncode)
+
+
+def _nix_env(
+    profile: str,
+    arguments: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    nix_env: str | None,
+    timeout: float | None,
+) -> bytes:
+    argv = [nix_env or find_nix_program("nix-env"), "--profile", profile, *arguments]
+    result = process.run(argv, env=env, check=False, timeout=timeout)
+    if result.returncode != 0:
+        raise _failed(argv, result.stderr, result.returncode)
+    return result.stdout
+
+
+def profile_set(
+    profile: str,
+    path: str,
+    *,
+    env: Mapping[str, str],
+    nix_env: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix-env --profile PROFILE --set PATH`: a new generation holding exactly `path`."""
+    _nix_env(profile, ["--set", path], env=env, nix_env=nix_env, timeout=timeout)
+
+
+def profile_rollback(
+    profile: str,
+    *,
+    env: Mapping[str, str],
+    nix_env: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix-env --profile PROFILE --rollback`: back to the generation before the current."""
+    _nix_env(profile, ["--rollback"], env=env, nix_env=nix_env, timeout=timeout)
+
+
+def profile_switch_generation(
+    profile: str,
+    generation: int,
+    *,
+    env: Mapping[str, str],
+    nix_env: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix-env --profile PROFILE --switch-generation N`."""
+    arguments = ["--switch-generation", str(generation)]
+    _nix_env(profile, arguments, env=env, nix_env=nix_env, timeout=timeout)
+
+
+def profile_delete_generations(
+    profile: str,
+    generations: Sequence[int],
+    *,
+    env: Mapping[str, str],
+    nix_env: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix-env --profile PROFILE --delete-generations N…` (never the current one)."""
+    arguments = ["--delete-generations", *(str(number) for number in generations)]
+    _nix_env(profile, arguments, env=env, nix_env=nix_env, timeout=timeout)
+
+
+def profile_generations(
+    profile: str,
+    *,
+    env: Mapping[str, str],
+    nix_env: str | None = None,
+    timeout: float | None = None,
+) -> tuple[tuple[int, bool], ...]:
+    """`nix-env --profile PROFILE --list-generations`: (number, is current) per generation."""
+    output = _nix_env(profile, ["--list-generations"], env=env, nix_env=nix_env, timeout=timeout)
+    return parse_generations(output.decode("utf-8", "replace"))
+
+
+def parse_generations(text: str) -> tuple[tuple[int, bool], ...]:
+    """`   3   2026-11-22 21:05:48   (current)` lines → ((3, True), …)."""
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if (
+            not words[0].isdigit()
+            or len(words) not in (3, 4)
+            or words[3:] not in ([], ["(current)"])
+        ):
+            raise CommandFailed(f"nix-env --list-generations: unexpected line {escape(line)!r}")
+        found.append((int(words[0]), len(words) == 4))
+    return tuple(found)
+
+
 def version(*, env: Mapping[str, str], nix: str | None = None, timeout: float | None = 20) -> str:
     """`nix --version`: its first line, as printed (`nix (Nix) 2.8.0`)."""
     argv = [nix or find_nix_program("nix"), "--version"]

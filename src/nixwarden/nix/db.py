@@ -151,3 +151,22 @@ def _read_once(db: str, query: Callable[[sqlite3.Connection], T], busy_timeout: 
     finally:
         connection.close()  # rolls back a transaction left open by an error
     return result
+
+
+def invalid(
+    store_paths: Sequence[str],
+    db: str = DEFAULT_DB,
+    *,
+    attempts: int = 8,
+    busy_timeout: float = 2.0,
+) -> frozenset[str]:
+    """Those of `store_paths` (exact store paths) that are not valid in the database at `db`.
+
+    Raises `DatabaseUnreadable` when the database cannot answer.
+    """
+    paths = json.dumps(list(store_paths))
+
+    def query(connection: sqlite3.Connection) -> frozenset[str]:
+        return frozenset(row[0] for row in connection.execute(_MISSING, (paths,)))
+
+    return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)

@@ -30,8 +30,9 @@ from nixwarden.nix import nix32
 from nixwarden.nix.storepath import STORE_DIR, StorePath
 from nixwarden.trust import nar, narinfo
 from nixwarden.trust.hashes import Hash, HashAlgorithm
-from nixwarden.trust.keys import SecretKey, TrustedKeys
+from nixwarden.trust.keys import SecretKey
 from nixwarden.trust.restore import restore
+from nixwarden.trust.verify import KeyPolicy, verify_paths
 
 CACHE_INFO = "nix-cache-info"
 MAX_CACHE_INFO = 64 << 10
@@ -267,24 +268,23 @@ class BinaryCache:
             raise Refused(f"{name}: describes {info.store_path.base_name}, not {path.base_name}")
         return info
 
-    def verified_narinfo(self, path: StorePath, trusted: TrustedKeys) -> narinfo.NarInfo:
+    def verified_narinfo(self, path: StorePath, policy: KeyPolicy) -> narinfo.NarInfo:
+        """The narinfo of `path`, once `policy` accepts its signatures (else raises)."""
         info = self.read_narinfo(path)
-        check = trusted.check(info.fingerprint(), info.signatures)
-        if not check.passed:
-            raise Refused(f"{info.path}: {check.reason()}")
+        verify_paths([(info.path, info.fingerprint(), info.signatures)], policy)
         return info
 
-    def check(self, path: StorePath, trusted: TrustedKeys) -> narinfo.NarInfo:
+    def check(self, path: StorePath, policy: KeyPolicy) -> narinfo.NarInfo:
         """Verify signature, file and NAR of `path` without unpacking it."""
-        info = self.verified_narinfo(path, trusted)
+        info = self.verified_narinfo(path, policy)
         with self._open(info) as stream:
             digest = nar.validate(stream)
             self._check(info, stream, digest)
         return info
 
-    def fetch(self, path: StorePath, trusted: TrustedKeys, target: str) -> narinfo.NarInfo:
+    def fetch(self, path: StorePath, policy: KeyPolicy, target: str) -> narinfo.NarInfo:
         """Verify `path` and restore it as `target`; nothing is left at `target` on failure."""
-        info = self.verified_narinfo(path, trusted)
+        info = self.verified_narinfo(path, policy)
         with self._open(info) as stream:
             restore(stream, target, verify=lambda digest: self._check(info, stream, digest))
         return info

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from nixwarden.nix.storepath import StorePath
     from nixwarden.trust import pathinfo
     from nixwarden.trust.keys import SecretKey, TrustedKeys
+    from nixwarden.trust.verify import PathFailure
 
 # `nar` commands import only what they use: a hash of a large tree should not wait for
 # the Ed25519 and compression libraries to load. The other commands import lazily below.
@@ -99,7 +100,14 @@ def _key(argv: list[str]) -> int:
     generate.add_argument("--name", required=True, help="key name, e.g. builder1.example.org-1")
     generate.add_argument("--secret", required=True, metavar="FILE", help="secret key file")
     generate.add_argument("--public", required=True, metavar="FILE", help="public key file")
+    ssh_public = commands.add_parser(
+        "ssh-public",
+        help="print a Nix public key as an OpenSSH public key line (for ssh-keygen -s)",
+    )
+    ssh_public.add_argument("--public", required=True, metavar="NIXPUB", help="public key file")
     args = top.parse_args(argv)
+    if args.action == "ssh-public":
+        return _ssh_public(args.public)
     from nixwarden.files import write_atomic  # noqa: PLC0415
     from nixwarden.trust.keys import SecretKey  # noqa: PLC0415
 
@@ -110,6 +118,24 @@ def _key(argv: list[str]) -> int:
     write_atomic(args.secret, secret.render().encode(), mode=0o600, replace=False)
     write_atomic(args.public, (secret.public().render() + "\n").encode(), mode=0o644, replace=False)
     print(secret.public().render())
+    return 0
+
+
+def _ssh_public(path: str) -> int:
+    """`ssh-ed25519 BASE64 NAME`: the same 32 bytes, so a CA can certify the Nix key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        Encoding,
+        PublicFormat,
+    )
+
+    for key in read_public_keys([path]).by_name.values():
+        line = Ed25519PublicKey.from_public_bytes(key.key).public_bytes(
+            Encoding.OpenSSH, PublicFormat.OpenSSH
+        )
+        print(f"{line.decode()} {key.name}")
     return 0
 
 
@@ -207,55 +233,73 @@ def _verify(argv: list[str]) -> int:
     command.add_argument("paths", nargs="+", metavar="PATH")
     args = command.parse_args(argv)
     from nixwarden.trust import pathinfo  # noqa: PLC0415
+    from nixwarden.trust.verify import PathFailure, VerificationFailed  # noqa: PLC0415
 
     trusted = read_public_keys(args.trusted_key)
-    paths = _store_paths(args.paths)
-    query = pathinfo.query(paths)
-    failures = 0
+    store_paths = _store_paths(args.paths)
+    query = pathinfo.query(store_paths)
+    paths = [path.absolute() for path in store_paths]
+    infos = {info.absolute: info for info in query.infos.values()}
+    reasons: dict[str, str] = {}  # the first problem found with each failing path
     for path in paths:
-        info = query.infos.get(path)
-        problem = (
-            "not valid in the store"
-            if info is None
-            else _problem(info, trusted, args.check_contents)
-        )
-        if problem is None:
-            continue
-        failures += 1
-        print(f"nixwarden: {path.absolute()}: {problem}", file=sys.stderr)
-    if failures:
-        raise Refused(f"{failures} of {len(paths)} paths failed verification")
+        info = infos.get(path)
+        if info is None:
+            reasons[path] = "not valid in the store"
+        elif args.check_contents:
+            mismatch = _contents_mismatch(info)
+            if mismatch is not None:
+                reasons[path] = mismatch
+    for failure in _signature_failures([infos[path] for path in paths if path in infos], trusted):
+        reasons.setdefault(failure.path, failure.reason)
+    if reasons:
+        failures = [PathFailure(path, reasons[path]) for path in paths if path in reasons]
+        raise VerificationFailed(failures, checked=len(paths))
     print(f"{len(paths)} paths verified", file=sys.stderr)
     return 0
 
 
-def _problem(info: pathinfo.PathInfo, trusted: TrustedKeys, check_contents: bool) -> str | None:
-    from nixwarden.trust.keys import Signature, fingerprint  # noqa: PLC0415
-
-    if check_contents:
-        digest = nar.hash_path(info.absolute)
-        if (digest.hash, digest.size) != (info.nar_hash, info.nar_size):
-            return (
-                f"contents hash to {digest.hash.to_nix32()} ({digest.size} bytes), "
-                f"the store records {info.nar_hash.to_nix32()} ({info.nar_size} bytes)"
-            )
-    signatures: list[Signature] = []
-    malformed = 0
-    for text in info.signatures:
-        try:
-            signatures.append(Signature.parse(text))
-        except FormatError:
-            malformed += 1
-    check = trusted.check(
-        fingerprint(info.absolute, info.nar_hash, info.nar_size, info.reference_paths()),
-        signatures,
-    )
-    if check.passed:
+def _contents_mismatch(info: pathinfo.PathInfo) -> str | None:
+    digest = nar.hash_path(info.absolute)
+    if (digest.hash, digest.size) == (info.nar_hash, info.nar_size):
         return None
-    reason = check.reason()
-    if malformed:
-        reason += f"; {malformed} malformed signatures"
-    return reason
+    return (
+        f"contents hash to {digest.hash.to_nix32()} ({digest.size} bytes), "
+        f"the store records {info.nar_hash.to_nix32()} ({info.nar_size} bytes)"
+    )
+
+
+def _signature_failures(
+    infos: Sequence[pathinfo.PathInfo], trusted: TrustedKeys
+) -> tuple[PathFailure, ...]:
+    """The paths without a valid signature by a trusted key, and why.
+
+    A signature the store holds but that does not parse counts as absent; the reason
+    says how many there were, so a garbled signature is not mistaken for none.
+    """
+    from nixwarden.trust.keys import Signature, fingerprint  # noqa: PLC0415
+    from nixwarden.trust.verify import PathFailure, VerificationFailed, verify_paths  # noqa: PLC0415
+
+    items = []
+    malformed: dict[str, int] = {}
+    for info in infos:
+        signatures: list[Signature] = []
+        for text in info.signatures:
+            try:
+                signatures.append(Signature.parse(text))
+            except FormatError:
+                malformed[info.absolute] = malformed.get(info.absolute, 0) + 1
+        message = fingerprint(info.absolute, info.nar_hash, info.nar_size, info.reference_paths())
+        items.append((info.absolute, message, signatures))
+    try:
+        verify_paths(items, trusted)
+    except VerificationFailed as failed:
+        return tuple(
+            PathFailure(f.path, f"{f.reason} ({malformed[f.path]} malformed signatures ignored)")
+            if f.path in malformed
+            else f
+            for f in failed.failures
+        )
+    return ()
 
 
 # --- cache -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import base64
 import binascii
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from nixwarden.errors import FormatError
 from nixwarden.trust.hashes import Hash, HashAlgorithm
+from nixwarden.trust.verify import SignatureRejected, Verified
 
 SECRET_KEY_SIZE = 64
 PUBLIC_KEY_SIZE = 32
@@ -77,6 +78,11 @@ class PublicKey:
     @functools.cached_property
     def _verifier(self) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(self.key)
+
+    def __getstate__(self) -> dict[str, object]:
+        # Pickle the key, not the cached OpenSSL object (which does not pickle), so a
+        # policy holding keys can be sent to another process.
+        return {"name": self.name, "key": self.key}
 
     def verify(self, fingerprint: bytes, signature: Signature) -> bool:
         """True iff `signature` is this key's (same name) valid signature of `fingerprint`."""
@@ -137,7 +143,11 @@ def fingerprint(path: str, nar_hash: Hash, nar_size: int, references: Iterable[s
 
 @dataclass(frozen=True)
 class TrustedKeys:
-    """The keys a verifier accepts, by name, as Nix's trusted-public-keys selects them."""
+    """The keys a verifier accepts, by name, as Nix's trusted-public-keys selects them.
+
+    A `KeyPolicy` (see `nixwarden.trust.verify`): a path passes with at least one
+    valid signature by a trusted key, as `nix store verify --sigs-needed 1`.
+    """
 
     by_name: Mapping[str, PublicKey]
 
@@ -151,7 +161,11 @@ class TrustedKeys:
                 raise FormatError(f"two different trusted keys are named '{key.name}'")
         return cls(by_name)
 
-    def check(self, fingerprint: bytes, signatures: Iterable[Signature]) -> SignatureCheck:
+    def check(self, fingerprint: bytes, signatures: Sequence[Signature]) -> Verified:
+        """The names of the trusted keys whose signatures verify (`KeyPolicy`).
+
+        Raises `SignatureRejected` when none does, saying what was wrong.
+        """
         valid: list[str] = []
         invalid: list[str] = []
         untrusted: list[str] = []
@@ -163,32 +177,23 @@ class TrustedKeys:
                 valid.append(signature.key_name)
             else:
                 invalid.append(signature.key_name)
-        return SignatureCheck(tuple(valid), tuple(invalid), tuple(untrusted))
+        if valid:
+            return Verified(tuple(valid))
+        raise SignatureRejected(_rejection(invalid, untrusted))
 
 
-@dataclass(frozen=True)
-class SignatureCheck:
-    """Which signatures verified, which failed under a trusted name, which were unknown."""
-
-    valid: tuple[str, ...]
-    invalid: tuple[str, ...]
-    untrusted: tuple[str, ...]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.valid)
-
-    def reason(self) -> str:
-        if self.passed:
-            return f"signed by {', '.join(self.valid)}"
-        parts = []
-        if self.invalid:
-            parts.append(f"signature by {', '.join(self.invalid)} does not verify")
-        if self.untrusted:
-            parts.append(f"signed only by untrusted keys {', '.join(self.untrusted)}")
-        if not parts:
-            parts.append("no signatures")
-        return "; ".join(parts)
+def _rejection(invalid: Sequence[str], untrusted: Sequence[str]) -> str:
+    """Why no signature counted; key names are plain (`_KEY_NAME`), safe to print."""
+    if invalid and untrusted:
+        return (
+            f"signature by {', '.join(invalid)} does not verify "
+            f"(also signed by untrusted keys {', '.join(untrusted)})"
+        )
+    if invalid:
+        return f"signature by {', '.join(invalid)} does not verify"
+    if untrusted:
+        return f"signed only by untrusted keys {', '.join(untrusted)}"
+    return "no signatures"
 
 
 def parse_public_keys(text: str) -> list[PublicKey]:
