@@ -590,6 +590,7 @@ _TENANT_ONLY = (
     "session_timeout",
     "disk_quota",
 )
+_BUILD_ONLY = ("protocols", "write", "store", "allowed_stores", *_TENANT_ONLY)
 
 
 def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principal:
@@ -658,6 +659,19 @@ def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principa
         )
 
     principal = Principal(**values)
+    if principal.role == "deploy":
+        # A deploy principal speaks only the receive protocol: nothing of a build's applies.
+        for build_key in _BUILD_ONLY:
+            if build_key in table:
+                raise reader.fail(key(build_key), 'does not apply to role = "deploy"')
+        if principal.user is None:
+            raise reader.fail(
+                key("user"), 'role = "deploy" needs the unix user whose sessions speak for it'
+            )
+        return principal
+    for deploy_key in ("user", "profiles"):
+        if deploy_key in table:
+            raise reader.fail(key(deploy_key), 'only applies to role = "deploy"')
     if principal.write and "ssh" not in principal.protocols:
         raise reader.fail(key("write"), 'write = true only matters with "ssh" in protocols')
     if principal.store == "tenant" and principal.allowed_stores:

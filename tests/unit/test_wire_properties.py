@@ -46,9 +46,9 @@ def _encodable(text: str) -> bool:
 def hellos(draw: st.DrawFn) -> wire.Hello:
     action = draw(st.sampled_from(wire.Action))
     if action is wire.Action.ROLLBACK:
-        return wire.Hello(draw(NAMES), action, draw(PROFILES), ())
+        return wire.Hello(draw(st.none() | NAMES), action, draw(PROFILES), ())
     return wire.Hello(
-        draw(NAMES), action, draw(st.none() | PROFILES), draw(_unique_paths(min_size=1))
+        draw(st.none() | NAMES), action, draw(st.none() | PROFILES), draw(_unique_paths(min_size=1))
     )
 
 

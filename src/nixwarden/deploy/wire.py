@@ -9,7 +9,7 @@ the wrong type or out of bounds, a repeated path, a path outside the store — e
 `WireError` (a `FormatError`) with one line saying what and where. The reader then stops;
 what to do about it (log, close, change nothing) is the caller's business.
 
-    1 HELLO      c→s {"version", "principal", "action", "profile", "tops"}
+    1 HELLO      c→s {"version", "principal" (or null: the session's), "action", "profile", "tops"}
     2 WELCOME    s→c {"version", "store_dir", "host"}
     3 WANT       c→s {"paths"}                 the client's whole closure
     4 MISSING    s→c {"paths"}                 those not valid on the target
@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from nixwarden.config import PRINCIPAL_NAME, PROFILE_NAME
 from nixwarden.display import escape
 from nixwarden.errors import FormatError
 from nixwarden.nix.storepath import STORE_DIR, StorePath
@@ -62,9 +63,6 @@ MAX_STRING = 4 << 10
 MAX_SSH_KEYS = 64
 MAX_SIZE = (1 << 63) - 1
 
-# Who may be named: the same rules as the configuration's principal and profile names.
-PRINCIPAL_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_+.-]{0,63}")
 _CA = re.compile(r"(fixed:(r:)?|text:)(.+)")
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -115,7 +113,9 @@ class ErrorKind(enum.Enum):
 @dataclass(frozen=True)
 class Hello:
     TYPE: ClassVar[MessageType] = MessageType.HELLO
-    principal: str
+    # None: whichever principal the session is (the client rarely knows the target's
+    # principal names; its SSH key decides). A name must match the session's.
+    principal: str | None
     action: Action
     profile: str | None
     tops: tuple[str, ...]
@@ -613,7 +613,10 @@ def _kind(value: object) -> str:
 
 def _hello(fields: _Fields) -> Hello:
     fields.version()
-    principal = fields.name("principal", fields.get("principal"), PRINCIPAL_NAME, "principal")
+    raw_principal = fields.get("principal")
+    principal = None
+    if raw_principal is not None:
+        principal = fields.name("principal", raw_principal, PRINCIPAL_NAME, "principal")
     action = fields.choice("action", fields.get("action"), Action)
     raw_profile = fields.get("profile")
     profile = (
