@@ -64,6 +64,11 @@ def run(demo: Demo, builder: GatedBuilder, client: ClientStore) -> None:
         expect_exit=1,
     )
     demo.step(
+        "a look-alike character is refused even inside quotes (a Cyrillic o in 'local')",
+        builder.sshd.ssh_argv(ci.alias, "nix-daemon --stdio --store 'l\u043ecal'"),
+        expect_exit=1,
+    )
+    demo.step(
         "the decision without running anything",
         [NIXWARDEN, "gate", "--check", "--principal", "ci", "--config", str(builder.config),
          "--command", "exec /nix/store/x-nix/bin/nix-store --serve --write"],

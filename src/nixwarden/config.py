@@ -1,20 +1,30 @@
 """The policy model and its TOML file.
 
 `Config.from_toml(bytes, path)` is pure: it validates everything and raises
-`ConfigError` naming the file, the key and what was expected. `load()` adds the
-one bit of I/O (finding and reading the file).
+`ConfigError` naming the file, the key and what was expected, in one line with every
+piece of the file's own text escaped (`display.escape`). `load()` adds the one bit of
+I/O (finding and reading the file).
+
+The boundary is strict because every value ends up somewhere that trusts it: paths in
+argv and open(), list items as words of a generated nix.conf, numbers in limits. So
+no setting may hold a control or other non-printable character, a nix.conf word may
+not hold whitespace or `#`, numbers are ASCII digits, and the document itself is
+bounded (size, nesting, dotted-key length) before `tomllib` sees it, since tomllib
+recurses once per nesting level and is quadratic in the parts of a dotted key.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from nixwarden.defaults import CONFIG_ENV, DEFAULT_CONFIG_PATH, config_path
+from nixwarden.display import escape
 from nixwarden.errors import ConfigError
 from nixwarden.nix.programs import find_nix_program
 
@@ -29,10 +39,22 @@ PRINCIPAL_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_+.-]{0,63}")
 UNIX_USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 MAX_ACTIVATION_TIMEOUT = 86400
-_SIZE = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
-_DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
+# ASCII only: \d and \s would also take other scripts' digits and spaces, which int() reads.
+_SIZE = re.compile(r"([0-9]{1,15}) ?([KMGT]?)i?B?", re.IGNORECASE | re.ASCII)
+_DURATION = re.compile(r"([0-9]{1,12}) ?([smhdw]?)", re.ASCII)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_SIZE = 1 << 60  # 1 EiB: any real quota, and far from overflowing a C off_t
+MAX_DURATION = 366 * 86400
+ANY_DURATION = 1 << 40  # where the caller checks a tighter bound of its own (seconds)
+
+# Bounds on the document, checked before tomllib parses it (see the module docstring).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NESTING = 16  # arrays and inline tables; a valid config nests 1 deep
+MAX_DOTS_PER_LINE = 32  # a valid config's longest key is principals.NAME.KEY
+MAX_STRING_CHARS = 4096  # PATH_MAX
+MAX_LIST_ITEMS = 256
+MAX_SHOWN_CHARS = 80  # of a bad value quoted back in an error message
 
 
 @dataclass(frozen=True)
@@ -127,12 +149,21 @@ class Config:
 
     @classmethod
     def from_toml(cls, data: bytes, path: str) -> Config:
+        if len(data) > MAX_CONFIG_BYTES:
+            raise _error(path, "", f"larger than {MAX_CONFIG_BYTES} bytes")
         try:
-            document = tomllib.loads(data.decode("utf-8"))
+            text = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise ConfigError(path, "", f"not UTF-8 ({error.reason})") from error
+            raise _error(path, "", f"not UTF-8 (byte {error.start})") from None
+        problem = document_problem(text)
+        if problem is not None:
+            raise _error(path, "", problem)
+        try:
+            document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
-            raise ConfigError(path, "", f"not valid TOML: {error}") from error
+            raise _error(path, "", f"not valid TOML: {escape(str(error))}") from None
+        except ValueError as error:  # e.g. an integer of more than 4300 digits
+            raise _error(path, "", f"not a usable TOML value: {_shown(str(error))}") from None
         return cls.from_mapping(document, path)
 
     @classmethod
@@ -159,38 +190,146 @@ class Config:
         try:
             return self.principals[name]
         except KeyError:
-            raise ConfigError(self.path, f"principals.{name}", "no such principal") from None
+            raise _error(self.path, f"principals.{name}", "no such principal") from None
 
 
 def load(explicit: str | None = None, *, from_environment: bool = True) -> Config:
     path = config_path(explicit, from_environment=from_environment)
+    return Config.from_toml(read_bounded(path), path)
+
+
+def read_bounded(path: str) -> bytes:
+    """The config file's bytes: a regular file (a FIFO must not hang the gate), at most
+    MAX_CONFIG_BYTES. Symlinks are followed: /etc is often links (NixOS); the file is
+    root's, as is its directory."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as error:
-        raise ConfigError(path, "", f"cannot read: {error.strerror}") from error
-    return Config.from_toml(data, path)
+        raise _error(path, "", f"cannot read: {error.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _error(path, "", "not a regular file")
+        chunks = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as error:
+        raise _error(path, "", f"cannot read: {error.strerror}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _error(path: str, key: str, problem: str) -> ConfigError:
+    """A ConfigError whose path and key are escaped (`problem` is escaped by its maker)."""
+    return ConfigError(escape(path), escape(key), problem)
+
+
+def _shown(value: object) -> str:
+    """A bad value quoted back in an error: escaped, and cut short."""
+    text = escape(value if isinstance(value, str) else repr(value))
+    if len(text) > MAX_SHOWN_CHARS:
+        text = text[:MAX_SHOWN_CHARS] + "…"
+    return f"'{text}'"
+
+
+def document_problem(text: str) -> str | None:
+    """What makes `text` too deep or too costly for tomllib, or None.
+
+    One pass that skips strings and comments exactly where TOML does, counting the
+    nesting of arrays and inline tables (tomllib recurses once per level and fails with
+    RecursionError at a few hundred) and the dots per line (tomllib's work on a dotted
+    key grows with the square of its parts). TOML is parsed left to right and stops at
+    its first error, so whatever this scan does past an invalid point is never reached
+    by tomllib: on every valid prefix the two agree.
+    """
+    depth = 0
+    dots = 0
+    line = 1
+    index = 0
+    length = len(text)
+    while index < length:
+        char = text[index]
+        if char in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return f"line {line}: arrays and inline tables nest deeper than {MAX_NESTING}"
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        elif char == ".":
+            dots += 1
+            if dots > MAX_DOTS_PER_LINE:
+                return f"line {line}: more than {MAX_DOTS_PER_LINE} dots outside strings"
+        elif char == "\n":
+            line += 1
+            dots = 0
+        elif char == "#":
+            end = text.find("\n", index)
+            index = length if end < 0 else end
+            continue
+        elif char in "\"'":
+            end, newlines = _string_end(text, index)
+            line += newlines
+            index = end
+            continue
+        index += 1
+    return None
+
+
+def _string_end(text: str, start: int) -> tuple[int, int]:
+    """Where the TOML string opening at `start` ends (one past it), and its newlines."""
+    quote = text[start]
+    length = len(text)
+    if text.startswith(quote * 3, start):
+        index = start + 3
+        while index < length:
+            if quote == '"' and text[index] == "\\":
+                index += 2
+                continue
+            if text.startswith(quote * 3, index):
+                index += 3
+                # Up to two more quotes belong to the content (`"""a""""` is `a"`).
+                for _ in range(2):
+                    if index < length and text[index] == quote:
+                        index += 1
+                break
+            index += 1
+        index = min(index, length)
+        return index, text.count("\n", start, index)
+    index = start + 1
+    while index < length:
+        char = text[index]
+        if char == "\n":  # an unterminated string: tomllib stops here
+            return index, 0
+        index += 2 if quote == '"' and char == "\\" else 1
+        if char == quote:
+            return index, 0
+    return length, 0
 
 
 def parse_size(text: str | int) -> int:
-    """`10G`, `512MiB`, `4096` → bytes."""
+    """`10G`, `512MiB`, `4096` → bytes (ASCII digits only)."""
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("must not be negative")
         return text
-    match = _SIZE.fullmatch(str(text).strip())
+    match = _SIZE.fullmatch(str(text))
     if not match:
         raise ValueError("expected a size such as 4096, 512M or 10G")
     return int(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
 def parse_duration(text: str | int) -> int:
-    """`90`, `90s`, `30m`, `2h`, `1d`, `52w` → seconds."""
+    """`90`, `90s`, `30m`, `2h`, `1d`, `52w` → seconds (ASCII digits only)."""
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("must not be negative")
         return text
-    match = _DURATION.fullmatch(str(text).strip())
+    match = _DURATION.fullmatch(str(text))
     if not match:
         raise ValueError("expected a duration such as 90, 30m, 2h or 52w")
     return int(match[1]) * _DURATION_UNITS[match[2]]
@@ -203,7 +342,7 @@ class _Reader:
         self.path = path
 
     def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.path, key, problem)
+        return _error(self.path, key, problem)
 
     def table(self, key: str, value: object) -> Mapping[str, Any]:
         if not isinstance(value, dict):
@@ -227,41 +366,66 @@ class _Reader:
         if not isinstance(value, int) or isinstance(value, bool):
             raise self.fail(key, f"expected an integer, got {_kind(value)}")
         if not minimum <= value <= maximum:
-            raise self.fail(key, f"expected an integer from {minimum} to {maximum}, got {value}")
+            raise self.fail(
+                key, f"expected an integer from {minimum} to {maximum}, got {_shown(value)}"
+            )
         return value
 
     def string(self, key: str, value: object) -> str:
+        """Printable text only: no control, format (bidi), separator or other invisible
+        character, whatever the setting, so none can split a line or hide in a name."""
         if not isinstance(value, str):
             raise self.fail(key, f"expected a string, got {_kind(value)}")
-        if "\0" in value:
-            raise self.fail(key, "must not contain NUL")
+        if len(value) > MAX_STRING_CHARS:
+            raise self.fail(key, f"longer than {MAX_STRING_CHARS} characters")
+        if not value.isprintable():
+            bad = next(char for char in value if not char.isprintable())
+            raise self.fail(
+                key, f"must not contain control or invisible characters (found {escape(bad)})"
+            )
         return value
 
     def absolute_path(self, key: str, value: object) -> str:
         text = self.string(key, value)
         if not os.path.isabs(text):
-            raise self.fail(key, f"expected an absolute path, got {text!r}")
+            raise self.fail(key, f"expected an absolute path, got {_shown(text)}")
         return os.path.normpath(text)
 
     def strings(self, key: str, value: object) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise self.fail(key, f"expected a list of strings, got {_kind(value)}")
+        if len(value) > MAX_LIST_ITEMS:
+            raise self.fail(key, f"more than {MAX_LIST_ITEMS} items")
         return tuple(self.string(f"{key}[{index}]", item) for index, item in enumerate(value))
+
+    def nix_conf_words(self, key: str, value: object) -> tuple[str, ...]:
+        """Items that become one nix.conf value, separated by spaces: each must be one
+        word (Nix splits values on whitespace and cuts a line at `#`)."""
+        words = self.strings(key, value)
+        for index, word in enumerate(words):
+            if not word or any(char.isspace() or char == "#" for char in word):
+                raise self.fail(
+                    f"{key}[{index}]",
+                    f"expected one word without spaces or '#', got {_shown(word)}",
+                )
+        return words
 
     def choice(self, key: str, value: object, choices: tuple[str, ...]) -> str:
         text = self.string(key, value)
         if text not in choices:
             expected = " or ".join(f'"{choice}"' for choice in choices)
-            raise self.fail(key, f"expected {expected}, got {text!r}")
+            raise self.fail(key, f"expected {expected}, got {_shown(text)}")
         return text
 
-    def converted(self, key: str, value: object, convert: Any) -> int:
+    def converted(self, key: str, value: object, convert: Any, maximum: int) -> int:
         if not isinstance(value, int | str) or isinstance(value, bool):
             raise self.fail(key, f"expected a number or a string, got {_kind(value)}")
         try:
             result: int = convert(value)
         except ValueError as error:
-            raise self.fail(key, f"{error}, got {value!r}") from None
+            raise self.fail(key, f"{error}, got {_shown(value)}") from None
+        if result > maximum:
+            raise self.fail(key, f"at most {maximum}, got {_shown(value)}")
         return result
 
 
@@ -322,12 +486,16 @@ def _trust(reader: _Reader, table: Mapping[str, Any]) -> TrustSettings:
             raise reader.fail("trust.principals", "a principal must not be empty")
         values["principals"] = tuple(dict.fromkeys(principals))
     if "max_validity" in table:
-        seconds = reader.converted("trust.max_validity", table["max_validity"], parse_duration)
+        seconds = reader.converted(
+            "trust.max_validity", table["max_validity"], parse_duration, ANY_DURATION
+        )
         if seconds <= 0:
             raise reader.fail("trust.max_validity", "must be longer than 0 seconds")
         values["max_validity"] = seconds
     if "clock_skew" in table:
-        skew = reader.converted("trust.clock_skew", table["clock_skew"], parse_duration)
+        skew = reader.converted(
+            "trust.clock_skew", table["clock_skew"], parse_duration, ANY_DURATION
+        )
         if skew > MAX_CLOCK_SKEW:
             raise reader.fail("trust.clock_skew", f"at most {MAX_CLOCK_SKEW} seconds (1d)")
         values["clock_skew"] = skew
@@ -356,7 +524,9 @@ def _receive(reader: _Reader, table: Mapping[str, Any]) -> ReceiveSettings:
         if key in table:
             values[key] = reader.absolute_path(f"receive.{key}", table[key])
     if "idle_timeout" in table:
-        seconds = reader.converted("receive.idle_timeout", table["idle_timeout"], parse_duration)
+        seconds = reader.converted(
+            "receive.idle_timeout", table["idle_timeout"], parse_duration, ANY_DURATION
+        )
         if not 1 <= seconds <= 3600:
             raise reader.fail("receive.idle_timeout", "expected 1 second to 1 hour")
         values["idle_timeout"] = seconds
@@ -384,7 +554,9 @@ def _activation(reader: _Reader, prefix: str, profile: str, value: object) -> Ac
         raise reader.fail(f"{prefix}.command", "expected [absolute program, arguments…]")
     timeout = 300
     if "timeout" in table:
-        timeout = reader.converted(f"{prefix}.timeout", table["timeout"], parse_duration)
+        timeout = reader.converted(
+            f"{prefix}.timeout", table["timeout"], parse_duration, ANY_DURATION
+        )
         if not 1 <= timeout <= MAX_ACTIVATION_TIMEOUT:
             raise reader.fail(f"{prefix}.timeout", "expected 1 second to 1 day")
     return Activation(command=command, timeout=timeout)
@@ -418,6 +590,7 @@ _TENANT_ONLY = (
     "session_timeout",
     "disk_quota",
 )
+_BUILD_ONLY = ("protocols", "write", "store", "allowed_stores", *_TENANT_ONLY)
 
 
 def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principal:
@@ -461,9 +634,11 @@ def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principa
         values["store"] = reader.choice(key("store"), table["store"], STORE_MODES)
     if "max_sessions" in table:
         values["max_sessions"] = reader.integer(key("max_sessions"), table["max_sessions"], 1, 1024)
-    for listed in ("allowed_stores", "substituters", "trusted_public_keys"):
+    if "allowed_stores" in table:
+        values["allowed_stores"] = reader.strings(key("allowed_stores"), table["allowed_stores"])
+    for listed in ("substituters", "trusted_public_keys"):  # words of the tenant's nix.conf
         if listed in table:
-            values[listed] = reader.strings(key(listed), table[listed])
+            values[listed] = reader.nix_conf_words(key(listed), table[listed])
     if "max_processes" in table:
         values["max_processes"] = reader.integer(
             key("max_processes"), table["max_processes"], 1, 1 << 22
@@ -476,12 +651,27 @@ def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principa
         values["nice"] = reader.integer(key("nice"), table["nice"], 0, 19)
     if "session_timeout" in table:
         values["session_timeout"] = reader.converted(
-            key("session_timeout"), table["session_timeout"], parse_duration
+            key("session_timeout"), table["session_timeout"], parse_duration, MAX_DURATION
         )
     if "disk_quota" in table:
-        values["disk_quota"] = reader.converted(key("disk_quota"), table["disk_quota"], parse_size)
+        values["disk_quota"] = reader.converted(
+            key("disk_quota"), table["disk_quota"], parse_size, MAX_SIZE
+        )
 
     principal = Principal(**values)
+    if principal.role == "deploy":
+        # A deploy principal speaks only the receive protocol: nothing of a build's applies.
+        for build_key in _BUILD_ONLY:
+            if build_key in table:
+                raise reader.fail(key(build_key), 'does not apply to role = "deploy"')
+        if principal.user is None:
+            raise reader.fail(
+                key("user"), 'role = "deploy" needs the unix user whose sessions speak for it'
+            )
+        return principal
+    for deploy_key in ("user", "profiles"):
+        if deploy_key in table:
+            raise reader.fail(key(deploy_key), 'only applies to role = "deploy"')
     if principal.write and "ssh" not in principal.protocols:
         raise reader.fail(key("write"), 'write = true only matters with "ssh" in protocols')
     if principal.store == "tenant" and principal.allowed_stores:

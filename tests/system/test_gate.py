@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import secrets
 import shutil
+import socket
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from testbed import harness
-from testbed.gate_setup import ClientStore, GatedBuilder
+from testbed.gate_setup import ClientStore, GatedBuilder, Principal
 
 SYSTEM = f"{platform.machine()}-linux"
 WORKER_MAGIC_1 = 0x6E697863
@@ -173,20 +175,169 @@ def test_protocol_the_principal_lacks(builder: GatedBuilder) -> None:
     assert b"protocol ssh is not allowed (allowed: ssh-ng)" in result.stderr
 
 
-def test_unknown_principal_and_broken_config_deny(builder: GatedBuilder) -> None:
+# --- what the audit log cannot take goes to syslog ----------------------------------------
+
+
+class SyslogReceiver:
+    """A datagram socket standing in for /dev/log, and a gate launcher that sends there.
+
+    The launcher is the real gate with `syslog.SOCKET` pointed at this socket: the one
+    setting only a test changes (the gate takes no path from its environment).
+    """
+
+    def __init__(self, builder: GatedBuilder) -> None:
+        self.path = builder.directory / "syslog.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.path.chmod(0o666)  # the gate's users send to it
+        self.launcher = builder.directory / "gate-with-test-syslog"
+        self.launcher.write_text(
+            f"#!{harness.VENV_BIN / 'python3'} -I\n"
+            "import sys\n"
+            "from nixwarden.gate import syslog\n"
+            f"syslog.SOCKET = {str(self.path)!r}\n"
+            "from nixwarden.cli import main\n"
+            "sys.exit(main(['gate', *sys.argv[1:]]))\n"
+        )
+        self.launcher.chmod(0o755)
+
+    def use_for(self, principal: Principal) -> None:
+        """Rewrite the principal's authorized_keys line to run the gate through the launcher."""
+        keys = principal.user.home / ".ssh" / "authorized_keys"
+        line = keys.read_text()
+        command = line.split('command="', 1)[1].split('"', 1)[0]
+        gate_words = command.split(" --principal ", 1)
+        keys.write_text(line.replace(gate_words[0], str(self.launcher), 1))
+
+    def records(self, count: int = 1) -> list[dict[str, object]]:
+        self.sock.settimeout(20)
+        received = []
+        for _ in range(count):
+            data = self.sock.recv(65536)
+            header, _, message = data.partition(b": ")
+            assert re.fullmatch(
+                rb"<35>[A-Z][a-z]{2} [ 1-3]\d \d\d:\d\d:\d\d nixwarden-gate\[\d+\]", header
+            ), data
+            received.append(json.loads(message))
+        return received
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def syslog_receiver(builder: GatedBuilder) -> Iterator[SyslogReceiver]:
+    receiver = SyslogReceiver(builder)
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def test_broken_config_is_logged_in_syslog_and_the_client_told_little(
+    builder: GatedBuilder, syslog_receiver: SyslogReceiver
+) -> None:
     principal = builder.add("fickle", store="host")
+    syslog_receiver.use_for(principal)
     builder.config.write_text("[principals.fickle]\nstore = 'nowhere'\n")
     result = builder.ssh(principal, "nix-daemon", "--stdio", input=b"")
     assert result.returncode == 1
-    assert b"configuration error" in result.stderr and b"principals.fickle.store" in result.stderr
+    assert result.stderr == (
+        b"nixwarden: denied: principal fickle: configuration error; see the server's log\n"
+    )
+    (record,) = syslog_receiver.records()
+    assert record["decision"] == "deny"
+    assert record["user"] == principal.user.name
+    assert str(record["client"]).startswith("127.0.0.1:")
+    assert str(record["reason"]).startswith(
+        f"configuration error: {builder.config}: principals.fickle.store: "
+    )
 
 
-def test_unwritable_audit_log_denies(builder: GatedBuilder) -> None:
-    builder.gate["audit_log"] = str(builder.directory / "no-such-dir" / "audit.jsonl")
-    principal = builder.add("unlogged", store="host")
+def test_unknown_principal_is_in_the_audit_log_not_told_to_the_client(
+    builder: GatedBuilder,
+) -> None:
+    principal = builder.add("fickle", store="host")
+    builder.policies = {"other": {"store": "host"}}
+    builder.write_config()
     result = builder.ssh(principal, "nix-daemon", "--stdio", input=b"")
     assert result.returncode == 1
-    assert b"audit log" in result.stderr
+    assert str(builder.config).encode() not in result.stderr
+    assert b"configuration error; see the server's log" in result.stderr
+    (line,) = builder.log_lines()
+    assert json.loads(line)["reason"].endswith("principals.fickle: no such principal")
+
+
+def test_unwritable_audit_log_is_a_denial_in_syslog(
+    builder: GatedBuilder, syslog_receiver: SyslogReceiver
+) -> None:
+    builder.gate["audit_log"] = str(builder.directory / "no-such-dir" / "audit.jsonl")
+    principal = builder.add("unlogged", store="host")
+    syslog_receiver.use_for(principal)
+    result = builder.ssh(principal, "nix-daemon", "--stdio", input=b"")
+    assert result.returncode == 1
+    assert b"the session cannot be logged; see the server's log" in result.stderr
+    assert b"no-such-dir" not in result.stderr
+    (record,) = syslog_receiver.records()
+    assert record["decision"] == "deny" and record["exec"] is None
+    assert "no-such-dir/audit.jsonl: No such file or directory" in str(record["reason"])
+
+
+def test_syslog_line_matches_what_glibc_sends() -> None:
+    """The gate's line and glibc's syslog(3) for the same message, both received on a
+    /dev/log of a private mount namespace (a tmpfs over /dev, seen by nothing else)."""
+    script = (
+        "import socket, subprocess, syslog\n"
+        "subprocess.run(['mount', '-t', 'tmpfs', 'tmpfs', '/dev'], check=True)\n"
+        "receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "receiver.bind('/dev/log')\n"
+        "syslog.openlog('nixwarden-gate', syslog.LOG_PID, syslog.LOG_AUTH)\n"
+        "syslog.syslog(syslog.LOG_ERR, 'a decision {\"x\":1}')\n"
+        "print(receiver.recv(4096).decode())\n"
+        "from nixwarden.gate import syslog as gate_syslog\n"
+        "assert gate_syslog.SOCKET == '/dev/log'\n"
+        "assert gate_syslog.send('a decision {\"x\":1}') is None\n"
+        "print(receiver.recv(4096).decode())\n"
+    )
+    unshare = harness.which("unshare")
+    harness.need(unshare is not None, "unshare (util-linux)")
+    assert unshare is not None
+    result = harness.run(
+        [unshare, "--mount", "--propagation", "private", "--",
+         str(harness.VENV_BIN / "python3"), "-I", "-c", script],
+        env=harness.base_env(),
+    )  # fmt: skip
+    glibc, ours = result.stdout.decode().splitlines()
+    stamp = re.compile(r"(?<=^<35>)[A-Z][a-z]{2} [ 1-3]\d \d\d:\d\d:\d\d")
+    assert stamp.search(glibc) and stamp.search(ours)
+    assert stamp.sub("TIME", glibc) == stamp.sub("TIME", ours)
+
+
+# --- the key is named, whatever the client does with its pty ------------------------------
+
+
+@pytest.mark.parametrize("pty", ["refused", "granted"])
+def test_pty_request_still_names_the_key(builder: GatedBuilder, pty: str) -> None:
+    """`ssh -tt` to a `restrict` key: sshd refuses the pty, the client quits at once, and
+    sshd removes SSH_USER_AUTH while the gate is still starting. The line's --key names
+    the key; with a pty granted, SSH_USER_AUTH does."""
+    principal = builder.add("ptyful", store="host")
+    keys = principal.user.home / ".ssh" / "authorized_keys"
+    if pty == "granted":
+        line = keys.read_text().replace("restrict,", "restrict,pty,", 1)
+        keys.write_text(re.sub(r" --key [^\s\"]+", "", line, count=1))
+    argv = ["ssh", "-F", str(builder.sshd.ssh_config), "-tt", principal.alias, "id"]
+    result = harness.run(argv, env=harness.base_env(), input=b"", check=False, timeout=60)
+    if pty == "refused":
+        assert result.returncode == 255
+        assert b"PTY allocation request failed" in result.stderr
+    else:
+        assert result.returncode == 1
+    harness.wait_for(builder.log_lines, "the gate's log line")
+    (line,) = builder.log_lines()
+    listed = harness.run(["ssh-keygen", "-l", "-f", str(principal.key.with_suffix(".pub"))])
+    fingerprint = listed.stdout.decode().split()[1]
+    assert json.loads(line)["keys"] == [f"ssh-ed25519 {fingerprint}"]
 
 
 # --- Lix 2.93 line mode -------------------------------------------------------------------

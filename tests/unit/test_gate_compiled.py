@@ -63,33 +63,3 @@ def test_garbage_copy_is_ignored(config_file: Path) -> None:
     Path(compiled.path_for(str(config_file))).write_bytes(b"\x00garbage")
     assert compiled.read(str(config_file)) is None
     assert run.load_policy(str(config_file))[2]["alice"].store == "host"
-
-
-def test_gate_never_takes_its_config_from_the_environment(
-    config_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NIXWARDEN_CONFIG", str(config_file))
-    env = {b"SSH_ORIGINAL_COMMAND": b"nix-daemon --stdio"}
-    with pytest.raises(run.GateDenied, match=r"/etc/nixwarden/config\.toml"):
-        run.serve("alice", None, env)
-
-
-def test_unexpected_errors_are_logged_denials(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = tmp_path / "audit.jsonl"
-    config_file = tmp_path / "config.toml"
-    config_file.write_text(
-        f'[gate]\naudit_log = "{log}"\nstate_dir = "{tmp_path}"\n'
-        '[principals.alice]\nstore = "host"\n'
-    )
-
-    def broken(*_args: object) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(run.sessions, "acquire", broken)
-    env = {b"SSH_ORIGINAL_COMMAND": b"nix-daemon --stdio"}
-    with pytest.raises(run.GateDenied, match="internal error: OSError"):
-        run.serve("alice", str(config_file), env)
-    (line,) = log.read_text().splitlines()
-    assert '"decision":"deny"' in line and "Input/output error" in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -89,8 +90,14 @@ def test_key_line() -> None:
     line = keyline.render(command, "alice", "/etc/nixwarden/config.toml", key)
     assert line == (
         'restrict,command="/opt/nw/bin/python3 -I /opt/nw/bin/nixwarden-gate --principal alice '
-        f'--config /etc/nixwarden/config.toml" ssh-ed25519 {ED25519_BLOB} alice@laptop'
+        "--config /etc/nixwarden/config.toml "
+        f'--key ssh-ed25519:{keyline.fingerprint(ED25519_BLOB)}" ssh-ed25519 {ED25519_BLOB} '
+        "alice@laptop"
     )
+    # What `ssh-keygen -l` prints for the same key.
+    assert keyline.fingerprint(ED25519_BLOB) == "SHA256:" + base64.b64encode(
+        hashlib.sha256(base64.b64decode(ED25519_BLOB)).digest()
+    ).decode().rstrip("=")
 
 
 def test_gate_command_prefers_the_launcher(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The gate's request parser and policy: exactly the allowlist, nothing else.
 
-Bad inputs live in tests/corpus/gate/, one file per attack, named after it.
+Bad inputs live in tests/corpus/gate/, one file per attack, named after it, each with
+the reason it must be refused for in REQUEST_REASONS (checked both ways).
 """
 
 from __future__ import annotations
@@ -74,17 +75,86 @@ def test_nix_shell_escaping_round_trips() -> None:
     assert parsed.store == "it's"
 
 
-CORPUS_FILES = sorted(CORPUS.glob("*.cmd"))
+REQUEST_REASONS = {
+    "cmd_and_chain": "character '&' is not allowed",
+    "cmd_background_amp": "character '&' is not allowed",
+    "cmd_backslash_escape": "character '\\\\' is not allowed",
+    "cmd_backticks": "character '`' is not allowed",
+    "cmd_bash_c": "program 'bash' is not nix-daemon or nix-store",
+    "cmd_brace_expansion": "character '{' is not allowed",
+    "cmd_carriage_return": "character carriage return is not allowed",
+    "cmd_comment_hash": "character '#' is not allowed",
+    "cmd_daemon_without_stdio": "only allowed as 'nix-daemon --stdio', not with no arguments",
+    "cmd_dollar_only_subshell": "character '$' is not allowed",
+    "cmd_dollar_subshell": "character '$' is not allowed",
+    "cmd_dot_relative_program": "program './nix-daemon' is not nix-daemon or nix-store",
+    "cmd_dotdot_program_path": "program '/nix/store/x/../../../tmp/nix-daemon' is not",
+    "cmd_double_exec": "program 'exec' is not nix-daemon or nix-store",
+    "cmd_double_quoted": "character '\"' is not allowed",
+    "cmd_empty_store_url": "--store with an empty URL",
+    "cmd_env_assignment": "program 'NIX_REMOTE=local' is not nix-daemon or nix-store",
+    "cmd_env_prefix": "program 'env' is not nix-daemon or nix-store",
+    "cmd_fullwidth_semicolon": "character U+FF1B is not allowed",
+    "cmd_glob_star": "character '*' is not allowed",
+    "cmd_lookalike_program": "program '/tmp/evil-nix-daemon' is not nix-daemon or nix-store",
+    "cmd_newline_second_command": "character newline is not allowed",
+    "cmd_non_utf8": "request is not valid UTF-8",
+    "cmd_nul_byte": "request contains a NUL byte",
+    "cmd_option_before_stdio": "not with '--option build-hook /tmp/evil --stdio'",
+    "cmd_option_build_hook": "not with '--stdio --option build-hook /tmp/evil'",
+    "cmd_or_chain": "character '|' is not allowed",
+    "cmd_overlong": "request too long (5027 bytes; the limit is 4096)",
+    "cmd_pipe_to_shell": "character '|' is not allowed",
+    "cmd_plain_id": "program 'id' is not nix-daemon or nix-store",
+    "cmd_process_ops": "not with '--stdio --process-ops'",
+    "cmd_program_suffix": "program 'nix-daemon.sh' is not nix-daemon or nix-store",
+    "cmd_quoted_bidi_override": "character U+202E is not allowed, even quoted",
+    "cmd_quoted_c1_next_line": "character U+0085 is not allowed, even quoted",
+    "cmd_quoted_escape_sequence": "character U+001B is not allowed, even quoted",
+    "cmd_quoted_homoglyph": "character U+043E is not allowed, even quoted",
+    "cmd_quoted_line_separator": "character U+2028 is not allowed, even quoted",
+    "cmd_quoted_newline": "character newline is not allowed, even quoted",
+    "cmd_quoted_program_with_escape": "character U+001B is not allowed, even quoted",
+    "cmd_quoted_tab": "character tab is not allowed, even quoted",
+    "cmd_redirect_in": "character '<' is not allowed",
+    "cmd_redirect_out": "character '>' is not allowed",
+    "cmd_relative_program": "program 'bin/nix-daemon' is not nix-daemon or nix-store",
+    "cmd_semicolon_chain": "character ';' is not allowed",
+    "cmd_serve_write_reordered": "not with '--write --serve'",
+    "cmd_sh_login": "program 'sh' is not nix-daemon or nix-store",
+    "cmd_store_not_last": "--store may appear once, at the end",
+    "cmd_store_realise": "not with '--realise /nix/store/00000000000000000000000000000000-x'",
+    "cmd_store_twice": "--store may appear once, at the end",
+    "cmd_tab_separator": "character tab is not allowed",
+    "cmd_tilde_home": "character '~' is not allowed",
+    "cmd_unicode_space": "character U+00A0 is not allowed",
+    "cmd_unterminated_quote": "unterminated quote",
+}
+CORPUS_FILES = {path.stem: path for path in sorted(CORPUS.glob("cmd_*.cmd"))}
 
 
-def test_corpus_is_there() -> None:
-    assert len(CORPUS_FILES) >= 40
+def test_every_request_case_has_a_reason_and_vice_versa() -> None:
+    assert set(CORPUS_FILES) == set(REQUEST_REASONS)
 
 
-@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda path: path.stem)
-def test_corpus_is_refused(path: Path) -> None:
-    with pytest.raises((RequestRefused, policy.PolicyRefused)):
-        decide(path.read_bytes())
+@pytest.mark.parametrize("name", sorted(REQUEST_REASONS))
+def test_corpus_is_refused_with_its_reason(name: str) -> None:
+    with pytest.raises((RequestRefused, policy.PolicyRefused)) as refused:
+        decide(CORPUS_FILES[name].read_bytes())
+    message = str(refused.value)
+    assert REQUEST_REASONS[name] in message
+    assert message.isascii() and message.isprintable()
+
+
+def test_quoted_store_url_is_printable_ascii_or_refused() -> None:
+    """docs/gate.md: control and non-ASCII characters are refused, quoted or not."""
+    store = "local?root=/srv/x"
+    allowed = Principal(name="p", store="host", allowed_stores=(store,))
+    assert decide(f"nix-daemon --stdio --store '{store}'".encode(), allowed)[-1] == store
+    for char in ("\x7f", "\u00e9", "\u200b", "\ufeff", "\U0001f600"):
+        text = f"nix-daemon --stdio --store 'local?root=/srv/{char}'"
+        with pytest.raises(RequestRefused, match="even quoted"):
+            request.parse(text.encode())
 
 
 @pytest.mark.parametrize(
@@ -193,6 +263,29 @@ def test_arbitrary_bytes_never_escape_the_allowlist(raw: bytes) -> None:
     if argv is not None:
         base = argv[:-2] if "--store" in argv else argv
         assert base in ALLOWED_ARGVS
+
+
+# Words with every kind of character a message could carry back to a person.
+HOSTILE_TEXT = st.text(
+    st.sampled_from(
+        ["a", "/", "'", " ", "\\", "\n", "\x1b", "\u0085", "\u202e", "\u2028", "\x00", "é"]
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(st.sampled_from(["nix-daemon", "nix-store", "--stdio", "--store"]) | HOSTILE_TEXT)
+    .map(" ".join)
+    .map(lambda text: text.encode("utf-8", "surrogatepass"))
+)
+def test_every_refusal_is_one_printable_ascii_line(raw: bytes) -> None:
+    try:
+        decide(raw, Principal(name="p", store="host"))
+    except (RequestRefused, policy.PolicyRefused) as refused:
+        message = str(refused)
+        assert message.isascii() and message.isprintable(), message
 
 
 @given(

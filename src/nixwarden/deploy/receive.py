@@ -386,7 +386,7 @@ class Session:
         principal = self._principal(relay)
         self.push.relay = relay
         hello = self.channel.expect(wire.Hello)
-        if hello.principal != relay.principal:
+        if hello.principal is not None and hello.principal != relay.principal:
             raise wire.WireError(
                 f"wire: HELLO names principal {hello.principal}, the session is {relay.principal}"
             )

@@ -9,7 +9,7 @@ the wrong type or out of bounds, a repeated path, a path outside the store — e
 `WireError` (a `FormatError`) with one line saying what and where. The reader then stops;
 what to do about it (log, close, change nothing) is the caller's business.
 
-    1 HELLO      c→s {"version", "principal", "action", "profile", "tops"}
+    1 HELLO      c→s {"version", "principal" (or null: the session's), "action", "profile", "tops"}
     2 WELCOME    s→c {"version", "store_dir", "host"}
     3 WANT       c→s {"paths"}                 the client's whole closure
     4 MISSING    s→c {"paths"}                 those not valid on the target
@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from nixwarden.config import PRINCIPAL_NAME, PROFILE_NAME
 from nixwarden.display import escape
 from nixwarden.errors import FormatError
 from nixwarden.nix.storepath import STORE_DIR, StorePath
@@ -62,9 +63,6 @@ MAX_STRING = 4 << 10
 MAX_SSH_KEYS = 64
 MAX_SIZE = (1 << 63) - 1
 
-# Who may be named: the same rules as the configuration's principal and profile names.
-PRINCIPAL_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_+.-]{0,63}")
 _CA = re.compile(r"(fixed:(r:)?|text:)(.+)")
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -115,7 +113,9 @@ class ErrorKind(enum.Enum):
 @dataclass(frozen=True)
 class Hello:
     TYPE: ClassVar[MessageType] = MessageType.HELLO
-    principal: str
+    # None: whichever principal the session is (the client rarely knows the target's
+    # principal names; its SSH key decides). A name must match the session's.
+    principal: str | None
     action: Action
     profile: str | None
     tops: tuple[str, ...]
@@ -353,7 +353,9 @@ def parse_header(header: bytes) -> tuple[MessageType, int]:
     except ValueError:
         raise WireError(f"wire: unknown message type {kind_number}") from None
     if length > _limit(kind):
-        raise WireError(f"wire: {kind.name} payload of {length} bytes is over the {_limit(kind)}")
+        raise WireError(
+            f"wire: {kind.name} payload of {length} bytes is over the {_limit(kind)} allowed"
+        )
     return kind, length
 
 
@@ -423,7 +425,12 @@ def _json_object(what: str, payload: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise WireError(f"wire: {what}: payload is not UTF-8 (byte {error.start})") from None
     try:
-        value = json.loads(text, object_pairs_hook=_no_repeated_keys, parse_constant=_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_repeated_keys,
+            parse_constant=_constant,
+            parse_int=_integer,
+        )
     except _RepeatedKey as error:
         raise WireError(f"wire: {what}: key {_shown(error.key)} is repeated") from None
     except RecursionError:
@@ -452,6 +459,13 @@ def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _integer(text: str) -> int:
+    # Every bound in the protocol fits in 19 digits; more is an attack on int() itself.
+    if len(text.lstrip("-")) > 20:
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
 
 
 def _first_line(error: Exception) -> str:
@@ -498,8 +512,10 @@ class _Fields:
 
     def version(self) -> None:
         value = self.get("version")
-        if type(value) is not int or value != VERSION:
-            raise self.fail("version", f"unsupported protocol version {_shown(str(value))}")
+        if type(value) is not int:
+            raise self.fail("version", f"expected an integer, got {_kind(value)}")
+        if value != VERSION:
+            raise self.fail("version", f"unsupported protocol version {value}")
 
     def text(self, where: str, value: Any, *, limit: int = MAX_STRING, empty: bool = False) -> str:
         if type(value) is not str:
@@ -597,7 +613,10 @@ def _kind(value: object) -> str:
 
 def _hello(fields: _Fields) -> Hello:
     fields.version()
-    principal = fields.name("principal", fields.get("principal"), PRINCIPAL_NAME, "principal")
+    raw_principal = fields.get("principal")
+    principal = None
+    if raw_principal is not None:
+        principal = fields.name("principal", raw_principal, PRINCIPAL_NAME, "principal")
     action = fields.choice("action", fields.get("action"), Action)
     raw_profile = fields.get("profile")
     profile = (

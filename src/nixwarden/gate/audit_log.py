@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import time
 
+from nixwarden.display import escape
 from nixwarden.errors import Refused
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
@@ -89,18 +91,24 @@ def _json_char(char: str) -> str:
 
 
 def append(path: str, line: bytes) -> None:
+    """Append one line; a symlink, a FIFO or anything but a regular file is refused."""
+    shown = escape(path)
     try:
         fd = os.open(
-            path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+            path,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+            0o600,
         )
     except OSError as error:
-        raise AuditLogUnwritable(f"audit log {path}: {error.strerror}") from None
+        raise AuditLogUnwritable(f"audit log {shown}: {error.strerror}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AuditLogUnwritable(f"audit log {shown}: not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX)
         written = os.write(fd, line)
         if written != len(line):
-            raise AuditLogUnwritable(f"audit log {path}: short write ({written} of {len(line)})")
+            raise AuditLogUnwritable(f"audit log {shown}: short write ({written} of {len(line)})")
     except OSError as error:
-        raise AuditLogUnwritable(f"audit log {path}: {error.strerror}") from None
+        raise AuditLogUnwritable(f"audit log {shown}: {error.strerror}") from None
     finally:
         os.close(fd)

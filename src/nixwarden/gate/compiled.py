@@ -23,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from nixwarden.config import Config, GateSettings, Principal, TenantSettings
 
-FORMAT = 2
+FORMAT = 3  # 3: principals carry role, user and profiles
 
 
 class Values:

@@ -10,6 +10,8 @@ rather than quoted.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -17,6 +19,7 @@ import sys
 
 from nixwarden import config as config_module
 from nixwarden.cliutil import parser
+from nixwarden.display import escape
 from nixwarden.errors import InvalidInput, UsageError
 from nixwarden.sshkeys import KEY_TYPES, key_data_problem
 
@@ -48,16 +51,30 @@ def parse_public_key(text: str, source: str) -> tuple[str, str, str]:
 
 
 def render(command: list[str], principal: str, config_path: str, key: tuple[str, str, str]) -> str:
-    """`command` is the interpreter and launcher, e.g. [python, "-I", nixwarden-gate]."""
+    """`command` is the interpreter and launcher, e.g. [python, "-I", nixwarden-gate].
+
+    The line names its own key (`--key TYPE:SHA256:…`), so the gate can log which key
+    it was even when sshd's SSH_USER_AUTH is gone by the time the gate starts."""
     for path in [*[word for word in command if not word.startswith("-")], config_path]:
         if not _SAFE_PATH.fullmatch(path):
             raise InvalidInput(
-                f"path {path!r} must be absolute and use only letters, digits and ._/+-"
+                f"path '{escape(path)}' must be absolute and use only letters, digits and ._/+-"
             )
-    words = [*command, "--principal", principal, "--config", config_path]
     key_type, blob, comment = key
+    words = [
+        *command,
+        "--principal", principal,
+        "--config", config_path,
+        "--key", f"{key_type}:{fingerprint(blob)}",
+    ]  # fmt: skip
     line = f'restrict,command="{" ".join(words)}" {key_type} {blob}'
     return f"{line} {comment}" if comment else line
+
+
+def fingerprint(blob: str) -> str:
+    """OpenSSH's SHA256 fingerprint of a base64 key blob, as `ssh-keygen -l` prints it."""
+    digest = hashlib.sha256(base64.b64decode(blob, validate=True)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
 def gate_command(nixwarden: str, python: str) -> list[str]:
@@ -80,7 +97,7 @@ def main(argv: list[str]) -> int:
     cli = parser(
         "authorized-keys-line",
         "Print the authorized_keys line that pins a public key to the gate as a principal:\n"
-        '  restrict,command="/…/nixwarden gate --principal NAME --config FILE" <key>\n'
+        '  restrict,command="/…/nixwarden gate --principal NAME --config FILE --key K" <key>\n'
         "`restrict` turns off forwarding, the pty and ~/.ssh/rc; the command runs whatever\n"
         "the client asked for through the gate.",
     )

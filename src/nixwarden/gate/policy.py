@@ -6,7 +6,7 @@ Pure. Deny by default: every branch that does not build an argv raises `PolicyRe
 from __future__ import annotations
 
 from nixwarden.errors import Refused
-from nixwarden.gate.request import DAEMON, Request
+from nixwarden.gate.request import DAEMON, Request, quoted
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def decide(request: Request, principal: Principal, gate: GateSettings) -> tuple[
         principal.store != "host" or request.store not in principal.allowed_stores
     ):
         raise PolicyRefused(
-            f"--store {request.store!r} refused: the gate chooses the store "
+            f"--store {quoted(request.store)} refused: the gate chooses the store "
             '(list exact URLs in allowed_stores for a store = "host" principal)'
         )
     if request.program == DAEMON:

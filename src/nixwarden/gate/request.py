@@ -10,12 +10,14 @@ The grammar is the handful of command lines Nix and Lix send, nothing more:
 Words are separated by spaces. A word is made of plain characters and of the
 single-quoted pieces that Nix's `shellEscape` produces (`'…'` and `'\\''`), so a
 `--store` URL can be quoted as Nix quotes it. Every other shell character is refused
-before anything else is looked at. This module is on the gate's start-up path: it
-imports nothing but the error types.
+before anything else is looked at, and so is every control or non-ASCII character,
+inside quotes too: a quoted piece holds printable ASCII only. This module is on the
+gate's start-up path: it imports nothing but the error types and `display.escape`.
 """
 
 from __future__ import annotations
 
+from nixwarden.display import escape
 from nixwarden.errors import Refused
 
 MAX_REQUEST_BYTES = 4096
@@ -140,7 +142,12 @@ def parse(raw: bytes) -> Request:
 
 
 def _shown(args: list[str]) -> str:
-    return repr(" ".join(args)) if args else "no arguments"
+    return quoted(" ".join(args)) if args else "no arguments"
+
+
+def quoted(text: str) -> str:
+    """Client text in a message: escaped (one line, nothing hidden), in single quotes."""
+    return f"'{escape(text)}'"
 
 
 def _program(word: str) -> tuple[str, str | None]:
@@ -150,7 +157,7 @@ def _program(word: str) -> tuple[str, str | None]:
         base = word.rsplit("/", 1)[1]
         if base in (DAEMON, STORE) and "/../" not in word + "/":
             return base, word
-    raise RequestRefused(f"program {word!r} is not nix-daemon or nix-store")
+    raise RequestRefused(f"program {quoted(word)} is not nix-daemon or nix-store")
 
 
 def _split(text: str) -> list[str]:
@@ -176,7 +183,11 @@ def _split(text: str) -> list[str]:
             end = text.find("'", index + 1)
             if end < 0:
                 raise RequestRefused("unterminated quote")
-            current.append(text[index + 1 : end])
+            piece = text[index + 1 : end]
+            if not (piece.isascii() and piece.isprintable()):
+                bad = next(c for c in piece if not (c.isascii() and c.isprintable()))
+                raise RequestRefused(f"character {_char_name(bad)} is not allowed, even quoted")
+            current.append(piece)
             in_word = True
             index = end + 1
         elif char == "\\" and text.startswith("\\'", index):
@@ -191,9 +202,10 @@ def _split(text: str) -> list[str]:
 
 
 def _char_name(char: str) -> str:
+    """ASCII whatever the character: a name, the character quoted, or its code point."""
     names = {"\n": "newline", "\r": "carriage return", "\t": "tab"}
     if char in names:
         return names[char]
-    if char.isprintable():
+    if char.isascii() and char.isprintable():
         return repr(char)
     return f"U+{ord(char):04X}"

@@ -1,7 +1,11 @@
 """The gate's imperative shell: read the request, decide, log, take a session slot, exec.
 
 Runs on every SSH connection as the connecting unix user. Fail closed: any error on
-the way to the exec is a denial, logged when the log can be written, and nothing runs.
+the way to the exec is a denial, and nothing runs. Every decision is logged: in the
+audit log, or, when the configuration gives none or it cannot be written, in syslog
+(`gate.syslog`). The client is told why only when the reason is about its request or
+its own limits; a fault on the server (configuration, audit log, session state, an
+internal error) reaches it as one generic line, the details staying in the log.
 Its imports are kept to what the decision needs (see docs/gate.md, "Start-up cost").
 """
 
@@ -9,10 +13,12 @@ from __future__ import annotations
 
 import os
 import select
+import stat
 import sys
 import time
 
 from nixwarden import defaults
+from nixwarden.display import escape
 from nixwarden.errors import ConfigError, NixwardenError, Refused
 from nixwarden.gate import audit_log, compiled, policy, request, sessions
 
@@ -24,6 +30,12 @@ if TYPE_CHECKING:
 
 MAX_LINES = 16
 LINE_MODE_TIMEOUT = 30.0  # seconds a line-mode client has to send its command
+MAX_AUTH_INFO_BYTES = 65536
+# sshd writes SSH_USER_AUTH with mkstemp("/tmp/sshauth.XXXXXXXXXXXXXXX") as the user.
+AUTH_INFO_PREFIX = b"/tmp/sshauth."
+SERVER_FAULT = "server-side error; see the server's log"
+CONFIG_FAULT = "configuration error; see the server's log"
+LOG_FAULT = "the session cannot be logged; see the server's log"
 
 
 class GateDenied(Refused):
@@ -33,29 +45,48 @@ class GateDenied(Refused):
 class _Session:
     """What is known about this connection, for the audit log."""
 
-    def __init__(self, principal: str, environ: Mapping[bytes, bytes]) -> None:
+    def __init__(
+        self, principal: str, environ: Mapping[bytes, bytes], line_key: str | None = None
+    ) -> None:
         self.principal = principal
         self.client = _client(environ.get(b"SSH_CONNECTION", b""))
-        self.keys = _auth_keys(environ.get(b"SSH_USER_AUTH"))
+        # sshd removes SSH_USER_AUTH as soon as the connection closes, which can be before
+        # the gate has started (`ssh -tt` to a `restrict` key: the client quits when its
+        # pty request is refused). The key the authorized_keys line names is then all
+        # there is, and it is the key sshd matched to run this command.
+        self.keys = _auth_keys(environ.get(b"SSH_USER_AUTH")) or ([line_key] if line_key else [])
         self.user = _user_name()
         self.mode = "command"
-        self.request = ""
+        self.request = request.describe(environ.get(b"SSH_ORIGINAL_COMMAND", b""))
 
-    def log(self, log_path: str, decision: str, reason: str, argv: Sequence[str] | None) -> None:
-        audit_log.append(
-            log_path,
-            audit_log.entry(
-                principal=self.principal,
-                decision=decision,
-                reason=reason,
-                request=self.request,
-                mode=self.mode,
-                client=self.client,
-                keys=self.keys,
-                user=self.user,
-                argv=argv,
-            ),
+    def entry(self, decision: str, reason: str, argv: Sequence[str] | None) -> bytes:
+        return audit_log.entry(
+            principal=self.principal,
+            decision=decision,
+            reason=reason,
+            request=self.request,
+            mode=self.mode,
+            client=self.client,
+            keys=self.keys,
+            user=self.user,
+            argv=argv,
         )
+
+    def log(self, log_path: str, decision: str, reason: str, argv: Sequence[str] | None) -> bool:
+        """Append the decision to the audit log: True. If the log cannot take it, the
+        decision becomes a denial, which goes to syslog: False."""
+        try:
+            audit_log.append(log_path, self.entry(decision, reason, argv))
+        except audit_log.AuditLogUnwritable as error:
+            self.to_syslog(str(error) if decision == "allow" else f"{reason}; and {error}")
+            return False
+        return True
+
+    def to_syslog(self, reason: str) -> None:
+        """A denial for syslog: the audit log's JSON line, which is escaped ASCII."""
+        from nixwarden.gate import syslog  # noqa: PLC0415 - only when the audit log is not used
+
+        syslog.send(self.entry("deny", reason, None).decode("ascii").rstrip("\n"))
 
 
 def serve(
@@ -64,42 +95,83 @@ def serve(
     environ: Mapping[bytes, bytes],
     stdin_fd: int = 0,
     stdout_fd: int = 1,
+    *,
+    line_key: str | None = None,
 ) -> int:
     """Decide on this connection and exec the Nix program; returns only by raising."""
-    session = _Session(principal_name, environ)
-    # Never $NIXWARDEN_CONFIG here: a permissive AcceptEnv would let the client choose.
-    path = defaults.config_path(config_path, from_environment=False)
+    session = _Session(principal_name, environ, line_key)
+    path = defaults.gate_config_path(config_path)
     try:
         gate, tenants, principals = load_policy(path)
-    except NixwardenError as error:
-        # No trustworthy log path without a config: stderr (sshd's log) is all we have.
-        raise GateDenied(f"principal {principal_name}: configuration error: {error}") from None
+    except Exception as error:  # no policy: nothing to decide with, no audit log to use
+        session.to_syslog(f"configuration error: {_reason(error)}")
+        raise _denied(principal_name, CONFIG_FAULT) from None
+    deploy = None
     try:
         principal = _principal(principals, principal_name, path)
-        argv, env, slot = _decide_and_prepare(
-            gate, tenants, principal, session, environ, stdin_fd, stdout_fd
-        )
+        if principal.role == "deploy":  # the receive protocol, relayed (gate/relay.py)
+            from nixwarden.gate import relay  # noqa: PLC0415 - deploy principals only
+
+            raw = environ.get(b"SSH_ORIGINAL_COMMAND", b"")
+            deploy = relay.prepare(gate, principal, path, raw, session.keys, session.client)
+            argv: tuple[str, ...] = deploy.argv
+            env: dict[str, str] = {}
+        else:
+            argv, env, _slot = _decide_and_prepare(
+                gate, tenants, principal, session, environ, stdin_fd, stdout_fd
+            )
     except Exception as error:  # fail closed, and log it: every decision is a log line
-        reason = (
-            str(error)
-            if isinstance(error, NixwardenError)
-            else f"internal error: {type(error).__name__}: {error}"
-        )
-        try:
-            session.log(gate.audit_log, "deny", reason, None)
-        except audit_log.AuditLogUnwritable as log_error:
-            reason = f"{reason}; and {log_error}"
-        raise GateDenied(f"principal {principal_name}: {reason}") from None
-    try:
-        session.log(gate.audit_log, "allow", "allowed", argv)
-    except audit_log.AuditLogUnwritable as error:
-        raise GateDenied(f"principal {principal_name}: {error}") from None
+        session.log(gate.audit_log, "deny", _reason(error), None)
+        raise _denied(principal_name, _for_client(error)) from None
+    if not session.log(gate.audit_log, "allow", "allowed", argv):
+        if deploy is not None:
+            deploy.close()
+        raise _denied(principal_name, LOG_FAULT)
+    if deploy is not None:
+        return deploy.run(stdin_fd, stdout_fd)
     from nixwarden import process  # noqa: PLC0415
 
     sys.stdout.flush()
-    process.exec_replace(argv, env)
-    os.close(slot)  # only reached if exec_replace returned, which it never does
+    process.exec_replace(argv, env)  # the slot's descriptor is inherited: held while Nix runs
     return 1
+
+
+def refuse_bad_arguments(error: NixwardenError, environ: Mapping[bytes, bytes]) -> GateDenied:
+    """The gate's own command line is wrong (a broken authorized_keys line): log, deny."""
+    _Session("", environ).to_syslog(f"the gate's command line is wrong: {error}")
+    return _denied("", CONFIG_FAULT)
+
+
+def _reason(error: BaseException) -> str:
+    """Why, for the log (JSON or syslog, both escaped on the way out)."""
+    if isinstance(error, NixwardenError):
+        return str(error)
+    return f"internal error: {type(error).__name__}: {escape(str(error))}"
+
+
+def _for_client(error: BaseException) -> str:
+    """What the client may learn: the reason when it is about its request or its own
+    limits, else nothing about the server (paths, accounts, keys of the configuration)."""
+    if isinstance(error, request.RequestRefused | policy.PolicyRefused | sessions.SessionsFull):
+        return str(error)
+    from nixwarden.gate.relay import DeployRefused  # noqa: PLC0415 - only on a denial
+
+    if isinstance(error, DeployRefused):
+        return str(error)
+    if isinstance(error, ConfigError):
+        return CONFIG_FAULT
+    # A tenant session's refusals (its quota) are the tenant's own business.
+    from nixwarden.tenants.session import TenantRefused  # noqa: PLC0415 - only on a denial
+
+    if isinstance(error, TenantRefused):
+        return str(error)
+    return SERVER_FAULT
+
+
+def _denied(principal_name: str, reason: str) -> GateDenied:
+    """The one line the client sees: escaped, whatever went into it."""
+    text = f"principal {escape(principal_name)}: {reason}" if principal_name else reason
+    return GateDenied(text if text.isprintable() else escape(text))
 
 
 def load_policy(path: str) -> tuple[GateSettings, TenantSettings, Mapping[str, Principal]]:
@@ -117,15 +189,25 @@ def _principal(principals: Mapping[str, Principal], name: str, path: str) -> Pri
     try:
         return principals[name]
     except KeyError:
-        raise ConfigError(path, f"principals.{name}", "no such principal") from None
+        raise ConfigError(escape(path), f"principals.{escape(name)}", "no such principal") from None
 
 
 def check(principal_name: str, config_path: str | None, command: str) -> tuple[bool, str]:
-    """The decision for `command`, without logging, session slots or executing anything."""
-    path = defaults.config_path(config_path)
+    """The decision for `command`, without logging, session slots or executing anything.
+
+    Reads the same file the gate would serve (`defaults.gate_config_path`)."""
+    path = defaults.gate_config_path(config_path)
     gate, tenants, principals = load_policy(path)
     principal = _principal(principals, principal_name, path)
     raw = command.encode("utf-8", "surrogateescape")
+    if principal.role == "deploy":
+        from nixwarden.gate import relay  # noqa: PLC0415 - deploy principals only
+
+        try:
+            relay.check_request(raw)
+        except Refused as error:
+            return False, escape(str(error))
+        return True, escape(f"relay to the receive service (principal {principal.name}, deploy)")
     if request.is_line_mode(raw):
         return False, "line mode (Lix 2.93 'bash'): the decision depends on the lines sent on stdin"
     try:
@@ -137,7 +219,7 @@ def check(principal_name: str, config_path: str | None, command: str) -> tuple[b
         if principal.store == "tenant"
         else "store = host"
     )
-    return True, " ".join(argv) + f"  (principal {principal.name}, {where})"
+    return True, escape(" ".join(argv) + f"  (principal {principal.name}, {where})")
 
 
 def _decide_and_prepare(  # noqa: PLR0917
@@ -238,14 +320,26 @@ def _client(connection: bytes) -> str | None:
 
 
 def _auth_keys(path: bytes | None) -> list[str]:
-    """Fingerprints of the keys sshd says this session authenticated with (ExposeAuthInfo)."""
-    if not path:
+    """Fingerprints of the keys sshd says this session authenticated with (ExposeAuthInfo).
+
+    Only a file as sshd makes it: under /tmp/sshauth., a regular file of this user, read
+    without following a symlink or blocking on a FIFO. Without ExposeAuthInfo the variable
+    is unset, and a client that may set variables (AcceptEnv) must not choose the file."""
+    if not path or not path.startswith(AUTH_INFO_PREFIX) or b"/" in path[len(AUTH_INFO_PREFIX) :]:
         return []
     try:
-        with open(path, "rb") as handle:
-            content = handle.read(65536)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return []
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            return []
+        content = os.read(fd, MAX_AUTH_INFO_BYTES)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
     # binascii, not base64: base64 imports re, which the gate's start-up avoids.
     import binascii  # noqa: PLC0415
     import hashlib  # noqa: PLC0415

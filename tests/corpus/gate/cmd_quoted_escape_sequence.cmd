@@ -1,0 +1,1 @@
+nix-daemon --stdio --store '[2J[Hlocal'

@@ -1,0 +1,2 @@
+nix-daemon --stdio --store 'local
+touch M'

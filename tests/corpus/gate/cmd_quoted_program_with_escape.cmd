@@ -1,0 +1,1 @@
+'/nix/store/x/bin/nix-daemon[1A' --stdio
