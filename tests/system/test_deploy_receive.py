@@ -29,6 +29,7 @@ from testbed.deploy_client import (
     closure,
     connect_as,
     push,
+    push_over_ssh,
     sign,
 )
 from testbed.deploy_setup import (
@@ -40,7 +41,7 @@ from testbed.deploy_setup import (
     nixwarden,
     receive_host,
 )
-from testbed.gate_setup import ClientStore, client_store
+from testbed.gate_setup import ClientStore, GatedBuilder, client_store
 
 NIX_COMMAND = ("--extra-experimental-features", "nix-command")
 
@@ -142,6 +143,49 @@ def refused_without_a_trace(
     assert why in outcome.reason, (outcome.reason, host.log_text()[-3000:])
     assert before.invalid == frozenset(pushed.paths), "the test's closure was valid already"
     assert snapshot(host, pushed) == before
+
+
+# --- through sshd and the gate ----------------------------------------------------------------
+
+
+def test_a_push_through_sshd_and_the_gate_deploys_and_records_the_session(
+    builder: GatedBuilder,
+    users: harness.Users,
+    countersign: CountersignDaemon,
+    team_ca: TeamCa,
+    client: ClientStore,
+    alice_key: CertifiedKey,
+) -> None:
+    with receive_host(users, countersign, team_ca) as host:
+        reached = host.serve_gate(builder, "alice", profiles=["web"])
+        host.start()
+        ssh = builder.sshd.ssh_argv(reached.alias)
+        env = harness.base_env()
+        pushed = signed_closure(client, alice_key)
+        outcome = push_over_ssh(ssh, env, pushed, keys=[alice_key])
+        assert outcome.status == "deployed", (outcome.reason, outcome.stderr, host.log_text())
+        assert host.invalid(pushed.paths) == set()
+        assert Path(host.profiles / "web").resolve() == Path(pushed.top)
+
+        fingerprint = harness.run(["ssh-keygen", "-l", "-f", f"{reached.key}.pub"]).stdout.split()[
+            1
+        ]
+        [record] = json.loads(host.provenance_json(pushed.top, "--json").stdout)["records"]
+        assert record["ssh_keys"] == [f"ssh-ed25519 {fingerprint.decode()}"]
+        assert str(record["client"]).startswith("127.0.0.1 ")
+        assert record["unix_user"] == reached.user.name
+        assert any('"allow"' in line for line in builder.log_lines())
+
+        # Through the same door, a refusal changes nothing either.
+        unsigned = closure(client, build(client))
+        before = snapshot(host, unsigned)
+        refused = push_over_ssh(ssh, env, unsigned, keys=[alice_key])
+        refused_without_a_trace(host, unsigned, before, refused, "no signatures")
+
+        # And the deploy key opens nothing else: not the build protocol, not a shell.
+        for command in (("nix-daemon", "--stdio"), ("sh", "-c", "id")):
+            denied = builder.ssh(reached, *command)
+            assert denied.returncode != 0 and b"uid=" not in denied.stdout
 
 
 # --- the good path -------------------------------------------------------------------------
