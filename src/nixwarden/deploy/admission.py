@@ -36,7 +36,8 @@ class Refusal(Refused):
         self.failures = tuple(listed)
         shown = "; ".join(f"{escape(f.path)}: {escape(f.reason)}" for f in listed[:5])
         extra = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
-        super().__init__(f"{len(failures)} refused: {shown}{extra}")
+        noun = "path" if len(failures) == 1 else "paths"
+        super().__init__(f"{len(failures)} {noun} refused: {shown}{extra}")
 
 
 @dataclass(frozen=True)

@@ -36,23 +36,26 @@ DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 
 
 def main(command: str, argv: list[str]) -> int:
-    verify = argv[:1] == ["verify"]
-    cli = parser(f"{command} verify" if verify else command, DESCRIPTION)
+    cli = parser(command, DESCRIPTION)
     cli.add_argument("--config", help="configuration file (for [receive] provenance, [trust])")
     cli.add_argument("--db", metavar="FILE", help="the provenance database (default: [receive])")
-    if not verify:
-        cli.add_argument("path", nargs="?", metavar="PATH", help="a store path, or a link to one")
-        cli.add_argument("--profile", metavar="NAME", help="the records of a profile")
-        cli.add_argument("--revoked", action="store_true", help="paths no signer vouches for now")
-        cli.add_argument("--json", action="store_true", help="JSON on stdout")
-    args = cli.parse_args(argv[1:] if verify else argv)
+    cli.add_argument(
+        "path", nargs="?", metavar="PATH", help="a store path or a link to one; or `verify`"
+    )
+    cli.add_argument("--profile", metavar="NAME", help="the records of a profile")
+    cli.add_argument("--revoked", action="store_true", help="paths no signer vouches for now")
+    cli.add_argument("--json", action="store_true", help="JSON on stdout")
+    args = cli.parse_args(argv)
+    verify = args.path == "verify"  # a file named so is `./verify`
     db = args.db
     settings: TrustSettings | None = None
-    if db is None or (not verify and args.revoked):
+    if db is None or args.revoked:
         configuration = config_module.load(args.config)
         db = db or configuration.receive.provenance
         settings = configuration.trust
     if verify:
+        if args.profile or args.revoked or args.json:
+            raise UsageError(f"nixwarden {command} verify: takes only --config or --db")
         return _verify(db)
     chosen = [bool(args.path), bool(args.profile), bool(args.revoked)]
     if sum(chosen) != 1:
@@ -121,7 +124,9 @@ def _print(subject: str, records: Sequence[provenance.Record]) -> None:
         if record.tops:
             print("    tops " + " ".join(escape(top) for top in record.tops))
         if record.closure_digest:
-            print(f"    closure {record.closure_digest} ({len(record.paths)} paths recorded)")
+            count = len(record.paths)
+            noun = "path" if count == 1 else "paths"
+            print(f"    closure {record.closure_digest} ({count} {noun} recorded)")
         if record.reason:
             print(f"    reason: {escape(record.reason)}")
 
