@@ -202,6 +202,7 @@ class ReceiveHost:
     activation: dict[str, dict[str, object]] = field(default_factory=dict)
     principals: dict[str, dict[str, object]] = field(default_factory=dict)
     deployers: dict[str, harness.User] = field(default_factory=dict)
+    gate: dict[str, object] = field(default_factory=dict)  # [gate], for SSH (deploy_gate.py)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -272,6 +273,8 @@ class ReceiveHost:
             }
             | self.receive,
         }
+        if self.gate:
+            tables["gate"] = self.gate
         lines: list[str] = []
         for name, table in tables.items():
             lines.append(f"[{name}]")

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 RECEIVE_PROGRAM = "nixwarden-receive"
 CONNECT_TIMEOUT = 10.0
 # After the service has closed its side, how long a client may take to close its own.
-CLOSE_GRACE = 10.0
+CLOSE_GRACE = 2.0
 CHUNK = 1 << 20
 _SPLICE_FAILURES = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
