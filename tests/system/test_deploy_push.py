@@ -415,7 +415,7 @@ def test_an_unreachable_target_is_a_transport_failure(
     assert outcome["reason"]
 
 
-def test_a_fleet_of_three_where_one_refuses(
+def test_a_fleet_of_three_where_one_refuses(  # noqa: PLR0917
     sshd: harness.Sshd,
     module_users: harness.Users,
     countersign: CountersignDaemon,
