@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed import harness
-from testbed.gate_setup import GatedBuilder, Principal, toml_value
+from testbed.gate_setup import toml_value
 
 DEPLOY_PRINCIPAL_SCOPE = "deploy"
 
@@ -197,13 +197,12 @@ class ReceiveHost:
     ca: TeamCa
     directory: Path
     service_user: harness.User
-    gate: dict[str, object] = field(default_factory=dict)
     trust: dict[str, object] = field(default_factory=dict)
     receive: dict[str, object] = field(default_factory=dict)
     activation: dict[str, dict[str, object]] = field(default_factory=dict)
     principals: dict[str, dict[str, object]] = field(default_factory=dict)
     deployers: dict[str, harness.User] = field(default_factory=dict)
-    mirror: Path | None = None  # the gate's configuration, kept the same as ours
+    gate: dict[str, object] = field(default_factory=dict)  # [gate], for SSH (deploy_gate.py)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -238,20 +237,6 @@ class ReceiveHost:
     def log(self) -> Path:
         return self.directory / "receive.log"
 
-    def serve_gate(
-        self, builder: GatedBuilder, principal: str, *, profiles: Sequence[str] = ("web",)
-    ) -> Principal:
-        """A deploy principal reached through `builder`'s sshd and gate: its SSH user is
-        its unix user, and gate and service read one configuration, as on a real target."""
-        reached = builder.add(
-            principal, groups=(), role="deploy", user="nobody", profiles=list(profiles)
-        )
-        self.add_deployer(principal, profiles=profiles, user=reached.user)
-        self.gate = {"audit_log": str(builder.audit_log), "state_dir": str(builder.state_dir)}
-        self.mirror = builder.config
-        self.write_config()
-        return reached
-
     def add_deployer(
         self,
         principal: str,
@@ -270,8 +255,7 @@ class ReceiveHost:
         return user
 
     def write_config(self) -> None:
-        tables: dict[str, dict[str, object]] = {"gate": self.gate} if self.gate else {}
-        tables |= {
+        tables: dict[str, dict[str, object]] = {
             "trust": {
                 "ca_keys": [str(self.ca.public)],
                 "krl": [str(self.ca.krl)],
@@ -289,6 +273,8 @@ class ReceiveHost:
             }
             | self.receive,
         }
+        if self.gate:
+            tables["gate"] = self.gate
         lines: list[str] = []
         for name, table in tables.items():
             lines.append(f"[{name}]")
@@ -301,8 +287,6 @@ class ReceiveHost:
             lines += [f"{key} = {toml_value(value)}" for key, value in policy.items()]
         self.config.write_text("\n".join(lines) + "\n")
         self.config.chmod(0o644)
-        if self.mirror is not None:
-            shutil.copy(self.config, self.mirror)
 
     def start(self) -> None:
         self.write_config()

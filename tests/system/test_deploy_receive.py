@@ -32,6 +32,7 @@ from testbed.deploy_client import (
     push_over_ssh,
     sign,
 )
+from testbed.deploy_gate import add_deployer, audit_lines, gate_on
 from testbed.deploy_setup import (
     CertifiedKey,
     CountersignDaemon,
@@ -41,7 +42,7 @@ from testbed.deploy_setup import (
     nixwarden,
     receive_host,
 )
-from testbed.gate_setup import ClientStore, GatedBuilder, client_store
+from testbed.gate_setup import ClientStore, client_store
 
 NIX_COMMAND = ("--extra-experimental-features", "nix-command")
 
@@ -148,8 +149,8 @@ def refused_without_a_trace(
 # --- through sshd and the gate ----------------------------------------------------------------
 
 
-def test_a_push_through_sshd_and_the_gate_deploys_and_records_the_session(
-    builder: GatedBuilder,
+def test_through_sshd_and_the_gate_provenance_names_the_session_and_bad_pushes_change_nothing(
+    sshd: harness.Sshd,
     users: harness.Users,
     countersign: CountersignDaemon,
     team_ca: TeamCa,
@@ -157,35 +158,39 @@ def test_a_push_through_sshd_and_the_gate_deploys_and_records_the_session(
     alice_key: CertifiedKey,
 ) -> None:
     with receive_host(users, countersign, team_ca) as host:
-        reached = host.serve_gate(builder, "alice", profiles=["web"])
+        gate_on(host)
+        alice = add_deployer(host, sshd, "alice", profiles=["web"])
         host.start()
-        ssh = builder.sshd.ssh_argv(reached.alias)
-        env = harness.base_env()
         pushed = signed_closure(client, alice_key)
-        outcome = push_over_ssh(ssh, env, pushed, keys=[alice_key])
-        assert outcome.status == "deployed", (outcome.reason, outcome.stderr, host.log_text())
+        result = client.run(
+            *(harness.NIXWARDEN, "push", "--to", alice.alias, "--profile", "web"),
+            *("--certs", str(alice_key.certificate), pushed.top),
+            check=False,
+        )
+        assert result.returncode == 0, (result.stderr, host.log_text()[-2000:])
         assert host.invalid(pushed.paths) == set()
         assert Path(host.profiles / "web").resolve() == Path(pushed.top)
 
-        fingerprint = harness.run(["ssh-keygen", "-l", "-f", f"{reached.key}.pub"]).stdout.split()[
-            1
-        ]
+        key_line = harness.run(["ssh-keygen", "-l", "-f", f"{alice.key}.pub"]).stdout.decode()
         [record] = json.loads(host.provenance_json(pushed.top, "--json").stdout)["records"]
-        assert record["ssh_keys"] == [f"ssh-ed25519 {fingerprint.decode()}"]
-        assert str(record["client"]).startswith("127.0.0.1 ")
-        assert record["unix_user"] == reached.user.name
-        assert any('"allow"' in line for line in builder.log_lines())
+        assert record["ssh_keys"] == [f"ssh-ed25519 {key_line.split()[1]}"]
+        assert str(record["client"]).startswith("127.0.0.1:")
+        assert (record["principal"], record["unix_user"]) == ("alice", alice.user.name)
+        assert [signer["key_id"] for signer in record["signers"]] == [alice_key.name]
+        assert any('"allow"' in line for line in audit_lines(host))
 
-        # Through the same door, a refusal changes nothing either.
+        # A client that misbehaves through the same door changes nothing either.
+        ssh, env = sshd.ssh_argv(alice.alias), harness.base_env()
         unsigned = closure(client, build(client))
         before = snapshot(host, unsigned)
         refused = push_over_ssh(ssh, env, unsigned, keys=[alice_key])
         refused_without_a_trace(host, unsigned, before, refused, "no signatures")
-
-        # And the deploy key opens nothing else: not the build protocol, not a shell.
-        for command in (("nix-daemon", "--stdio"), ("sh", "-c", "id")):
-            denied = builder.ssh(reached, *command)
-            assert denied.returncode != 0 and b"uid=" not in denied.stdout
+        tampered = signed_closure(client, alice_key)
+        before = snapshot(host, tampered)
+        outcome = push_over_ssh(
+            ssh, env, tampered, keys=[alice_key], tamper=lambda _path, nar: nar[:-1] + b"!"
+        )
+        refused_without_a_trace(host, tampered, before, outcome, "does not match the narHash")
 
 
 # --- the good path -------------------------------------------------------------------------

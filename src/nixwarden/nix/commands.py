@@ -164,6 +164,37 @@ def copy_from(
             raise _failed(argv, result.stderr, result.returncode)
 
 
+def sign_paths(
+    paths: Sequence[str],
+    key_file: str,
+    *,
+    env: Mapping[str, str],
+    nix: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix store sign --key-file SEC PATH…`: add that key's signature to exactly `paths`.
+
+    Through the daemon's AddSignatures, which any client may call (the signature is only
+    as good as the key); a path that already has it keeps one. No `--recursive`.
+    """
+    program = nix or find_nix_program("nix")
+    for batch in _batches(paths):
+        argv = [
+            program,
+            "--extra-experimental-features",
+            "nix-command",
+            "store",
+            "sign",
+            "--key-file",
+            key_file,
+            "--",
+            *batch,
+        ]
+        result = process.run(argv, env=env, check=False, timeout=timeout)
+        if result.returncode != 0:
+            raise _failed(argv, result.stderr, result.returncode)
+
+
 def delete_paths(
     paths: Sequence[str],
     *,
