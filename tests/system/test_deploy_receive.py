@@ -149,7 +149,7 @@ def refused_without_a_trace(
 # --- through sshd and the gate ----------------------------------------------------------------
 
 
-def test_through_sshd_and_the_gate_provenance_names_the_session_and_bad_pushes_change_nothing(
+def test_through_sshd_and_the_gate_provenance_names_the_session(  # noqa: PLR0917
     sshd: harness.Sshd,
     users: harness.Users,
     countersign: CountersignDaemon,
