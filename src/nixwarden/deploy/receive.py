@@ -225,7 +225,6 @@ class Service:
     host: str = field(default_factory=socket.gethostname)
     import_lock: threading.Lock = field(default_factory=threading.Lock)
     provenance_lock: threading.Lock = field(default_factory=threading.Lock)
-    sessions: int = 0
 
     @property
     def profiles(self) -> Profiles:
@@ -336,8 +335,11 @@ class Session:
 
     def _delete_added(self) -> None:
         added, self.push.added = self.push.added, ()
+        store = self.service.store
         with self.service.import_lock:
-            left = self.service.store.delete(list(reversed(added)))
+            # Only what became valid: a failed import may have added a part or nothing.
+            never_added = store.invalid(added)
+            left = store.delete([path for path in reversed(added) if path not in never_added])
         if left:
             log(
                 f"{self.push.who()}: could not remove {len(left)} added paths (still alive), "

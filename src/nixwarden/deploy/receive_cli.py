@@ -68,6 +68,9 @@ def prepare(config: Config) -> Service:
     if not deployers:
         log('warning: no principal has role = "deploy" and a user: every push is refused')
     env = commands.nix_env()
+    # Through the daemon: the service's user cannot write the store itself, so Nix should
+    # not have to guess (NIX_DAEMON_SOCKET_PATH, when set, names which daemon).
+    env.setdefault("NIX_REMOTE", "daemon")
     return Service(config=config, key=key, store=TargetStore.from_environment(env), env=env)
 
 
