@@ -104,7 +104,7 @@ def established(
     with receive_host(module_users, countersign, team_ca) as host:
         alice = host.add_deployer("alice", profiles=["web"])
         host.add_deployer("builder-only", profiles=["web"])
-        host.principals["builder-only"]["role"] = "build"
+        host.principals["builder-only"] = {"role": "build"}  # its user still connects
         host.start()
         first = signed_closure(module_client, alice_key)
         outcome = push(host.socket, alice, "alice", first, keys=[alice_key])
