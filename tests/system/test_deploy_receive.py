@@ -7,6 +7,7 @@ store's valid paths and every profile exactly as they were.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,9 +15,10 @@ import socket
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,50 +40,32 @@ from testbed.deploy_setup import (
     CountersignDaemon,
     ReceiveHost,
     TeamCa,
-    countersign_daemon,
     nixwarden,
     receive_host,
 )
-from testbed.gate_setup import ClientStore, client_store
+from testbed.gate_setup import ClientStore
+
+FreshHost = Callable[..., contextlib.AbstractContextManager[tuple[ReceiveHost, harness.User]]]
 
 NIX_COMMAND = ("--extra-experimental-features", "nix-command")
 
 
-@pytest.fixture(scope="session")
-def countersign(system: None) -> Iterator[CountersignDaemon]:
-    with countersign_daemon() as daemon:
-        yield daemon
+@pytest.fixture
+def fresh_host(users: harness.Users, countersign: CountersignDaemon, team_ca: TeamCa) -> FreshHost:
+    """A target of the test's own (options as `receive_host` takes them), with alice as a
+    deploy principal of profile `web`, started: `with fresh_host(...) as (host, alice)`."""
 
+    @contextlib.contextmanager
+    def make(**options: Any) -> Iterator[tuple[ReceiveHost, harness.User]]:
+        idle_timeout = options.pop("idle_timeout", None)
+        with receive_host(users, countersign, team_ca, **options) as host:
+            if idle_timeout is not None:
+                host.receive["idle_timeout"] = idle_timeout
+            alice = host.add_deployer("alice", profiles=["web"])
+            host.start()
+            yield host, alice
 
-@pytest.fixture(scope="module")
-def team_ca(system: None) -> Iterator[TeamCa]:
-    directory = harness.world_dir("nwt-deploy-ca")
-    ca = TeamCa(directory / "ca")
-    ca.create()
-    try:
-        yield ca
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def alice_key(team_ca: TeamCa) -> CertifiedKey:
-    return team_ca.certify("alice")
-
-
-@pytest.fixture(scope="module")
-def module_users(system: None) -> Iterator[harness.Users]:
-    made = harness.Users()
-    try:
-        yield made
-    finally:
-        made.cleanup()
-
-
-@pytest.fixture(scope="module")
-def module_client(sshd: harness.Sshd) -> Iterator[ClientStore]:
-    with client_store(sshd) as made:
-        yield made
+    return make
 
 
 @dataclass
@@ -131,6 +115,12 @@ def snapshot(host: ReceiveHost, pushed: ClientClosure) -> Snapshot:
         host.profile_state(),
         tuple(sorted(os.listdir(host.staging))),
     )
+
+
+def deployed(host: ReceiveHost, outcome: Outcome) -> int | None:
+    """The push was deployed (else fail with what the service said and logged)."""
+    assert outcome.status == "deployed", (outcome.reason, host.log_text()[-3000:])
+    return outcome.generation
 
 
 def refused_without_a_trace(
@@ -395,30 +385,19 @@ def test_a_stream_cut_halfway_changes_nothing(
 
 
 def test_the_service_disk_filling_up_changes_nothing(
-    users: harness.Users,
-    countersign: CountersignDaemon,
-    team_ca: TeamCa,
-    client: ClientStore,
-    alice_key: CertifiedKey,
+    fresh_host: FreshHost, client: ClientStore, alice_key: CertifiedKey
 ) -> None:
-    with receive_host(users, countersign, team_ca, staging_size=1 << 20) as host:
-        alice = host.add_deployer("alice")
-        host.start()
+    with fresh_host(staging_size=1 << 20) as (host, alice):
         small = signed_closure(client, alice_key)
-        assert push(host.socket, alice, "alice", small, keys=[alice_key]).status == "deployed"
+        deployed(host, push(host.socket, alice, "alice", small, keys=[alice_key]))
         pushed = signed_closure(client, alice_key, blob_size=3 << 20)
         before = snapshot(host, pushed)
         outcome = push(host.socket, alice, "alice", pushed, keys=[alice_key])
         refused_without_a_trace(host, pushed, before, outcome, "No space left on device")
 
 
-def test_a_stalled_client_is_dropped(
-    users: harness.Users, countersign: CountersignDaemon, team_ca: TeamCa
-) -> None:
-    with receive_host(users, countersign, team_ca) as host:
-        host.receive["idle_timeout"] = "2s"
-        alice = host.add_deployer("alice")
-        host.start()
+def test_a_stalled_client_is_dropped(fresh_host: FreshHost) -> None:
+    with fresh_host(idle_timeout="2s") as (host, alice):
         connection = connect_as(alice, host.socket)
         try:
             connection.sendall(wire.encode(wire.Relay("alice")))
@@ -445,24 +424,17 @@ def test_an_unknown_frame_is_a_protocol_error(established: Established) -> None:
 
 
 def test_two_signers_required_one_is_refused_two_deploy(
-    users: harness.Users,
-    countersign: CountersignDaemon,
-    team_ca: TeamCa,
-    client: ClientStore,
-    alice_key: CertifiedKey,
+    fresh_host: FreshHost, team_ca: TeamCa, client: ClientStore, alice_key: CertifiedKey
 ) -> None:
     bob_key = team_ca.certify("bob")
-    with receive_host(users, countersign, team_ca, trust={"min_signers": 2}) as host:
-        alice = host.add_deployer("alice")
-        host.start()
+    with fresh_host(trust={"min_signers": 2}) as (host, alice):
         pushed = signed_closure(client, alice_key)
         before = snapshot(host, pushed)
         outcome = push(host.socket, alice, "alice", pushed, keys=[alice_key, bob_key])
         refused_without_a_trace(host, pushed, before, outcome, "1 certified signer")
         sign(client, pushed.top, bob_key)
         both = closure(client, pushed.top)
-        outcome = push(host.socket, alice, "alice", both, keys=[alice_key, bob_key])
-        assert outcome.status == "deployed", outcome.reason
+        deployed(host, push(host.socket, alice, "alice", both, keys=[alice_key, bob_key]))
         record = json.loads(host.provenance_json(both.top, "--json").stdout)["records"][-1]
         assert {s["key_id"] for s in record["signers"]} == {alice_key.name, bob_key.name}
 
@@ -471,11 +443,7 @@ def test_two_signers_required_one_is_refused_two_deploy(
 
 
 def test_generations_rollback_and_a_failed_activation_that_rolls_back(
-    users: harness.Users,
-    countersign: CountersignDaemon,
-    team_ca: TeamCa,
-    client: ClientStore,
-    alice_key: CertifiedKey,
+    fresh_host: FreshHost, client: ClientStore, alice_key: CertifiedKey
 ) -> None:
     work = harness.world_dir("nwt-activation")
     work.chmod(0o777)
@@ -484,17 +452,15 @@ def test_generations_rollback_and_a_failed_activation_that_rolls_back(
     script += f"test ! -e {fail_flag}"
     activation = {"web": {"command": ["/bin/sh", "-c", script], "timeout": "30s"}}
     try:
-        with receive_host(users, countersign, team_ca, activation=activation) as host:
-            alice = host.add_deployer("alice")
-            host.start()
+        with fresh_host(activation=activation) as (host, alice):
             first = signed_closure(client, alice_key)
             second = signed_closure(client, alice_key)
-            assert push(host.socket, alice, "alice", first, keys=[alice_key]).generation == 1
-            assert push(host.socket, alice, "alice", second, keys=[alice_key]).generation == 2
+            assert deployed(host, push(host.socket, alice, "alice", first, keys=[alice_key])) == 1
+            assert deployed(host, push(host.socket, alice, "alice", second, keys=[alice_key])) == 2
             assert ran.read_text().splitlines() == [f"web 1 {first.top}", f"web 2 {second.top}"]
 
             back = push(host.socket, alice, "alice", None, action=wire.Action.ROLLBACK)
-            assert (back.status, back.generation) == ("deployed", 1)
+            assert deployed(host, back) == 1
             assert Path(host.profiles / "web").resolve() == Path(first.top)
 
             fail_flag.touch()
@@ -546,17 +512,12 @@ def test_concurrent_pushes_to_one_profile_lose_no_generation(
 
 
 def test_provenance_verify_finds_a_changed_record_and_revoked_lists_unvouched_paths(
-    users: harness.Users,
-    countersign: CountersignDaemon,
-    team_ca: TeamCa,
-    client: ClientStore,
+    fresh_host: FreshHost, team_ca: TeamCa, client: ClientStore
 ) -> None:
     carol_key = team_ca.certify("carol")
-    with receive_host(users, countersign, team_ca) as host:
-        alice = host.add_deployer("alice")
-        host.start()
+    with fresh_host() as (host, alice):
         pushed = signed_closure(client, carol_key)
-        assert push(host.socket, alice, "alice", pushed, keys=[carol_key]).status == "deployed"
+        deployed(host, push(host.socket, alice, "alice", pushed, keys=[carol_key]))
         clean = nixwarden("provenance", "--config", str(host.config), "--revoked", check=False)
         assert clean.returncode == 0 and clean.stdout == b""
         team_ca.revoke(serial=carol_key.serial)

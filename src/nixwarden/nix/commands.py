@@ -216,68 +216,22 @@ def delete_paths(
             raise _failed(argv, result.stderr, result.returncode)
 
 
-def _nix_env(
+def nix_env_profile(
     profile: str,
     arguments: Sequence[str],
     *,
     env: Mapping[str, str],
-    nix_env: str | None,
-    timeout: float | None,
+    nix_env: str | None = None,
+    timeout: float | None = None,
 ) -> bytes:
+    """`nix-env --profile PROFILE ARGUMENTS…`: `--set PATH` (a new generation holding
+    exactly PATH), `--switch-generation N`, `--delete-generations N…` (never the
+    current one), `--rollback`, `--list-generations`. Returns its stdout."""
     argv = [nix_env or find_nix_program("nix-env"), "--profile", profile, *arguments]
     result = process.run(argv, env=env, check=False, timeout=timeout)
     if result.returncode != 0:
         raise _failed(argv, result.stderr, result.returncode)
     return result.stdout
-
-
-def profile_set(
-    profile: str,
-    path: str,
-    *,
-    env: Mapping[str, str],
-    nix_env: str | None = None,
-    timeout: float | None = None,
-) -> None:
-    """`nix-env --profile PROFILE --set PATH`: a new generation holding exactly `path`."""
-    _nix_env(profile, ["--set", path], env=env, nix_env=nix_env, timeout=timeout)
-
-
-def profile_rollback(
-    profile: str,
-    *,
-    env: Mapping[str, str],
-    nix_env: str | None = None,
-    timeout: float | None = None,
-) -> None:
-    """`nix-env --profile PROFILE --rollback`: back to the generation before the current."""
-    _nix_env(profile, ["--rollback"], env=env, nix_env=nix_env, timeout=timeout)
-
-
-def profile_switch_generation(
-    profile: str,
-    generation: int,
-    *,
-    env: Mapping[str, str],
-    nix_env: str | None = None,
-    timeout: float | None = None,
-) -> None:
-    """`nix-env --profile PROFILE --switch-generation N`."""
-    arguments = ["--switch-generation", str(generation)]
-    _nix_env(profile, arguments, env=env, nix_env=nix_env, timeout=timeout)
-
-
-def profile_delete_generations(
-    profile: str,
-    generations: Sequence[int],
-    *,
-    env: Mapping[str, str],
-    nix_env: str | None = None,
-    timeout: float | None = None,
-) -> None:
-    """`nix-env --profile PROFILE --delete-generations N…` (never the current one)."""
-    arguments = ["--delete-generations", *(str(number) for number in generations)]
-    _nix_env(profile, arguments, env=env, nix_env=nix_env, timeout=timeout)
 
 
 def profile_generations(
@@ -288,7 +242,9 @@ def profile_generations(
     timeout: float | None = None,
 ) -> tuple[tuple[int, bool], ...]:
     """`nix-env --profile PROFILE --list-generations`: (number, is current) per generation."""
-    output = _nix_env(profile, ["--list-generations"], env=env, nix_env=nix_env, timeout=timeout)
+    output = nix_env_profile(
+        profile, ["--list-generations"], env=env, nix_env=nix_env, timeout=timeout
+    )
     return parse_generations(output.decode("utf-8", "replace"))
 
 
