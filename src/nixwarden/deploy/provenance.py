@@ -293,17 +293,25 @@ def by_profile(connection: sqlite3.Connection, profile: str) -> tuple[Record, ..
 
 def all_records(connection: sqlite3.Connection) -> Iterator[Record]:
     """Every record in order, with its paths (one pass over each table)."""
-    paths = connection.execute("SELECT seq, path, signers FROM record_paths ORDER BY seq, rowid")
-    pending = paths.fetchone()
+    rows = iter(
+        connection.execute("SELECT seq, path, signers FROM record_paths ORDER BY seq, rowid")
+    )
+    pending = next(rows, None)
+    signer_lists: dict[object, tuple[str, ...]] = {}  # most paths share one signers text
     for row in connection.execute(
         f"SELECT {_COLUMNS} FROM records ORDER BY seq"  # noqa: S608
     ):
         entries = []
         while pending is not None and pending[0] < row[0]:
-            pending = paths.fetchone()  # rows of no record: seen by verify as a break
+            pending = next(rows, None)  # rows of no record: seen by verify as a break
         while pending is not None and pending[0] == row[0]:
-            entries.append(_path_entry(pending[1], pending[2]))
-            pending = paths.fetchone()
+            _, path, signers = pending
+            if signers not in signer_lists:
+                signer_lists[signers] = _path_entry(path, signers).signers
+            if not isinstance(path, str):
+                raise FormatError("provenance: a path is not text")
+            entries.append(PathEntry(path, signer_lists[signers]))
+            pending = next(rows, None)
         yield _record_of(row, tuple(entries))
 
 
