@@ -346,9 +346,7 @@ class Session:
                 f"e.g. {escape(min(left))}"
             )
 
-    def _record(
-        self, outcome: str, reason: str | None, signers: Sequence[provenance.Signer] = ()
-    ) -> None:
+    def _record(self, outcome: str, reason: str | None) -> None:
         push = self.push
         if push.relay is None or push.hello is None:
             return  # not past the principal check: the log line is the record
@@ -371,7 +369,7 @@ class Session:
                 outcome=outcome,
                 ssh_keys=push.relay.ssh_keys,
                 client=push.relay.client,
-                signers=tuple(signers or (accepted.signers if accepted else ())),
+                signers=accepted.signers if accepted else (),
                 tops=push.hello.tops,
                 closure_digest=provenance.closure_digest(push.want) if push.want else "",
                 reason=reason,
@@ -385,8 +383,8 @@ class Session:
 
     def _run(self) -> None:
         relay = self.channel.expect(wire.Relay)
+        self.push.relay = relay  # claimed: logged as such, recorded only once checked
         principal = self._principal(relay)
-        self.push.relay = relay
         hello = self.channel.expect(wire.Hello)
         if hello.principal is not None and hello.principal != relay.principal:
             raise wire.WireError(
@@ -535,7 +533,7 @@ class Session:
         service = self.service
         try:
             service.activate(profile, generation, top)
-        except CommandFailed as error:
+        except (CommandFailed, OSError) as error:  # OSError: not executable, …
             service.profiles.undo(profile, generation, before)
             self.push.generation = before
             self.push.profile_changed = False
@@ -544,8 +542,11 @@ class Session:
                 again = service.profiles.store_path(profile, before)
                 try:
                     service.activate(profile, before, again)
-                except CommandFailed as second:
-                    log(f"{self.push.who()}: re-activating generation {before} failed: {second}")
+                except (CommandFailed, OSError) as second:
+                    log(
+                        f"{self.push.who()}: re-activating generation {before} failed: "
+                        + escape(str(second))
+                    )
             raise Failed(f"activation of {profile} failed: {error}; profile {restored}") from None
 
     def _rollback(self, hello: wire.Hello) -> None:
@@ -564,9 +565,9 @@ class Session:
             self.push.hello = replace(hello, tops=(target,))
             try:
                 self.service.activate(profile, previous, target)
-            except CommandFailed as error:
+            except (CommandFailed, OSError) as error:
                 profiles.switch(profile, current)
-                with contextlib.suppress(CommandFailed):
+                with contextlib.suppress(CommandFailed, OSError):
                     self.service.activate(profile, current, profiles.store_path(profile, current))
                 raise Failed(
                     f"activation of {profile} generation {previous} failed: {error}; "
@@ -578,7 +579,8 @@ class Session:
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(text.split())
+    """A reason for the peer: one line, escaped (it may quote a program's stderr)."""
+    line = escape(" ".join(text.split()))
     return line[: wire.MAX_STRING - 1] or "failed"
 
 
