@@ -29,6 +29,9 @@ from testbed import harness
 from testbed.deploy_setup import CertifiedKey
 from testbed.gate_setup import ClientStore
 
+# Not left to the shared client nix.conf, which other runs of the harness rewrite.
+NIX_COMMAND = ("--extra-experimental-features", "nix-command")
+
 # app -> lib -> data: a closure of three, built by the client's own Nix in its own /nix.
 # With `blob`, data is that (large) added file instead of a small text.
 EXPRESSION = r"""
@@ -93,11 +96,11 @@ def build(
 def sign(client: ClientStore, top: str, *keys: CertifiedKey) -> None:
     """Sign the closure of `top` in the client store, as `nix store sign -r` does."""
     for key in keys:
-        client.run("nix", "store", "sign", "--key-file", str(key.secret), "--recursive", top)
+        client.run("nix", *NIX_COMMAND, "store", "sign", "--key-file", str(key.secret), "-r", top)
 
 
 def closure(client: ClientStore, top: str) -> ClientClosure:
-    output = client.run("nix", "path-info", "--json", "--sigs", "--recursive", top).stdout
+    output = client.run("nix", *NIX_COMMAND, "path-info", "--json", "--sigs", "-r", top).stdout
     infos = tuple(PathInfo.from_json(entry) for entry in json.loads(output))
     return ClientClosure(client, top, infos)
 

@@ -25,6 +25,7 @@ import pytest
 from nixwarden.deploy import wire
 from testbed import harness
 from testbed.deploy_client import (
+    NIX_COMMAND,
     ClientClosure,
     Outcome,
     build,
@@ -46,8 +47,6 @@ from testbed.deploy_setup import (
 from testbed.gate_setup import ClientStore
 
 FreshHost = Callable[..., contextlib.AbstractContextManager[tuple[ReceiveHost, harness.User]]]
-
-NIX_COMMAND = ("--extra-experimental-features", "nix-command")
 
 
 @pytest.fixture
@@ -568,7 +567,7 @@ def test_the_ssh_user_cannot_read_the_key_nor_import_through_the_daemon(
     sign(module_client, top, alice_key)
     cache = harness.world_dir("nwt-deploy-cache")
     try:
-        module_client.run("nix", "copy", "--to", f"file://{cache}", top)
+        module_client.run("nix", *NIX_COMMAND, "copy", "--to", f"file://{cache}", top)
         harness.run(["chmod", "-R", "a+rX", str(cache)])
         argv = ["nix", *NIX_COMMAND, "copy", "--no-recursive", "--from", f"file://{cache}"]
         argv += ["--to", "daemon", top]
