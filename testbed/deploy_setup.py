@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed import harness
-from testbed.gate_setup import toml_value
+from testbed.gate_setup import own_store_argv, toml_value
 
 DEPLOY_PRINCIPAL_SCOPE = "deploy"
 
@@ -114,6 +114,7 @@ class CountersignDaemon:
     directory: Path
     key_name: str
     process: subprocess.Popen[bytes] | None = None
+    own_store: Path | None = None  # serve the store bound at /nix from here, not the host's
 
     @property
     def secret(self) -> Path:
@@ -153,8 +154,14 @@ class CountersignDaemon:
         daemon = harness.which("nix-daemon")
         assert daemon is not None
         with open(self.log, "ab") as log:
+            argv = [daemon]
+            if self.own_store is not None:
+                # Without /nix/var/nix, the "auto" store of each of the daemon's workers
+                # is the daemon at NIX_DAEMON_SOCKET_PATH, itself: a fork bomb.
+                (self.own_store / "var" / "nix").mkdir(parents=True, exist_ok=True)
+                argv = own_store_argv(self.own_store, daemon)
             self.process = subprocess.Popen(
-                [daemon],
+                argv,
                 env=harness.base_env(
                     NIX_CONF_DIR=str(conf), NIX_DAEMON_SOCKET_PATH=str(self.socket)
                 ),
@@ -197,13 +204,14 @@ class ReceiveHost:
     ca: TeamCa
     directory: Path
     service_user: harness.User
+    gate: dict[str, object] = field(default_factory=dict)
     trust: dict[str, object] = field(default_factory=dict)
     receive: dict[str, object] = field(default_factory=dict)
     activation: dict[str, dict[str, object]] = field(default_factory=dict)
     principals: dict[str, dict[str, object]] = field(default_factory=dict)
     deployers: dict[str, harness.User] = field(default_factory=dict)
-    gate: dict[str, object] = field(default_factory=dict)  # [gate], for SSH (deploy_gate.py)
     process: subprocess.Popen[bytes] | None = None
+    own_store: Path | None = None  # as its daemon's (see CountersignDaemon.own_store)
 
     @property
     def config(self) -> Path:
@@ -255,7 +263,8 @@ class ReceiveHost:
         return user
 
     def write_config(self) -> None:
-        tables: dict[str, dict[str, object]] = {
+        tables: dict[str, dict[str, object]] = {"gate": self.gate} if self.gate else {}
+        tables |= {
             "trust": {
                 "ca_keys": [str(self.ca.public)],
                 "krl": [str(self.ca.krl)],
@@ -273,8 +282,6 @@ class ReceiveHost:
             }
             | self.receive,
         }
-        if self.gate:
-            tables["gate"] = self.gate
         lines: list[str] = []
         for name, table in tables.items():
             lines.append(f"[{name}]")
@@ -294,17 +301,20 @@ class ReceiveHost:
         assert setpriv is not None
         user = self.service_user
         with open(self.log, "ab") as log:
+            argv = [
+                setpriv,
+                f"--reuid={user.uid}",
+                f"--regid={user.gid}",
+                "--init-groups",
+                harness.NIXWARDEN,
+                "receive-daemon",
+                "--config",
+                str(self.config),
+            ]
+            if self.own_store is not None:
+                argv = own_store_argv(self.own_store, *argv)
             self.process = subprocess.Popen(
-                [
-                    setpriv,
-                    f"--reuid={user.uid}",
-                    f"--regid={user.gid}",
-                    "--init-groups",
-                    harness.NIXWARDEN,
-                    "receive-daemon",
-                    "--config",
-                    str(self.config),
-                ],
+                argv,
                 env=self.daemon.env(HOME=str(user.home), USER=user.name, LOGNAME=user.name),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nixwarden.cli import main
 from nixwarden.deploy import push, wire
@@ -161,3 +163,16 @@ def test_usage_errors_exit_2_with_one_line(
     assert err.startswith("nixwarden: error: ")
     assert problem in err
     assert err.count("\n") == 1
+
+
+@given(st.lists(st.binary(max_size=40), max_size=30), st.integers(1, 16))
+@settings(max_examples=300)
+def test_chunker_cuts_any_stream_into_full_chunks_in_order(pieces: list[bytes], size: int) -> None:
+    chunks: list[bytes] = []
+    chunker = push.Chunker(lambda view: chunks.append(bytes(view)), size)
+    for piece in pieces:
+        chunker.add(piece)
+    chunker.flush()
+    assert b"".join(chunks) == b"".join(pieces)
+    assert all(len(chunk) == size for chunk in chunks[:-1])
+    assert all(0 < len(chunk) <= size for chunk in chunks)

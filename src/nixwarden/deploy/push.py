@@ -457,6 +457,37 @@ def ticking(progress: Progress, interval: float = 0.5) -> Iterator[None]:
 # --- one session ------------------------------------------------------------------------------
 
 
+class Chunker:
+    """Gathers a stream's pieces into chunks of exactly `size` bytes (the last one less),
+    each handed to `emit` as a view that is valid only during the call."""
+
+    def __init__(self, emit: Callable[[memoryview], None], size: int = wire.MAX_NAR_CHUNK):
+        self.emit = emit
+        # One reused buffer: a fresh 1 MiB one per chunk costs a page fault per 4 KiB.
+        self.buffer = bytearray(size)
+        self.filled = 0
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        size = len(self.buffer)
+        while view:
+            if not self.filled and len(view) >= size:
+                self.emit(view[:size])  # a whole chunk goes out without a copy
+                view = view[size:]
+                continue
+            take = min(len(view), size - self.filled)
+            self.buffer[self.filled : self.filled + take] = view[:take]
+            self.filled += take
+            view = view[take:]
+            if self.filled == size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.filled:
+            self.emit(memoryview(self.buffer)[: self.filled])
+            self.filled = 0
+
+
 class _Gone(Exception):
     """The connection ended: ssh exited, the gate refused, the target closed it."""
 
@@ -472,7 +503,6 @@ class Connection:
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self._stderr = threading.Thread(target=self._drain_stderr, daemon=True)
         self._stderr.start()
-        self.pending = bytearray()
         self.closed = False
 
     def _drain_stderr(self) -> None:
@@ -509,35 +539,15 @@ class Connection:
         """NAR_START, the path's NAR in chunks of at most 1 MiB, NAR_END."""
         from nixwarden.trust import nar  # noqa: PLC0415
 
+        def send_chunk(data: memoryview) -> None:
+            self._write([wire.frame_header(wire.MessageType.NAR_DATA, len(data)), data])
+            progress.sent(len(data))
+
         self.send(wire.NarStart(path))
-        nar.dump(path, lambda data: self._nar_bytes(data, progress))
-        self._flush_nar(progress)
+        chunks = Chunker(send_chunk)
+        nar.dump(path, chunks.add)
+        chunks.flush()
         self.send(wire.NarEnd())
-
-    def _nar_bytes(self, data: bytes | bytearray | memoryview, progress: Progress) -> None:
-        view = memoryview(data)
-        chunk = wire.MAX_NAR_CHUNK
-        if self.pending:
-            take = min(len(view), chunk - len(self.pending))
-            self.pending += view[:take]
-            view = view[take:]
-            if len(self.pending) < chunk:
-                return
-            self._flush_nar(progress)
-        while len(view) >= chunk:
-            self._chunk(view[:chunk], progress)
-            view = view[chunk:]
-        if len(view):
-            self.pending += view
-
-    def _flush_nar(self, progress: Progress) -> None:
-        if self.pending:
-            self._chunk(self.pending, progress)
-            self.pending = bytearray()
-
-    def _chunk(self, data: bytearray | memoryview, progress: Progress) -> None:
-        self._write([wire.frame_header(wire.MessageType.NAR_DATA, len(data)), data])
-        progress.sent(len(data))
 
     def gone_reason(self) -> str:
         """Why the connection ended, from ssh's (or the gate's) last words."""

@@ -2,14 +2,13 @@
 staged closure through the daemon, and removing what a failed push added.
 
 Validity is read from the store database (fast, read-only, one snapshot; see nix.db) and,
-when that cannot be read, asked of Nix (`nix path-info --json`). Imports and deletions
-go through the daemon as the service's own, untrusted user.
+when that cannot be read, asked of Nix (`nix-store --check-validity --print-invalid`).
+Imports and deletions go through the daemon as the service's own, untrusted user.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +17,6 @@ from nixwarden.errors import CommandFailed, InvalidInput
 from nixwarden.nix import commands
 from nixwarden.nix import db as store_db
 from nixwarden.nix.closure import DB_ENV
-
-PATH_INFO_BATCH = 2048
 
 
 @dataclass(frozen=True)
@@ -42,21 +39,7 @@ class TargetStore:
             return self._invalid_by_nix(paths)
 
     def _invalid_by_nix(self, paths: Sequence[str]) -> frozenset[str]:
-        found: set[str] = set()
-        for start in range(0, len(paths), PATH_INFO_BATCH):
-            batch = paths[start : start + PATH_INFO_BATCH]
-            output = commands.path_info_json(batch, env=self.env, timeout=self.timeout)
-            try:
-                entries = json.loads(output)
-            except ValueError:
-                raise CommandFailed("nix path-info: output is not JSON") from None
-            valid = {
-                entry.get("path")
-                for entry in entries
-                if isinstance(entry, dict) and entry.get("valid", True) is not False
-            }
-            found.update(path for path in batch if path not in valid)
-        return frozenset(found)
+        return commands.invalid_paths(paths, env=self.env, timeout=self.timeout)
 
     def import_from(self, cache: str, paths: Sequence[str], env: Mapping[str, str]) -> None:
         """Add `paths` (references first) from the `file://` cache at `cache`."""

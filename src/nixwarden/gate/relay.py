@@ -153,6 +153,8 @@ def _user_name() -> str:
 def _copy_both_ways(connection: socket.socket, stdin_fd: int, stdout_fd: int) -> None:
     """client → service in a thread, service → client here; ends when both have closed
     (or, once the service has closed, when the client does or CLOSE_GRACE has passed)."""
+    for fd in (stdin_fd, stdout_fd):
+        _grow_pipe(fd)
     upstream = threading.Thread(
         target=_client_to_service, args=(stdin_fd, connection), name="relay-up", daemon=True
     )
@@ -196,3 +198,11 @@ def _pump(source: int, sink: int, *, to_socket: socket.socket | None) -> None:
         written = 0
         while written < count:
             written += os.write(sink, view[written:count])
+
+
+def _grow_pipe(fd: int) -> None:
+    """A 1 MiB pipe (where it is one, and allowed): fewer, larger reads from sshd."""
+    import fcntl  # noqa: PLC0415
+
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, 1031, CHUNK)  # F_SETPIPE_SZ
