@@ -316,6 +316,7 @@ class Session:
         *,
         verdict: Sequence[wire.Failure] = (),
     ) -> None:
+        self._settle()  # the target is as it was before the peer or the log hears of it
         log(f"{self.push.who()}: {outcome}: {escape(reason)}")
         with contextlib.suppress(OSError, wire.WireError):
             if verdict:
@@ -324,12 +325,16 @@ class Session:
                 self.channel.send(wire.Error(_one_line(reason), kind))
         self._record(outcome, reason)
 
-    def _clean_up(self) -> None:
+    def _settle(self) -> None:
+        """Remove the staging directory, and the paths an unfinished import added."""
         if self.staging is not None:
             self.staging.remove()
             self.staging = None
         if self.push.added:  # only set while an import is not yet final
             self._delete_added()
+
+    def _clean_up(self) -> None:
+        self._settle()
         with contextlib.suppress(OSError):
             self.connection.close()
 
@@ -462,7 +467,7 @@ class Session:
         except (Failed, CommandFailed, OSError, Refused) as error:
             # After COMMIT the answer is a RESULT, as for a success.
             reason = str(error) if not isinstance(error, OSError) else f"{error.strerror or error}"
-            self._clean_up_import()
+            self._settle()
             outcome = "refused" if isinstance(error, Refused) else "failed"
             log(f"{self.push.who()}: {outcome}: {escape(reason)}")
             status = wire.Status.REFUSED if outcome == "refused" else wire.Status.FAILED
@@ -473,10 +478,6 @@ class Session:
         changed = bool(self.push.added) or self.push.profile_changed
         self._finish(wire.Status.DEPLOYED if changed else wire.Status.UP_TO_DATE)
 
-    def _clean_up_import(self) -> None:
-        if self.push.added:
-            self._delete_added()
-
     def _finish(self, status: wire.Status) -> None:
         accepted = self.push.accepted
         count = len(accepted.order) if accepted else 0
@@ -484,6 +485,7 @@ class Session:
         if status is wire.Status.UP_TO_DATE:
             count, size = 0, 0
         self.push.added = ()  # final: no longer to be removed
+        self._settle()
         outcome = status.value
         generation = self.push.generation
         detail = f"{count} paths, {size} bytes" + (
