@@ -16,7 +16,8 @@ from nixwarden.config import Config
 from nixwarden.deploy import wire
 from nixwarden.deploy.profiles import generation_of
 from nixwarden.deploy.receive import Channel, PeerGone, Staging, Stalled, peer_of
-from nixwarden.errors import CommandFailed, ConfigError, Refused
+from nixwarden.deploy.receive_cli import read_signing_key
+from nixwarden.errors import CommandFailed, ConfigError, FormatError, InvalidInput, Refused
 from nixwarden.nix.commands import parse_generations
 from nixwarden.nix.storepath import StorePath
 from nixwarden.trust import cache, nar
@@ -213,3 +214,25 @@ def test_the_peer_is_who_the_kernel_says() -> None:
     with ours, theirs:
         peer = peer_of(ours)
     assert (peer.uid, peer.pid) == (os.geteuid(), os.getpid())
+
+
+# --- the countersigning key ------------------------------------------------------------------
+
+
+def test_the_signing_key_must_be_a_private_file_of_ours(tmp_path: Path) -> None:
+    key = SecretKey.generate("host-1")
+    path = tmp_path / "host.sec"
+    path.write_text(key.render())
+    path.chmod(0o600)
+    assert read_signing_key(str(path)) == key
+    link = tmp_path / "link.sec"
+    link.symlink_to(path)
+    with pytest.raises(InvalidInput):
+        read_signing_key(str(link))
+    path.chmod(0o640)
+    with pytest.raises(InvalidInput, match="too open"):
+        read_signing_key(str(path))
+    path.chmod(0o600)
+    path.write_text("host-1:bm90IGEga2V5")
+    with pytest.raises(FormatError, match=r"host\.sec"):
+        read_signing_key(str(path))

@@ -128,6 +128,20 @@ def _batches(paths: Sequence[str]) -> list[Sequence[str]]:
     return [paths[i : i + PATHS_PER_COMMAND] for i in range(0, len(paths), PATHS_PER_COMMAND)]
 
 
+def _in_batches(
+    argv: Sequence[str], paths: Sequence[str], *, env: Mapping[str, str], timeout: float | None
+) -> list[bytes]:
+    """`argv -- BATCH…` for each batch of `paths`, in order; their outputs."""
+    outputs = []
+    for batch in _batches(paths):
+        command = [*argv, "--", *batch]
+        result = process.run(command, env=env, check=False, timeout=timeout)
+        if result.returncode != 0:
+            raise _failed(command, result.stderr, result.returncode)
+        outputs.append(result.stdout)
+    return outputs
+
+
 def copy_from(
     source: str,
     paths: Sequence[str],
@@ -145,23 +159,9 @@ def copy_from(
     trust settings say (`--no-check-sigs` is never passed).
     """
     program = nix or find_nix_program("nix")
-    for batch in _batches(paths):
-        argv = [
-            program,
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--no-recursive",
-            "--from",
-            source,
-            "--to",
-            to,
-            "--",
-            *batch,
-        ]
-        result = process.run(argv, env=env, check=False, timeout=timeout)
-        if result.returncode != 0:
-            raise _failed(argv, result.stderr, result.returncode)
+    argv = [program, "--extra-experimental-features", "nix-command", "copy", "--no-recursive"]
+    argv += ["--from", source, "--to", to]
+    _in_batches(argv, paths, env=env, timeout=timeout)
 
 
 def invalid_paths(
@@ -235,12 +235,8 @@ def delete_paths(
     a valid path outside `paths` refers to it) or the daemon refuses; the paths that
     were dead are deleted even then.
     """
-    program = nix_store or find_nix_program("nix-store")
-    for batch in _batches(paths):
-        argv = [program, "--delete", "--", *batch]
-        result = process.run(argv, env=env, check=False, timeout=timeout)
-        if result.returncode != 0:
-            raise _failed(argv, result.stderr, result.returncode)
+    argv = [nix_store or find_nix_program("nix-store"), "--delete"]
+    _in_batches(argv, paths, env=env, timeout=timeout)
 
 
 def nix_env_profile(
