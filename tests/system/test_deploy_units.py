@@ -82,6 +82,6 @@ def test_the_units_agree_with_the_receive_defaults(name: str) -> None:
     state = "/var/lib/" + service["StateDirectory"]
     for path in (defaults.signing_key, defaults.staging_dir, defaults.provenance):
         assert path.startswith(state + "/"), (path, state)
-    assert service["ReadWritePaths"] == defaults.profiles_dir
+    assert service["ReadWritePaths"].removeprefix("-") == defaults.profiles_dir
     assert service["ExecStart"].split()[1:3] == ["receive-daemon", "--config"]
     assert service["SupplementaryGroups"] == harness.NIX_USERS_GROUP
