@@ -598,11 +598,12 @@ class Session:
     progress: Progress
     ssh_argv: Sequence[str]
     env: Mapping[str, str]
+    connection: Connection | None = None  # started early (see push_cli), or here
     committed: bool = False
 
     def run(self) -> Outcome:
         try:
-            connection = Connection(self.ssh_argv, self.env)
+            connection = self.connection or Connection(self.ssh_argv, self.env)
         except CommandFailed as error:
             return self._failed(str(error), Category.TRANSPORT)
         try:
