@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable
 
 from testbed import harness
-from testbed.deploy_gate import add_deployer, gate_on
-from testbed.deploy_setup import CountersignDaemon, TeamCa, receive_host
+from testbed.deploy_gate import add_deployer, gate_on, machine_daemon
+from testbed.deploy_setup import TeamCa, receive_host
 from testbed.gate_setup import ClientStore, client_store, gated_builder
 
 PATHS = int(os.environ.get("NIXWARDEN_BENCH_DEPLOY_PATHS", "1000"))
@@ -121,54 +121,40 @@ def run() -> None:
                     )
                     return timed(argv, env)[0]
 
-                store_root = work / f"target-{round_number}" / "nix"
-                store_root.mkdir(parents=True)
-                daemon = CountersignDaemon(
-                    work / f"daemon-{round_number}",
-                    f"nwt-bench-receive-{secrets.token_hex(3)}-1",
-                    own_store=store_root,
-                )
-                daemon.directory.mkdir()
-                daemon.start()
-                try:
-                    with receive_host(users, daemon, ca) as host:
-                        host.own_store = store_root
-                        gate_on(host)
-                        alias = add_deployer(host, sshd, "bench", profiles=["bench"]).alias
-                        host.start()
+                with (
+                    machine_daemon(work / f"target-{round_number}") as daemon,
+                    receive_host(users, daemon, ca) as host,
+                ):
+                    host.own_store = daemon.own_store
+                    gate_on(host)
+                    alias = add_deployer(host, sshd, "bench", profiles=["bench"]).alias
+                    host.start()
 
-                        def push(alias: str = alias) -> float:
-                            argv = client.argv(
-                                time_tool, "-f", "%M", harness.NIXWARDEN, "push",
-                                "--to", alias, "--certs", str(key.certificate),
-                                "--profile", "bench", top,
-                            )  # fmt: skip
-                            elapsed, stderr = timed(argv, env)
-                            rss_kib.append(int(stderr.strip().splitlines()[-1]))
-                            return elapsed
+                    def push(alias: str = alias) -> float:
+                        argv = client.argv(
+                            time_tool, "-f", "%M", harness.NIXWARDEN, "push",
+                            "--to", alias, "--certs", str(key.certificate),
+                            "--profile", "bench", top,
+                        )  # fmt: skip
+                        elapsed, stderr = timed(argv, env)
+                        rss_kib.append(int(stderr.strip().splitlines()[-1]))
+                        return elapsed
 
-                        order: list[tuple[str, Callable[[], float]]] = [
-                            ("copy", copy),
-                            ("push", push),
-                        ]
-                        if round_number % 2:
-                            order.reverse()
-                        try:
-                            for label, measure in order:
-                                times[label].append(measure())
-                        except AssertionError as error:
-                            raise AssertionError(
-                                f"{error}\nthe receive service's log ends:\n"
-                                f"{host.log_text()[-2000:]}\nits nix-daemon's log ends:\n"
-                                f"{daemon.log.read_text(errors='replace')[-2000:]}"
-                            ) from None
+                    order: list[tuple[str, Callable[[], float]]] = [("copy", copy), ("push", push)]
+                    if round_number % 2:
+                        order.reverse()
+                    try:
                         for label, measure in order:
+                            times[label].append(measure())
+                        for label, measure in order:  # the same again: nothing to send
                             times[f"{label} again"].append(measure())
-                        assert not host.invalid([top]), "the push left the top path invalid"
-                finally:
-                    daemon.stop()
-                    subprocess.run(["chmod", "-R", "u+w", str(store_root)], check=False)
-                    shutil.rmtree(store_root.parent, ignore_errors=True)
+                    except AssertionError as error:
+                        raise AssertionError(
+                            f"{error}\nthe receive service's log ends:\n"
+                            f"{host.log_text()[-2000:]}\nits nix-daemon's log ends:\n"
+                            f"{daemon.log.read_text(errors='replace')[-2000:]}"
+                        ) from None
+                    assert not host.invalid([top]), "the push left the top path invalid"
     finally:
         users.cleanup()
         for directory in (tenants_root, work):

@@ -1,5 +1,11 @@
 """Deploy targets reached the way `nixwarden push` reaches them: sshd, the gate, its relay.
 
+Each target of a fleet is a machine of its own: `machine_daemon()` gives it a
+countersigning nix-daemon over an empty store of its own (a bubblewrap namespace),
+and `ReceiveHost.own_store` runs its receive service over the same store. (Two receive
+services importing the same paths into one store at once trip Nix 2.8's daemon: a
+path that turns valid during AddToStoreNar leaves the NAR unread on the connection.)
+
 `gate_on(host, sshd)` gives a `ReceiveHost` a `[gate]` table (its own audit log and
 session state, set up as an administrator would: see gate_setup.py); `add_deployer`
 then makes a unix user for a principal, enrols a fresh SSH key with the gate's
@@ -8,13 +14,16 @@ authorized_keys line for the host's config, and returns the ssh alias to push to
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import shutil
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from testbed import harness
-from testbed.deploy_setup import ReceiveHost
+from testbed.deploy_setup import CountersignDaemon, ReceiveHost
 
 
 @dataclass(frozen=True)
@@ -75,3 +84,21 @@ def add_deployer(
     harness.install_authorized_key(user, line)
     alias = sshd.add_alias(f"{principal}-{user.name}", user, key)
     return Deployer(principal, user, alias, key)
+
+
+@contextlib.contextmanager
+def machine_daemon(directory: Path) -> Iterator[CountersignDaemon]:
+    """A countersigning nix-daemon over an empty store of its own, under `directory`."""
+    store = directory / "store" / "nix"
+    store.mkdir(parents=True)
+    daemon = CountersignDaemon(
+        directory / "daemon", f"nwt-machine-{secrets.token_hex(3)}-1", own_store=store
+    )
+    daemon.directory.mkdir()
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+        subprocess.run(["chmod", "-R", "u+w", str(store)], check=False)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -9,6 +9,7 @@ bytes both ways and ends when both sides have closed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import pytest
 from nixwarden.deploy import wire
 from testbed import harness
 from testbed.deploy_client import build, sign
-from testbed.deploy_gate import Deployer, add_deployer, audit_lines, gate_on
+from testbed.deploy_gate import Deployer, add_deployer, audit_lines, gate_on, machine_daemon
 from testbed.deploy_setup import (
     CertifiedKey,
     CountersignDaemon,
@@ -415,25 +416,28 @@ def test_an_unreachable_target_is_a_transport_failure(
     assert outcome["reason"]
 
 
-def test_a_fleet_of_three_where_one_refuses(  # noqa: PLR0917
+def test_a_fleet_of_three_where_one_refuses(
     sshd: harness.Sshd,
     module_users: harness.Users,
-    countersign: CountersignDaemon,
     team_ca: TeamCa,
     module_client: ClientStore,
     alice_key: CertifiedKey,
 ) -> None:
-    with (
-        receive_host(module_users, countersign, team_ca) as one,
-        receive_host(module_users, countersign, team_ca) as two,
-        receive_host(module_users, countersign, team_ca) as three,
-    ):
+    """Three machines, each its own store, daemon, receive service and deploy user."""
+    work = harness.world_dir("nwt-fleet")
+    with contextlib.ExitStack() as machines:
+        hosts = []
         aliases = []
-        for host, profiles in ((one, ["web"]), (two, ["web"]), (three, ["db"])):
+        for number, profiles in enumerate((["web"], ["web"], ["db"])):
+            daemon = machines.enter_context(machine_daemon(work / f"machine-{number}"))
+            host = machines.enter_context(receive_host(module_users, daemon, team_ca))
+            host.own_store = daemon.own_store
             gate_on(host)
             aliases.append(add_deployer(host, sshd, "fleet", profiles=profiles).alias)
             host.start()
+            hosts.append(host)
         top = signed_top(module_client, alice_key)
+        paths = closure_of(module_client, top)
         result = run_push(
             module_client,
             *(argument for alias in aliases for argument in ("--to", alias)),
@@ -443,11 +447,17 @@ def test_a_fleet_of_three_where_one_refuses(  # noqa: PLR0917
         assert result.returncode == 1, result.stderr
         outcomes = json_lines(result)
         assert [o["target"] for o in outcomes] == aliases
-        assert [o["status"] for o in outcomes] == ["deployed", "deployed", "refused"]
+        statuses = [o["status"] for o in outcomes]
+        assert statuses == ["deployed", "deployed", "refused"], [o["reason"] for o in outcomes]
+        assert [o["paths"] for o in outcomes[:2]] == [len(paths), len(paths)]
         assert outcomes[2]["category"] == "verification"
         assert "may not set profile web" in str(outcomes[2]["reason"])
+        one, two, three = hosts
         for host in (one, two):
             assert os.path.islink(host.profiles / "web")
+            assert host.invalid(paths) == set()
         assert three.profile_state() == {}
+        assert three.invalid(paths) == set(paths)
         summary = result.stderr.decode()
         assert summary.count(": deployed: ") == 2 and summary.count(": refused: ") == 1
+    shutil.rmtree(work, ignore_errors=True)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, cast
+from typing import IO, TYPE_CHECKING, cast
 
 from nixwarden import process
 from nixwarden.deploy import wire
@@ -38,7 +38,9 @@ from nixwarden.display import escape
 from nixwarden.errors import CommandFailed, FormatError, InvalidInput, NixwardenError, UsageError
 from nixwarden.nix.storepath import STORE_DIR, StorePath
 from nixwarden.trust import pathinfo
-from nixwarden.trust.keys import SecretKey, Signature, fingerprint
+
+if TYPE_CHECKING:
+    from nixwarden.trust.keys import SecretKey, Signature
 
 SSHOPTS_ENV = "NIX_SSHOPTS"
 CERTS_ENV = "NIXWARDEN_CERTS"
@@ -336,6 +338,8 @@ class LocalStore:
         if not unsigned:
             return found
         if self.sign_in_memory:
+            from nixwarden.trust.keys import fingerprint  # noqa: PLC0415
+
             for path in unsigned:
                 info = found[path]
                 signature = key.sign(
@@ -351,6 +355,8 @@ class LocalStore:
 
 
 def _wire_info(info: pathinfo.PathInfo) -> wire.PathInfo:
+    from nixwarden.trust.keys import Signature  # noqa: PLC0415 - cryptography: only when needed
+
     signatures = []
     for text in info.signatures:
         with contextlib.suppress(FormatError):  # one the target could not check anyway
@@ -592,11 +598,12 @@ class Session:
     progress: Progress
     ssh_argv: Sequence[str]
     env: Mapping[str, str]
+    connection: Connection | None = None  # started early (see push_cli), or here
     committed: bool = False
 
     def run(self) -> Outcome:
         try:
-            connection = Connection(self.ssh_argv, self.env)
+            connection = self.connection or Connection(self.ssh_argv, self.env)
         except CommandFailed as error:
             return self._failed(str(error), Category.TRANSPORT)
         try:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from nixwarden.cliutil import parser
 from nixwarden.config import PROFILE_NAME
 from nixwarden.deploy import push, wire
-from nixwarden.errors import UsageError
+from nixwarden.errors import NixwardenError, UsageError
 
 DESCRIPTION = """\
 Push store paths (and their closures) to each target's receive service, through its
@@ -79,12 +79,20 @@ def main(command: str, argv: list[str]) -> int:
     if not 1 <= args.jobs <= MAX_JOBS:
         raise UsageError(f"nixwarden push: --jobs must be 1 to {MAX_JOBS}")
     options = push.ssh_options(os.environ)
-    store = _local_store(args.key, _cert_paths(args.certs), dry_run=args.dry_run)
-    progress = push.stderr_progress()
     env = dict(os.environ)
+    # The first sessions' ssh handshakes go on while the key and certificates load.
+    early = _connect(targets[: args.jobs], options, env)
+    try:
+        store = _local_store(args.key, _cert_paths(args.certs), dry_run=args.dry_run)
+    except BaseException:
+        for connection in early.values():
+            connection.close()
+        raise
+    progress = push.stderr_progress()
 
     def session(target: push.Target) -> push.Session:
-        return push.Session(target, plan, store, progress, push.ssh_argv(target, options), env)
+        argv = push.ssh_argv(target, options)
+        return push.Session(target, plan, store, progress, argv, env, early.pop(target, None))
 
     with push.ticking(progress):
         outcomes = push.push_all(targets, session, jobs=args.jobs)
@@ -94,6 +102,19 @@ def main(command: str, argv: list[str]) -> int:
         for outcome in outcomes:
             print(json.dumps(outcome.to_json(), ensure_ascii=False))
     return push.exit_status(outcomes)
+
+
+def _connect(
+    targets: Sequence[push.Target], options: Sequence[str], env: dict[str, str]
+) -> dict[push.Target, push.Connection]:
+    """ssh started for `targets`; one that cannot start is left to its session to report."""
+    started = {}
+    for target in targets:
+        try:
+            started[target] = push.Connection(push.ssh_argv(target, options), env)
+        except NixwardenError:
+            continue
+    return started
 
 
 def _targets(texts: Sequence[str]) -> list[push.Target]:

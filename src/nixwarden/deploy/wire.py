@@ -40,14 +40,16 @@ import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from nixwarden.config import PRINCIPAL_NAME, PROFILE_NAME
 from nixwarden.display import escape
 from nixwarden.errors import FormatError
 from nixwarden.nix.storepath import STORE_DIR, StorePath
 from nixwarden.trust.hashes import Hash, HashAlgorithm
-from nixwarden.trust.keys import Signature
+
+if TYPE_CHECKING:
+    from nixwarden.trust.keys import Signature
 
 VERSION = 1
 PROTOCOL_ARGUMENT = str(VERSION)  # `nixwarden-receive --protocol 1`
@@ -693,6 +695,10 @@ def _path_info(fields: _Fields, where: str, value: Any) -> PathInfo:
     ca = entry.optional_text("ca", entry.get("ca"))
     if ca is not None:
         _check_ca(entry, ca)
+    # Imported here: it loads `cryptography`, which the gate's relay and a push with
+    # nothing to send never need.
+    from nixwarden.trust.keys import Signature  # noqa: PLC0415
+
     raw_signatures = entry.array("signatures", entry.get("signatures"), MAX_SIGNATURES)
     signatures = []
     for index, item in enumerate(raw_signatures):

@@ -9,9 +9,10 @@ service learns the gate's uid from the socket itself (SO_PEERCRED) and verifies
 everything the client sends; the gate holds no key and no privilege of its own.
 
 Imported only for deploy principals, so the build path's start-up stays lean. Bytes
-move through a 1 MiB buffer per direction, a thread each. Not `os.splice`: spliced
-into the stdout pipe sshd reads, data stalled OpenSSH 9.2's session (it blocked
-reading a pipe it had polled readable), and copying is far faster than ssh anyway.
+move through a 1 MiB buffer per direction, a thread each. Not `os.splice`: with the
+pipes OpenSSH 9.2's sshd gives a command, spliced data stalled the session in either
+direction (sshd blocked reading a pipe it had polled readable), and this copy costs
+a small part of what ssh's own encryption does.
 """
 
 from __future__ import annotations
