@@ -74,6 +74,16 @@ class Established:
     host: ReceiveHost
     alice: harness.User
     first: ClientClosure
+    key: CertifiedKey
+
+    def attempt(self, pushed: ClientClosure, **options: Any) -> tuple[Snapshot, Outcome]:
+        """The target's state, then a push of `pushed` as alice (`keys`: alice's certificate
+        unless given; `user`, `principal`: another peer or claim)."""
+        before = snapshot(self.host, pushed)
+        user = options.pop("user", self.alice)
+        principal = options.pop("principal", "alice")
+        options.setdefault("keys", [self.key])
+        return before, push(self.host.socket, user, principal, pushed, **options)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +102,7 @@ def established(
         first = signed_closure(module_client, alice_key)
         outcome = push(host.socket, alice, "alice", first, keys=[alice_key])
         assert outcome.status == "deployed", (outcome.reason, host.log_text())
-        yield Established(host, alice, first)
+        yield Established(host, alice, first, alice_key)
 
 
 def signed_closure(client: ClientStore, *keys: CertifiedKey, blob_size: int = 0) -> ClientClosure:
@@ -234,10 +244,7 @@ def test_plan_verifies_and_transfers_nothing(
 ) -> None:
     host = established.host
     pushed = signed_closure(module_client, alice_key)
-    before = snapshot(host, pushed)
-    outcome = push(
-        host.socket, established.alice, "alice", pushed, keys=[alice_key], action=wire.Action.PLAN
-    )
+    before, outcome = established.attempt(pushed, action=wire.Action.PLAN)
     assert outcome.status == "planned"
     last = outcome.last
     assert isinstance(last, wire.Result) and last.paths == 3
@@ -277,8 +284,7 @@ def test_a_signer_the_trust_policy_rejects_is_refused_and_changes_nothing(
         team_ca.revoke(serial=key.serial)
     if case == "revoked_key_id":
         team_ca.revoke(key_id=key.name)
-    before = snapshot(host, pushed)
-    outcome = push(host.socket, established.alice, "alice", pushed, keys=sent)
+    before, outcome = established.attempt(pushed, keys=sent)
     refused_without_a_trace(host, pushed, before, outcome, why)
     last = outcome.last
     assert isinstance(last, wire.Verdict)
@@ -292,15 +298,7 @@ def test_a_reference_outside_the_push_that_the_target_lacks_is_refused(
     host = established.host
     pushed = signed_closure(module_client, alice_key)
     data = pushed.named("nwt-ddata")
-    before = snapshot(host, pushed)
-    outcome = push(
-        host.socket,
-        established.alice,
-        "alice",
-        pushed,
-        keys=[alice_key],
-        want=[path for path in pushed.paths if path != data],
-    )
+    before, outcome = established.attempt(pushed, want=[p for p in pushed.paths if p != data])
     refused_without_a_trace(
         host, pushed, before, outcome, f"refers to {data}, which is neither in the push"
     )
@@ -311,8 +309,7 @@ def test_a_profile_the_principal_may_not_set_is_refused(
 ) -> None:
     host = established.host
     pushed = signed_closure(module_client, alice_key)
-    before = snapshot(host, pushed)
-    outcome = push(host.socket, established.alice, "alice", pushed, keys=[alice_key], profile="db")
+    before, outcome = established.attempt(pushed, profile="db")
     refused_without_a_trace(host, pushed, before, outcome, "may not set profile db")
     assert outcome.received == [outcome.last]  # no WELCOME: refused at HELLO
 
@@ -341,8 +338,7 @@ def test_only_the_principal_configured_for_the_peers_uid_may_push(  # noqa: PLR0
         "alice": established.alice,
     }[who]
     pushed = signed_closure(module_client, alice_key)
-    before = snapshot(host, pushed)
-    outcome = push(host.socket, user, principal, pushed, keys=[alice_key])
+    before, outcome = established.attempt(pushed, user=user, principal=principal)
     refused_without_a_trace(host, pushed, before, outcome, why)
 
 
@@ -363,8 +359,7 @@ def test_a_tampered_nar_is_refused_when_it_ends(
         assert flipped != data and len(flipped) == len(data)
         return flipped
 
-    before = snapshot(host, pushed)
-    outcome = push(host.socket, established.alice, "alice", pushed, keys=[alice_key], tamper=tamper)
+    before, outcome = established.attempt(pushed, tamper=tamper)
     refused_without_a_trace(host, pushed, before, outcome, "does not match the narHash")
 
 
@@ -373,10 +368,7 @@ def test_a_stream_cut_halfway_changes_nothing(
 ) -> None:
     host = established.host
     pushed = signed_closure(module_client, alice_key, blob_size=3 << 20)
-    before = snapshot(host, pushed)
-    outcome = push(
-        host.socket, established.alice, "alice", pushed, keys=[alice_key], cut_after=3 << 19
-    )
+    before, outcome = established.attempt(pushed, cut_after=3 << 19)
     assert outcome.closed_early
     host.wait_for_log("truncated payload")
     assert snapshot(host, pushed) == before
