@@ -182,6 +182,13 @@ def gated_builder(sshd: harness.Sshd, users: harness.Users) -> Iterator[GatedBui
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def own_store_argv(root: Path, *command: str) -> list[str]:
+    """`command` in a mount namespace where `/nix` is `root`: a store of its own."""
+    bwrap = harness.which("bwrap")
+    assert bwrap is not None
+    return [bwrap, "--dev-bind", "/", "/", "--bind", str(root), "/nix", "--", *command]
+
+
 @dataclass(frozen=True)
 class ClientStore:
     """A Nix client with a store of its own: `/nix` bound from `root` in a mount namespace."""
@@ -190,9 +197,7 @@ class ClientStore:
     sshd: harness.Sshd
 
     def argv(self, *command: str) -> list[str]:
-        bwrap = harness.which("bwrap")
-        assert bwrap is not None
-        return [bwrap, "--dev-bind", "/", "/", "--bind", str(self.root), "/nix", "--", *command]
+        return own_store_argv(self.root, *command)
 
     def run(
         self, *command: str, check: bool = True, timeout: float = 300, input: bytes | None = None

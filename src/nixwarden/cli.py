@@ -29,6 +29,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "closure": ("nixwarden.confine.cli", "print the closure of store paths"),
     "confine": ("nixwarden.confine.cli", "run a program or a service seeing only its closure"),
     "audit": ("nixwarden.audit.cli", "check a machine's Nix, SSH and nixwarden trust settings"),
+    "push": (
+        "nixwarden.deploy.push_cli",
+        "deploy store paths to targets' receive services: verified, all or nothing, no root",
+    ),
+    "receive-daemon": (
+        "nixwarden.deploy.receive_cli",
+        "run the deploy receive service (verified pushes without root)",
+    ),
+    "provenance": (
+        "nixwarden.deploy.provenance_cli",
+        "who put a store path here: the receive service's hash-chained records",
+    ),
 }
 
 USAGE = "usage: nixwarden [--debug] COMMAND [ARGS…]   (nixwarden COMMAND --help for details)"

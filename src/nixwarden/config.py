@@ -32,8 +32,13 @@ __all__ = ["CONFIG_ENV", "DEFAULT_CONFIG_PATH", "Config", "Principal", "config_p
 
 PROTOCOLS = ("ssh-ng", "ssh")
 STORE_MODES = ("tenant", "host")
+ROLES = ("build", "deploy")
 
 PRINCIPAL_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# A profile is a file name in [receive] profiles_dir; Nix adds `-N-link` for generations.
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_+.-]{0,63}")
+UNIX_USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+MAX_ACTIVATION_TIMEOUT = 86400
 # ASCII only: \d and \s would also take other scripts' digits and spaces, which int() reads.
 _SIZE = re.compile(r"([0-9]{1,15}) ?([KMGT]?)i?B?", re.IGNORECASE | re.ASCII)
 _DURATION = re.compile(r"([0-9]{1,12}) ?([smhdw]?)", re.ASCII)
@@ -41,6 +46,7 @@ _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_SIZE = 1 << 60  # 1 EiB: any real quota, and far from overflowing a C off_t
 MAX_DURATION = 366 * 86400
+ANY_DURATION = 1 << 40  # where the caller checks a tighter bound of its own (seconds)
 
 # Bounds on the document, checked before tomllib parses it (see the module docstring).
 MAX_CONFIG_BYTES = 1 << 20
@@ -91,8 +97,35 @@ class TrustSettings:
 
 
 @dataclass(frozen=True)
+class Activation:
+    """`[receive.activation.NAME]`: a program the receive service runs after switching
+    profile NAME (argv, absolute program path), killed after `timeout` seconds."""
+
+    command: tuple[str, ...]
+    timeout: int = 300
+
+
+@dataclass(frozen=True)
+class ReceiveSettings:
+    """`[receive]`: the deploy receive service of this machine (see docs/deploy.md)."""
+
+    user: str = "nixwarden-receive"
+    socket: str = "/run/nixwarden/receive.sock"
+    signing_key: str = "/var/lib/nixwarden/receive/host.sec"
+    profiles_dir: str = "/nix/var/nix/profiles/nixwarden"
+    staging_dir: str = "/var/lib/nixwarden/receive/staging"
+    provenance: str = "/var/lib/nixwarden/receive/provenance.db"
+    idle_timeout: int = 60
+    max_connections: int = 16
+    activation: Mapping[str, Activation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Principal:
     name: str
+    role: str = "build"
+    user: str | None = None  # deploy: the unix user whose sessions may speak for it
+    profiles: tuple[str, ...] = ()  # deploy: the profiles it may set
     protocols: tuple[str, ...] = ("ssh-ng",)
     write: bool = False
     store: str = "tenant"
@@ -121,6 +154,7 @@ class Config:
     tenants: TenantSettings = field(default_factory=TenantSettings)
     principals: Mapping[str, Principal] = field(default_factory=dict)
     trust: TrustSettings = field(default_factory=TrustSettings)
+    receive: ReceiveSettings = field(default_factory=ReceiveSettings)
 
     @classmethod
     def from_toml(cls, data: bytes, path: str) -> Config:
@@ -144,7 +178,7 @@ class Config:
     @classmethod
     def from_mapping(cls, document: Mapping[str, Any], path: str) -> Config:
         reader = _Reader(path)
-        reader.only_keys("", document, ("gate", "tenants", "principals", "trust"))
+        reader.only_keys("", document, ("gate", "tenants", "principals", "trust", "receive"))
         gate_table = reader.table("gate", document.get("gate", {}))
         tenants_table = reader.table("tenants", document.get("tenants", {}))
         principals_table = reader.table("principals", document.get("principals", {}))
@@ -158,6 +192,7 @@ class Config:
             tenants=_tenants(reader, tenants_table),
             principals=principals,
             trust=_trust(reader, reader.table("trust", document.get("trust", {}))),
+            receive=_receive(reader, reader.table("receive", document.get("receive", {}))),
         )
 
     def principal(self, name: str) -> Principal:
@@ -501,7 +536,66 @@ def _trust(reader: _Reader, table: Mapping[str, Any]) -> TrustSettings:
     return TrustSettings(**values)
 
 
+_RECEIVE_PATHS = ("socket", "signing_key", "profiles_dir", "staging_dir", "provenance")
+
+
+def _receive(reader: _Reader, table: Mapping[str, Any]) -> ReceiveSettings:
+    keys = ("user", *_RECEIVE_PATHS, "idle_timeout", "max_connections", "activation")
+    reader.only_keys("receive", table, keys)
+    values: dict[str, Any] = {}
+    if "user" in table:
+        user = reader.string("receive.user", table["user"])
+        if not UNIX_USER_NAME.fullmatch(user):
+            raise reader.fail("receive.user", f"{user!r} is not a unix user name")
+        if user == "root":
+            raise reader.fail("receive.user", "the receive service never runs as root")
+        values["user"] = user
+    for key in _RECEIVE_PATHS:
+        if key in table:
+            values[key] = reader.absolute_path(f"receive.{key}", table[key])
+    if "idle_timeout" in table:
+        seconds = reader.converted(
+            "receive.idle_timeout", table["idle_timeout"], parse_duration, ANY_DURATION
+        )
+        if not 1 <= seconds <= 3600:
+            raise reader.fail("receive.idle_timeout", "expected 1 second to 1 hour")
+        values["idle_timeout"] = seconds
+    if "max_connections" in table:
+        values["max_connections"] = reader.integer(
+            "receive.max_connections", table["max_connections"], 1, 1024
+        )
+    activations = reader.table("receive.activation", table.get("activation", {}))
+    values["activation"] = {
+        name: _activation(reader, f"receive.activation.{name}", name, value)
+        for name, value in activations.items()
+    }
+    return ReceiveSettings(**values)
+
+
+def _activation(reader: _Reader, prefix: str, profile: str, value: object) -> Activation:
+    if not PROFILE_NAME.fullmatch(profile):
+        raise reader.fail(prefix, "a profile name is 1-64 of A-Z a-z 0-9 _ + . -")
+    table = reader.table(prefix, value)
+    reader.only_keys(prefix, table, ("command", "timeout"))
+    if "command" not in table:
+        raise reader.fail(f"{prefix}.command", "required (the program and its arguments)")
+    command = reader.strings(f"{prefix}.command", table["command"])
+    if not command or not os.path.isabs(command[0]):
+        raise reader.fail(f"{prefix}.command", "expected [absolute program, arguments…]")
+    timeout = 300
+    if "timeout" in table:
+        timeout = reader.converted(
+            f"{prefix}.timeout", table["timeout"], parse_duration, ANY_DURATION
+        )
+        if not 1 <= timeout <= MAX_ACTIVATION_TIMEOUT:
+            raise reader.fail(f"{prefix}.timeout", "expected 1 second to 1 day")
+    return Activation(command=command, timeout=timeout)
+
+
 _PRINCIPAL_KEYS = (
+    "role",
+    "user",
+    "profiles",
     "protocols",
     "write",
     "store",
@@ -538,6 +632,7 @@ LIMIT_MODES = ("enforce", "best-effort")
 MIN_MEMORY = 32 << 20  # below this not even the sandbox and Nix start
 MAX_CPU = 1024.0
 MIN_CPU = 0.01  # 1 ms of each 100 ms CFS period
+_BUILD_ONLY = ("protocols", "write", "store", "allowed_stores", *_TENANT_ONLY)
 
 
 def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principal:
@@ -552,6 +647,21 @@ def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principa
     def key(k: str) -> str:
         return f"{prefix}.{k}"
 
+    if "role" in table:
+        values["role"] = reader.choice(key("role"), table["role"], ROLES)
+    if "user" in table:
+        user = reader.string(key("user"), table["user"])
+        if not UNIX_USER_NAME.fullmatch(user):
+            raise reader.fail(key("user"), f"{user!r} is not a unix user name")
+        values["user"] = user
+    if "profiles" in table:
+        profiles = reader.strings(key("profiles"), table["profiles"])
+        for index, profile in enumerate(profiles):
+            if not PROFILE_NAME.fullmatch(profile):
+                raise reader.fail(
+                    f"{key('profiles')}[{index}]", "a profile name is 1-64 of A-Z a-z 0-9 _ + . -"
+                )
+        values["profiles"] = tuple(dict.fromkeys(profiles))
     if "protocols" in table:
         protocols = reader.strings(key("protocols"), table["protocols"])
         for index, protocol in enumerate(protocols):
@@ -601,6 +711,19 @@ def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principa
         values["limits"] = reader.choice(key("limits"), table["limits"], LIMIT_MODES)
 
     principal = Principal(**values)
+    if principal.role == "deploy":
+        # A deploy principal speaks only the receive protocol: nothing of a build's applies.
+        for build_key in _BUILD_ONLY:
+            if build_key in table:
+                raise reader.fail(key(build_key), 'does not apply to role = "deploy"')
+        if principal.user is None:
+            raise reader.fail(
+                key("user"), 'role = "deploy" needs the unix user whose sessions speak for it'
+            )
+        return principal
+    for deploy_key in ("user", "profiles"):
+        if deploy_key in table:
+            raise reader.fail(key(deploy_key), 'only applies to role = "deploy"')
     if principal.write and "ssh" not in principal.protocols:
         raise reader.fail(key("write"), 'write = true only matters with "ssh" in protocols')
     if principal.store == "tenant" and principal.allowed_stores:

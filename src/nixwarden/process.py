@@ -62,6 +62,23 @@ def run(
     return result
 
 
+def start_piped(argv: Argv, *, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start argv with pipes on stdin, stdout and stderr; the caller owns the process
+    (reads its stderr while it runs, waits for it)."""
+    import subprocess  # noqa: PLC0415 - kept off the gate's start-up path
+
+    try:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as error:
+        raise CommandFailed(f"{argv[0]}: not found") from error
+
+
 def exec_replace(argv: Argv, env: Mapping[str, str]) -> None:
     """Replace this process with argv (absolute path, no PATH search). Only returns by raising."""
     if not argv or not os.path.isabs(argv[0]):

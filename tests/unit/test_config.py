@@ -191,9 +191,9 @@ CONFIG_REASONS = {
     "config_deep_array": "line 1: arrays and inline tables nest deeper than 16",
     "config_deep_array_after_strings": "line 2: arrays and inline tables nest deeper than 16",
     "config_deep_inline_table": "line 1: arrays and inline tables nest deeper than 16",
-    "config_duration_arabic_digits": "expected a duration such as 90, 30m or 2h",
-    "config_duration_digits_overflow": "expected a duration such as 90, 30m or 2h",
-    "config_duration_fullwidth_digits": "expected a duration such as 90, 30m or 2h",
+    "config_duration_arabic_digits": "expected a duration such as 90, 30m",
+    "config_duration_digits_overflow": "expected a duration such as 90, 30m",
+    "config_duration_fullwidth_digits": "expected a duration such as 90, 30m",
     "config_duration_ideographic_space": r"got '30\u3000m'",
     "config_duration_too_long": "session_timeout: at most 31622400, got '400d'",
     "config_integer_5000_digits": "not a usable TOML value: 'Exceeds the limit",
@@ -408,3 +408,48 @@ def test_audit_reports_a_deep_config_as_invalid(
     findings = json.loads(capsys.readouterr().out)["findings"]
     (invalid,) = [f for f in findings if f["rule"] == "nixwarden-config-invalid"]
     assert "nest deeper than 16" in json.dumps(invalid)
+
+
+def test_deploy_principal() -> None:
+    config = load(
+        """
+[principals.alice]
+role = "deploy"
+user = "deploy"
+profiles = ["web", "db", "web"]
+max_sessions = 2
+[principals.builder]
+"""
+    )
+    alice = config.principal("alice")
+    assert (alice.role, alice.user, alice.profiles, alice.max_sessions) == (
+        "deploy",
+        "deploy",
+        ("web", "db"),
+        2,
+    )
+    builder = config.principal("builder")
+    assert (builder.role, builder.user, builder.profiles) == ("build", None, ())
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('role = "admin"', "principals.a.role", 'expected "build" or "deploy"'),
+        ('role = "deploy"', "principals.a.user", "needs the unix user"),
+        ('role = "deploy"\nuser = "Deploy"', "principals.a.user", "is not a unix user name"),
+        ('role = "deploy"\nuser = "d"\nprotocols = ["ssh"]', "principals.a.protocols", "deploy"),
+        ('role = "deploy"\nuser = "d"\nwrite = true', "principals.a.write", "deploy"),
+        ('role = "deploy"\nuser = "d"\nstore = "host"', "principals.a.store", "deploy"),
+        ('role = "deploy"\nuser = "d"\nnetwork = true', "principals.a.network", "deploy"),
+        ('role = "deploy"\nuser = "d"\nprofiles = ["../x"]', "principals.a.profiles[0]", "1-64"),
+        ('role = "deploy"\nuser = "d"\nprofiles = [".web"]', "principals.a.profiles[0]", "1-64"),
+        ('user = "d"', "principals.a.user", 'only applies to role = "deploy"'),
+        ('profiles = ["web"]', "principals.a.profiles", 'only applies to role = "deploy"'),
+    ],
+)
+def test_deploy_principal_errors(text: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load(f"[principals.a]\n{text}\n")
+    assert error.value.key == key
+    assert expected in str(error.value)

@@ -39,9 +39,10 @@ LAYERS: dict[str, int] = {
     # the parts
     "tenants": 5,
     "confine": 5,
+    # below the gate: a deploy principal's session relays through deploy.wire
+    "deploy": 5,
     "gate": 6,
     "audit": 7,
-    "deploy": 7,
     "provision": 8,
     "cli": 9,
     "__main__": 10,

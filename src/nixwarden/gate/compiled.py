@@ -23,10 +23,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from nixwarden.config import Config, GateSettings, Principal, TenantSettings
 
-# Raised whenever validation tightens: a copy compiled by an older nixwarden holds values
-# checked by its rules (3: printable strings, one-word nix.conf items; 4: the tenant
-# limits and cgroup settings), so it is ignored.
-FORMAT = 4
+# Raised whenever validation tightens or the model grows: a copy compiled by an older
+# nixwarden holds values checked by its rules (3: printable strings, one-word nix.conf
+# items; 4: the tenant limits and cgroup settings; 5: principals carry role, user and
+# profiles), so it is ignored.
+FORMAT = 5
 
 
 class Values:

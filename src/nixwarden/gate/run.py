@@ -106,16 +106,29 @@ def serve(
     except Exception as error:  # no policy: nothing to decide with, no audit log to use
         session.to_syslog(f"configuration error: {_reason(error)}")
         raise _denied(principal_name, CONFIG_FAULT) from None
+    deploy = None
     try:
         principal = _principal(principals, principal_name, path)
-        argv, env, _slot = _decide_and_prepare(
-            gate, tenants, principal, session, environ, stdin_fd, stdout_fd, config_path=path
-        )
+        if principal.role == "deploy":  # the receive protocol, relayed (gate/relay.py)
+            from nixwarden.gate import relay  # noqa: PLC0415 - deploy principals only
+
+            raw = environ.get(b"SSH_ORIGINAL_COMMAND", b"")
+            deploy = relay.prepare(gate, principal, path, raw, session.keys, session.client)
+            argv: tuple[str, ...] = deploy.argv
+            env: dict[str, str] = {}
+        else:
+            argv, env, _slot = _decide_and_prepare(
+                gate, tenants, principal, session, environ, stdin_fd, stdout_fd, config_path=path
+            )
     except Exception as error:  # fail closed, and log it: every decision is a log line
         session.log(gate.audit_log, "deny", _reason(error), None)
         raise _denied(principal_name, _for_client(error)) from None
     if not session.log(gate.audit_log, "allow", "allowed", argv):
+        if deploy is not None:
+            deploy.close()
         raise _denied(principal_name, LOG_FAULT)
+    if deploy is not None:
+        return deploy.run(stdin_fd, stdout_fd)
     from nixwarden import process  # noqa: PLC0415
 
     sys.stdout.flush()
@@ -146,6 +159,10 @@ def _for_client(error: BaseException) -> str:
         | sessions.SessionsFull
         | sessions.SessionsBusy,
     ):
+        return str(error)
+    from nixwarden.gate.relay import DeployRefused  # noqa: PLC0415 - only on a denial
+
+    if isinstance(error, DeployRefused):
         return str(error)
     if isinstance(error, ConfigError):
         return CONFIG_FAULT
@@ -190,6 +207,14 @@ def check(principal_name: str, config_path: str | None, command: str) -> tuple[b
     gate, tenants, principals = load_policy(path)
     principal = _principal(principals, principal_name, path)
     raw = command.encode("utf-8", "surrogateescape")
+    if principal.role == "deploy":
+        from nixwarden.gate import relay  # noqa: PLC0415 - deploy principals only
+
+        try:
+            relay.check_request(raw)
+        except Refused as error:
+            return False, escape(str(error))
+        return True, escape(f"relay to the receive service (principal {principal.name}, deploy)")
     if request.is_line_mode(raw):
         return False, "line mode (Lix 2.93 'bash'): the decision depends on the lines sent on stdin"
     try:

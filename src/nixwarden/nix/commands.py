@@ -119,6 +119,175 @@ def collect_garbage(
     return escape(output[-1]) if output else "done"
 
 
+# How many store paths one command line carries: far below ARG_MAX (2 MiB on Linux)
+# with paths of up to 255 bytes.
+PATHS_PER_COMMAND = 4096
+
+
+def _batches(paths: Sequence[str]) -> list[Sequence[str]]:
+    return [paths[i : i + PATHS_PER_COMMAND] for i in range(0, len(paths), PATHS_PER_COMMAND)]
+
+
+def _in_batches(
+    argv: Sequence[str], paths: Sequence[str], *, env: Mapping[str, str], timeout: float | None
+) -> list[bytes]:
+    """`argv -- BATCH…` for each batch of `paths`, in order; their outputs."""
+    outputs = []
+    for batch in _batches(paths):
+        command = [*argv, "--", *batch]
+        result = process.run(command, env=env, check=False, timeout=timeout)
+        if result.returncode != 0:
+            raise _failed(command, result.stderr, result.returncode)
+        outputs.append(result.stdout)
+    return outputs
+
+
+def copy_from(
+    source: str,
+    paths: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    to: str = "daemon",
+    nix: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix copy --no-recursive --from SOURCE --to TO PATH…`: exactly `paths`, no closure.
+
+    Their references must be valid at `to` or among `paths`; `paths` must come in an
+    order where every path follows its references (each command line is one batch, and
+    a later batch may refer to an earlier one). Signatures are checked at `to` as its
+    trust settings say (`--no-check-sigs` is never passed).
+    """
+    program = nix or find_nix_program("nix")
+    argv = [program, "--extra-experimental-features", "nix-command", "copy", "--no-recursive"]
+    argv += ["--from", source, "--to", to]
+    _in_batches(argv, paths, env=env, timeout=timeout)
+
+
+def invalid_paths(
+    paths: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    nix_store: str | None = None,
+    timeout: float | None = None,
+    store_dir: str = STORE_DIR,
+) -> frozenset[str]:
+    """`nix-store --check-validity --print-invalid PATH…`: those of `paths` the store lacks.
+
+    One request per batch (the daemon's QueryValidPaths), unlike `nix path-info`, which
+    costs tens of milliseconds for each path it does not find."""
+    program = nix_store or find_nix_program("nix-store")
+    found: set[str] = set()
+    for batch in _batches(paths):
+        argv = [program, "--check-validity", "--print-invalid", "--", *batch]
+        result = process.run(argv, env=env, check=False, timeout=timeout)
+        if result.returncode != 0:
+            raise _failed(argv, result.stderr, result.returncode)
+        try:
+            lines = result.stdout.decode("utf-8").split()
+            found.update(StorePath.parse(line, store_dir).absolute(store_dir) for line in lines)
+        except (UnicodeDecodeError, BadStorePath):
+            raise CommandFailed(f"{argv[0]} --check-validity: unexpected output") from None
+    return frozenset(found)
+
+
+def sign_paths(
+    paths: Sequence[str],
+    key_file: str,
+    *,
+    env: Mapping[str, str],
+    nix: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix store sign --key-file SEC PATH…`: add that key's signature to exactly `paths`.
+
+    Through the daemon's AddSignatures, which any client may call (the signature is only
+    as good as the key); a path that already has it keeps one. No `--recursive`.
+    """
+    program = nix or find_nix_program("nix")
+    for batch in _batches(paths):
+        argv = [
+            program,
+            "--extra-experimental-features",
+            "nix-command",
+            "store",
+            "sign",
+            "--key-file",
+            key_file,
+            "--",
+            *batch,
+        ]
+        result = process.run(argv, env=env, check=False, timeout=timeout)
+        if result.returncode != 0:
+            raise _failed(argv, result.stderr, result.returncode)
+
+
+def delete_paths(
+    paths: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    nix_store: str | None = None,
+    timeout: float | None = None,
+) -> None:
+    """`nix-store --delete PATH…`: delete `paths` if nothing keeps them alive.
+
+    Raises `CommandFailed` when a path is still alive (a GC root, a running process or
+    a valid path outside `paths` refers to it) or the daemon refuses; the paths that
+    were dead are deleted even then.
+    """
+    argv = [nix_store or find_nix_program("nix-store"), "--delete"]
+    _in_batches(argv, paths, env=env, timeout=timeout)
+
+
+def nix_env_profile(
+    profile: str,
+    arguments: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    nix_env: str | None = None,
+    timeout: float | None = None,
+) -> bytes:
+    """`nix-env --profile PROFILE ARGUMENTS…`: `--set PATH` (a new generation holding
+    exactly PATH), `--switch-generation N`, `--delete-generations N…` (never the
+    current one), `--rollback`, `--list-generations`. Returns its stdout."""
+    argv = [nix_env or find_nix_program("nix-env"), "--profile", profile, *arguments]
+    result = process.run(argv, env=env, check=False, timeout=timeout)
+    if result.returncode != 0:
+        raise _failed(argv, result.stderr, result.returncode)
+    return result.stdout
+
+
+def profile_generations(
+    profile: str,
+    *,
+    env: Mapping[str, str],
+    nix_env: str | None = None,
+    timeout: float | None = None,
+) -> tuple[tuple[int, bool], ...]:
+    """`nix-env --profile PROFILE --list-generations`: (number, is current) per generation."""
+    output = nix_env_profile(
+        profile, ["--list-generations"], env=env, nix_env=nix_env, timeout=timeout
+    )
+    return parse_generations(output.decode("utf-8", "replace"))
+
+
+def parse_generations(text: str) -> tuple[tuple[int, bool], ...]:
+    """`   3   2026-11-22 21:05:48   (current)` lines → ((3, True), …)."""
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if (
+            not words[0].isdigit()
+            or len(words) not in (3, 4)
+            or words[3:] not in ([], ["(current)"])
+        ):
+            raise CommandFailed(f"nix-env --list-generations: unexpected line {escape(line)!r}")
+        found.append((int(words[0]), len(words) == 4))
+    return tuple(found)
+
+
 def version(*, env: Mapping[str, str], nix: str | None = None, timeout: float | None = 20) -> str:
     """`nix --version`: its first line, as printed (`nix (Nix) 2.8.0`)."""
     argv = [nix or find_nix_program("nix"), "--version"]

@@ -103,9 +103,9 @@ def closure(
     roots = json_strings(store_paths)
 
     def query(connection: sqlite3.Connection) -> frozenset[str]:
-        missing = [row[0] for row in connection.execute(_MISSING, (roots,))]
+        missing = _invalid_among(connection, roots)
         if missing:
-            raise InvalidPaths(missing)
+            raise InvalidPaths(sorted(missing))
         return frozenset(path for (path,) in connection.execute(_CLOSURE, (roots,)))
 
     return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)
@@ -175,3 +175,25 @@ def _read_once(
     finally:
         connection.close()  # rolls back a transaction left open by an error
     return result
+
+
+def invalid(
+    store_paths: Sequence[str],
+    db: str = DEFAULT_DB,
+    *,
+    attempts: int = 8,
+    busy_timeout: float = 2.0,
+) -> frozenset[str]:
+    """Those of `store_paths` (exact store paths) that are not valid in the database at `db`.
+
+    Raises `DatabaseUnreadable` when the database cannot answer.
+    """
+    paths = json_strings(store_paths)
+    return _read(
+        db, lambda c: _invalid_among(c, paths), attempts=attempts, busy_timeout=busy_timeout
+    )
+
+
+def _invalid_among(connection: sqlite3.Connection, paths: str) -> frozenset[str]:
+    """Those of `paths` (a JSON list) that ValidPaths does not hold."""
+    return frozenset(row[0] for row in connection.execute(_MISSING, (paths,)))
