@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nixwarden.sessions import tmpfiles_line
 from testbed import harness
 from testbed.deploy_setup import CountersignDaemon, ReceiveHost
 
@@ -41,9 +42,12 @@ def gate_on(host: ReceiveHost) -> None:
     log.touch(mode=0o620)
     log.chmod(0o620)
     shutil.chown(log, group=harness.LOG_GROUP)
+    # As an administrator installs it (contrib/tmpfiles.d/nixwarden.conf): root's, not
+    # writable by others; each deployer gets its own directory in add_deployer.
     sessions = directory / "state" / "sessions"
     sessions.mkdir(parents=True)
-    sessions.chmod(0o1777)
+    (directory / "state").chmod(0o755)
+    sessions.chmod(0o711)
     directory.chmod(0o755)
     host.gate = {"audit_log": str(log), "state_dir": str(directory / "state")}
     host.write_config()
@@ -64,6 +68,12 @@ def add_deployer(
 ) -> Deployer:
     """A principal reachable over SSH; its user is in the log group only (not nix-users)."""
     user = host.users.create(groups=(harness.LOG_GROUP,))
+    if host.gate:
+        state_dir = str(host.gate["state_dir"])
+        tmpfiles = Path(state_dir).parent / "tmpfiles.conf"
+        with tmpfiles.open("a") as conf:
+            conf.write(tmpfiles_line(state_dir, user.name, user.name) + "\n")
+        harness.run(["systemd-tmpfiles", "--create", str(tmpfiles)])
     if role == "deploy":
         host.add_deployer(principal, profiles=profiles, user=user)
     else:
