@@ -14,7 +14,7 @@ from nixwarden.ca import ledger, sshkey
 from nixwarden.ca.cert import Certificate
 from nixwarden.ca.krl import CertRef, Krl
 from nixwarden.cli import main
-from nixwarden.errors import FormatError, Refused
+from nixwarden.errors import FormatError, InvalidInput, Refused
 from nixwarden.trust.keys import PublicKey, SecretKey
 
 
@@ -292,3 +292,65 @@ def test_show_a_krl(
     assert main(["ca", "show", str(krl_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"nixwarden: error: {krl_path}: ") and err.count("\n") == 1
+
+
+FAKE_PATH = "/nix/store/" + "0" * 32 + "-x"
+
+
+def test_verify_refuses_bad_certificate_options_before_looking_at_any_path(
+    tmp_path: Path, ca: tuple[Path, Path], alice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    assert issue(ca[0], alice, certs / "alice-cert.pub") == 0
+    broken_krl = tmp_path / "broken.krl"
+    broken_krl.write_bytes(b"SSHKRL\n\0\0\0\0\x01")
+    rsa_ca = tmp_path / "rsa.pub"
+    rsa_ca.write_text("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 x\n")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x-cert.pub").write_text("ssh-ed25519-cert-v01@openssh.com AAAA\n")
+    good = ["--ca", str(ca[1]), "--certs", str(certs)]
+    capsys.readouterr()
+    for argv, reason in (
+        ([], "nothing to trust"),
+        (["--ca", str(ca[1])], "--ca and --certs go together"),
+        (["--certs", str(certs)], "--ca and --certs go together"),
+        ([*good, "--min-signers", "0"], "--min-signers: invalid"),
+        ([*good, "--at", "yesterday"], "invalid time"),
+        ([*good, "--max-validity", "1y"], "invalid time interval"),
+        ([*good, "--krl", str(broken_krl)], "broken.krl: KRL"),
+        ([*good, "--krl", str(tmp_path / "missing.krl")], "missing.krl"),
+        (["--ca", str(rsa_ca), "--certs", str(certs)], "'ssh-rsa' is not accepted"),
+        (["--ca", str(ca[1]), "--certs", str(tmp_path / "bad")], "x-cert.pub"),
+    ):
+        assert main(["verify", *argv, FAKE_PATH]) == 2, argv
+        err = capsys.readouterr().err
+        assert reason in err and err.count("\n") == 1, (argv, err)
+    # a value that starts with '-' is taken as the value, as ssh-keygen's getopt takes it
+    assert main(["verify", *good, "--at", "-1d", "--max-validity", "x", FAKE_PATH]) == 2
+    assert "invalid time interval 'x'" in capsys.readouterr().err
+
+
+def test_policy_from_the_trust_table(
+    tmp_path: Path, ca: tuple[Path, Path], alice: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nixwarden.ca.options import policy_from_settings  # noqa: PLC0415
+    from nixwarden.config import TrustSettings  # noqa: PLC0415
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    assert issue(ca[0], alice, certs / "alice-cert.pub", "--principal", "web") == 0
+    krl_path = tmp_path / "revoked.krl"
+    assert (
+        main(["ca", "revoke", "--ca-public", str(ca[1]), "--krl", str(krl_path), "--serial", "9"])
+        == 0
+    )
+    settings = TrustSettings(
+        ca_keys=(str(ca[1]),), krl=(str(krl_path),), principals=("web",), min_signers=1
+    )
+    policy = policy_from_settings(settings, [str(certs)])
+    assert set(policy.accepted) == {"alice-1"}
+    refused = policy_from_settings(settings, [str(certs)], at=2**40)
+    assert refused.refused["alice-1"].startswith("expired ")
+    with pytest.raises(InvalidInput, match="no ca_keys"):
+        policy_from_settings(TrustSettings(), [str(certs)])

@@ -147,17 +147,25 @@ def parse_instant(text: str, now: int) -> int:
     ISO 8601 times without an offset are UTC (`2026-11-20T10:00`, `2026-11-20T10:00Z`,
     `2026-11-20T12:00+02:00`).
     """
+    invalid = InvalidInput(
+        f"invalid time '{escape(text)}' (now, 2026-11-20T10:00Z, 20261120Z, +1d, -2h, 0xSECONDS)"
+    )
     if text == "now":
         return now
     if "-" in text[1:] or "T" in text:
         try:
             moment = datetime.datetime.fromisoformat(text)
         except ValueError:
-            raise InvalidInput(f"invalid time '{escape(text)}'") from None
+            raise invalid from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=datetime.UTC)
         return int(moment.timestamp())
-    return parse_time(text, now, end=False)
+    if text in ("always", "forever"):
+        raise invalid
+    try:
+        return parse_time(text, now, end=False)
+    except InvalidInput:
+        raise invalid from None
 
 
 def format_time(seconds: int) -> str:
