@@ -8,14 +8,17 @@ the stream, leave a path out, claim another principal.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from nixwarden.deploy import wire
 from nixwarden.nix.storepath import StorePath
@@ -25,6 +28,9 @@ from nixwarden.trust.pathinfo import PathInfo
 from testbed import harness
 from testbed.deploy_setup import CertifiedKey
 from testbed.gate_setup import ClientStore
+
+# Not left to the shared client nix.conf, which other runs of the harness rewrite.
+NIX_COMMAND = ("--extra-experimental-features", "nix-command")
 
 # app -> lib -> data: a closure of three, built by the client's own Nix in its own /nix.
 # With `blob`, data is that (large) added file instead of a small text.
@@ -90,11 +96,11 @@ def build(
 def sign(client: ClientStore, top: str, *keys: CertifiedKey) -> None:
     """Sign the closure of `top` in the client store, as `nix store sign -r` does."""
     for key in keys:
-        client.run("nix", "store", "sign", "--key-file", str(key.secret), "--recursive", top)
+        client.run("nix", *NIX_COMMAND, "store", "sign", "--key-file", str(key.secret), "-r", top)
 
 
 def closure(client: ClientStore, top: str) -> ClientClosure:
-    output = client.run("nix", "path-info", "--json", "--sigs", "--recursive", top).stdout
+    output = client.run("nix", *NIX_COMMAND, "path-info", "--json", "--sigs", "-r", top).stdout
     infos = tuple(PathInfo.from_json(entry) for entry in json.loads(output))
     return ClientClosure(client, top, infos)
 
@@ -127,6 +133,7 @@ class Outcome:
 
     received: list[wire.Message] = field(default_factory=list)
     closed_early: bool = False
+    stderr: str = ""  # of the ssh command, when there was one
 
     @property
     def last(self) -> wire.Message | None:
@@ -167,15 +174,56 @@ class Outcome:
 
 
 class _Conversation:
-    def __init__(self, connection: socket.socket) -> None:
-        self.connection = connection
-        self.reader = connection.makefile("rb")
+    """The client's side of one conversation, over a socket or an ssh command's pipes."""
+
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        reader: wire.Readable,
+        close_write: Callable[[], None],
+        close: Callable[[], None],
+    ) -> None:
+        self.write = write
+        self.reader = reader
+        self.close_write = close_write
+        self.close = close
         self.outcome = Outcome()
+
+    @classmethod
+    def over_socket(cls, connection: socket.socket) -> _Conversation:
+        reader = connection.makefile("rb")
+
+        def close() -> None:
+            reader.close()
+            connection.close()
+
+        return cls(connection.sendall, reader, lambda: connection.shutdown(socket.SHUT_WR), close)
+
+    @classmethod
+    def over_process(cls, child: subprocess.Popen[bytes]) -> _Conversation:
+        assert child.stdin is not None and child.stdout is not None
+        stdin, stdout = child.stdin, child.stdout
+
+        def write(data: bytes) -> None:
+            stdin.write(data)
+            stdin.flush()
+
+        def close() -> None:
+            with contextlib.suppress(OSError):
+                stdin.close()
+            stdout.close()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+        return cls(write, cast("io.BufferedReader", stdout), stdin.close, close)
 
     def send(self, message: wire.Message) -> bool:
         """False when the service has closed its side (it said why, or will)."""
         try:
-            self.connection.sendall(wire.encode(message))
+            self.write(wire.encode(message))
         except (BrokenPipeError, ConnectionResetError):
             self.outcome.closed_early = True
             return False
@@ -193,14 +241,17 @@ class _Conversation:
     def drain(self) -> Outcome:
         """Read what the service still says until it closes."""
         with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_WR)
+            self.close_write()
         while self.read() is not None:
             pass
         return self.outcome
 
-    def close(self) -> None:
-        self.reader.close()
-        self.connection.close()
+    def cut(self, data: bytes) -> None:
+        """Send `data`, then end the stream in both directions (a cable pulled)."""
+        with contextlib.suppress(OSError):
+            self.write(data)
+        self.outcome.closed_early = True
+        self.close()
 
 
 def _signed_info(info: PathInfo) -> wire.PathInfo:
@@ -218,78 +269,89 @@ def _signed_info(info: PathInfo) -> wire.PathInfo:
 CHUNK = 1 << 20
 
 
+@dataclass(frozen=True)
+class Options:
+    """How a push goes, and how it misbehaves (see `push`)."""
+
+    keys: Sequence[CertifiedKey] = ()
+    profile: str | None = "web"
+    action: wire.Action = wire.Action.PUSH
+    want: Sequence[str] | None = None
+    leave_out: Sequence[str] = ()
+    tamper: Callable[[str, bytes], bytes] | None = None
+    cut_after: int | None = None
+
+
 def push(
     socket_path: Path,
     user: harness.User,
     principal: str,
     pushed: ClientClosure | None,
     *,
-    keys: Sequence[CertifiedKey] = (),
-    profile: str | None = "web",
-    action: wire.Action = wire.Action.PUSH,
     relay_principal: str | None = None,
-    want: Sequence[str] | None = None,
-    leave_out: Sequence[str] = (),
-    tamper: Callable[[str, bytes], bytes] | None = None,
-    cut_after: int | None = None,
     ssh_keys: Sequence[str] = ("SHA256:test-session-key",),
     client: str | None = "127.0.0.1 50000 22",
+    **options: Any,
 ) -> Outcome:
-    """One push (or plan, or rollback) over the service's socket, as `user`.
+    """One push (or plan, or rollback) over the service's socket, as `user`, which first
+    sends the RELAY frame the gate would (`relay_principal`, default `principal`).
 
     `want` replaces the WANT list (default: the whole closure); `leave_out` paths are
     left out of the MANIFEST; `tamper(path, nar)` changes a NAR before it is sent;
-    `cut_after` closes the connection after that many NAR bytes.
+    `cut_after` ends the stream inside a frame after that many NAR bytes.
     """
-    conversation = _Conversation(connect_as(user, socket_path))
+    talk = _Conversation.over_socket(connect_as(user, socket_path))
     try:
-        _push(
-            conversation,
-            principal,
-            pushed,
-            keys=keys,
-            profile=profile,
-            action=action,
-            relay_principal=relay_principal or principal,
-            want=want,
-            leave_out=leave_out,
-            tamper=tamper,
-            cut_after=cut_after,
-            ssh_keys=ssh_keys,
-            client=client,
-        )
-        return conversation.outcome
+        relay = wire.Relay(relay_principal or principal, tuple(ssh_keys), client)
+        if talk.send(relay):
+            _push(talk, principal, pushed, Options(**options))
+        return talk.outcome
     finally:
-        conversation.close()
+        talk.close()
+
+
+def push_over_ssh(
+    ssh_argv: Sequence[str],
+    env: dict[str, str],
+    pushed: ClientClosure | None,
+    *,
+    principal: str | None = None,
+    **options: Any,
+) -> Outcome:
+    """The same conversation through `ssh … nixwarden-receive --protocol 1`: sshd, the
+    gate's decision and its relay, which sends the RELAY frame for the session."""
+    child = subprocess.Popen(
+        [*ssh_argv, "nixwarden-receive", "--protocol", "1"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    talk = _Conversation.over_process(child)
+    try:
+        _push(talk, principal, pushed, Options(**options))
+        return talk.outcome
+    finally:
+        talk.close()
+        if child.stderr is not None:
+            talk.outcome.stderr = child.stderr.read().decode(errors="replace")
+            child.stderr.close()
 
 
 def _push(
-    conversation: _Conversation,
-    principal: str,
-    pushed: ClientClosure | None,
-    *,
-    keys: Sequence[CertifiedKey],
-    profile: str | None,
-    action: wire.Action,
-    relay_principal: str,
-    want: Sequence[str] | None,
-    leave_out: Sequence[str],
-    tamper: Callable[[str, bytes], bytes] | None,
-    cut_after: int | None,
-    ssh_keys: Sequence[str],
-    client: str | None,
+    talk: _Conversation, principal: str | None, pushed: ClientClosure | None, options: Options
 ) -> None:
-    talk = conversation
+    action = options.action
     tops = () if pushed is None or action is wire.Action.ROLLBACK else (pushed.top,)
-    talk.send(wire.Relay(relay_principal, tuple(ssh_keys), client))
-    if not talk.send(wire.Hello(principal, action, profile, tops)):
+    if not talk.send(wire.Hello(principal, action, options.profile, tops)):
         talk.drain()
         return
     if not isinstance(talk.read(), wire.Welcome) or action is wire.Action.ROLLBACK:
         talk.drain()
         return
     assert pushed is not None
-    if not talk.send(wire.Want(tuple(want if want is not None else pushed.paths))):
+    want = options.want if options.want is not None else pushed.paths
+    if not talk.send(wire.Want(tuple(want))):
         talk.drain()
         return
     missing = talk.read()
@@ -297,35 +359,32 @@ def _push(
         talk.drain()
         return
     infos = [
-        _signed_info(pushed.info(path)) for path in missing.paths if path not in set(leave_out)
+        _signed_info(pushed.info(path))
+        for path in missing.paths
+        if path not in set(options.leave_out)
     ]
-    certificates = tuple(key.blob() for key in keys)
+    certificates = tuple(key.blob() for key in options.keys)
     if not talk.send(wire.Manifest(tuple(infos), certificates)):
         talk.drain()
         return
     verdict = talk.read()
-    if not isinstance(verdict, wire.Verdict) or not verdict.accepted:
-        talk.drain()
-        return
-    if action is wire.Action.PLAN:
+    if not isinstance(verdict, wire.Verdict) or not verdict.accepted or action is wire.Action.PLAN:
         talk.drain()
         return
     sent = 0
     for info in infos:
         data = pushed.nar(info.path)
-        if tamper is not None:
-            data = tamper(info.path, data)
+        if options.tamper is not None:
+            data = options.tamper(info.path, data)
         if not talk.send(wire.NarStart(info.path)):
             talk.drain()
             return
         for start in range(0, len(data), CHUNK):
             chunk = data[start : start + CHUNK]
-            if cut_after is not None and sent + len(chunk) >= cut_after:
+            if options.cut_after is not None and sent + len(chunk) >= options.cut_after:
                 # The stream ends inside a frame: its header announces the whole chunk.
                 frame = wire.encode(wire.NarData(chunk))
-                talk.connection.sendall(frame[: wire.HEADER.size + max(1, cut_after - sent)])
-                talk.connection.shutdown(socket.SHUT_RDWR)
-                talk.outcome.closed_early = True
+                talk.cut(frame[: wire.HEADER.size + max(1, options.cut_after - sent)])
                 return
             if not talk.send(wire.NarData(chunk)):
                 talk.drain()

@@ -97,12 +97,12 @@ class TeamCa:
         return CertifiedKey(name, secret, public, certificate, self.serial)
 
     def revoke(self, *, serial: int | None = None, key_id: str | None = None) -> None:
-        argv = ["ca", "revoke", "--ca-public", str(self.public), "--krl", str(self.krl)]
+        arguments = ["ca", "revoke", "--ca-public", str(self.public), "--krl", str(self.krl)]
         if serial is not None:
-            argv += ["--serial", str(serial)]
+            arguments += ["--serial", str(serial)]
         if key_id is not None:
-            argv += ["--key-id", key_id]
-        nixwarden(*argv)
+            arguments += ["--key-id", key_id]
+        nixwarden(*arguments)
         self.krl.chmod(0o644)
 
 

@@ -7,6 +7,7 @@ store's valid paths and every profile exactly as they were.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,72 +15,56 @@ import socket
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nixwarden.deploy import wire
 from testbed import harness
 from testbed.deploy_client import (
+    NIX_COMMAND,
     ClientClosure,
     Outcome,
     build,
     closure,
     connect_as,
     push,
+    push_over_ssh,
     sign,
 )
+from testbed.deploy_gate import add_deployer, audit_lines, gate_on
 from testbed.deploy_setup import (
     CertifiedKey,
     CountersignDaemon,
     ReceiveHost,
     TeamCa,
-    countersign_daemon,
     nixwarden,
     receive_host,
 )
-from testbed.gate_setup import ClientStore, client_store
+from testbed.gate_setup import ClientStore
 
-NIX_COMMAND = ("--extra-experimental-features", "nix-command")
-
-
-@pytest.fixture(scope="session")
-def countersign(system: None) -> Iterator[CountersignDaemon]:
-    with countersign_daemon() as daemon:
-        yield daemon
+FreshHost = Callable[..., contextlib.AbstractContextManager[tuple[ReceiveHost, harness.User]]]
 
 
-@pytest.fixture(scope="module")
-def team_ca(system: None) -> Iterator[TeamCa]:
-    directory = harness.world_dir("nwt-deploy-ca")
-    ca = TeamCa(directory / "ca")
-    ca.create()
-    try:
-        yield ca
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+@pytest.fixture
+def fresh_host(users: harness.Users, countersign: CountersignDaemon, team_ca: TeamCa) -> FreshHost:
+    """A target of the test's own (options as `receive_host` takes them), with alice as a
+    deploy principal of profile `web`, started: `with fresh_host(...) as (host, alice)`."""
 
+    @contextlib.contextmanager
+    def make(**options: Any) -> Iterator[tuple[ReceiveHost, harness.User]]:
+        idle_timeout = options.pop("idle_timeout", None)
+        with receive_host(users, countersign, team_ca, **options) as host:
+            if idle_timeout is not None:
+                host.receive["idle_timeout"] = idle_timeout
+            alice = host.add_deployer("alice", profiles=["web"])
+            host.start()
+            yield host, alice
 
-@pytest.fixture(scope="module")
-def alice_key(team_ca: TeamCa) -> CertifiedKey:
-    return team_ca.certify("alice")
-
-
-@pytest.fixture(scope="module")
-def module_users(system: None) -> Iterator[harness.Users]:
-    made = harness.Users()
-    try:
-        yield made
-    finally:
-        made.cleanup()
-
-
-@pytest.fixture(scope="module")
-def module_client(sshd: harness.Sshd) -> Iterator[ClientStore]:
-    with client_store(sshd) as made:
-        yield made
+    return make
 
 
 @dataclass
@@ -102,7 +87,7 @@ def established(
     with receive_host(module_users, countersign, team_ca) as host:
         alice = host.add_deployer("alice", profiles=["web"])
         host.add_deployer("builder-only", profiles=["web"])
-        host.principals["builder-only"]["role"] = "build"
+        host.principals["builder-only"] = {"role": "build"}  # its user still connects
         host.start()
         first = signed_closure(module_client, alice_key)
         outcome = push(host.socket, alice, "alice", first, keys=[alice_key])
@@ -131,6 +116,12 @@ def snapshot(host: ReceiveHost, pushed: ClientClosure) -> Snapshot:
     )
 
 
+def deployed(host: ReceiveHost, outcome: Outcome) -> int | None:
+    """The push was deployed (else fail with what the service said and logged)."""
+    assert outcome.status == "deployed", (outcome.reason, host.log_text()[-3000:])
+    return outcome.generation
+
+
 def refused_without_a_trace(
     host: ReceiveHost, pushed: ClientClosure, before: Snapshot, outcome: Outcome, why: str
 ) -> None:
@@ -142,6 +133,53 @@ def refused_without_a_trace(
     assert why in outcome.reason, (outcome.reason, host.log_text()[-3000:])
     assert before.invalid == frozenset(pushed.paths), "the test's closure was valid already"
     assert snapshot(host, pushed) == before
+
+
+# --- through sshd and the gate ----------------------------------------------------------------
+
+
+def test_through_sshd_and_the_gate_provenance_names_the_session(  # noqa: PLR0917
+    sshd: harness.Sshd,
+    users: harness.Users,
+    countersign: CountersignDaemon,
+    team_ca: TeamCa,
+    client: ClientStore,
+    alice_key: CertifiedKey,
+) -> None:
+    with receive_host(users, countersign, team_ca) as host:
+        gate_on(host)
+        alice = add_deployer(host, sshd, "alice", profiles=["web"])
+        host.start()
+        pushed = signed_closure(client, alice_key)
+        result = client.run(
+            *(harness.NIXWARDEN, "push", "--to", alice.alias, "--profile", "web"),
+            *("--certs", str(alice_key.certificate), pushed.top),
+            check=False,
+        )
+        assert result.returncode == 0, (result.stderr, host.log_text()[-2000:])
+        assert host.invalid(pushed.paths) == set()
+        assert Path(host.profiles / "web").resolve() == Path(pushed.top)
+
+        key_line = harness.run(["ssh-keygen", "-l", "-f", f"{alice.key}.pub"]).stdout.decode()
+        [record] = json.loads(host.provenance_json(pushed.top, "--json").stdout)["records"]
+        assert record["ssh_keys"] == [f"ssh-ed25519 {key_line.split()[1]}"]
+        assert str(record["client"]).startswith("127.0.0.1:")
+        assert (record["principal"], record["unix_user"]) == ("alice", alice.user.name)
+        assert [signer["key_id"] for signer in record["signers"]] == [alice_key.name]
+        assert any('"allow"' in line for line in audit_lines(host))
+
+        # A client that misbehaves through the same door changes nothing either.
+        ssh, env = sshd.ssh_argv(alice.alias), harness.base_env()
+        unsigned = closure(client, build(client))
+        before = snapshot(host, unsigned)
+        refused = push_over_ssh(ssh, env, unsigned, keys=[alice_key])
+        refused_without_a_trace(host, unsigned, before, refused, "no signatures")
+        tampered = signed_closure(client, alice_key)
+        before = snapshot(host, tampered)
+        outcome = push_over_ssh(
+            ssh, env, tampered, keys=[alice_key], tamper=lambda _path, nar: nar[:-1] + b"!"
+        )
+        refused_without_a_trace(host, tampered, before, outcome, "does not match the narHash")
 
 
 # --- the good path -------------------------------------------------------------------------
@@ -346,30 +384,19 @@ def test_a_stream_cut_halfway_changes_nothing(
 
 
 def test_the_service_disk_filling_up_changes_nothing(
-    users: harness.Users,
-    countersign: CountersignDaemon,
-    team_ca: TeamCa,
-    client: ClientStore,
-    alice_key: CertifiedKey,
+    fresh_host: FreshHost, client: ClientStore, alice_key: CertifiedKey
 ) -> None:
-    with receive_host(users, countersign, team_ca, staging_size=1 << 20) as host:
-        alice = host.add_deployer("alice")
-        host.start()
+    with fresh_host(staging_size=1 << 20) as (host, alice):
         small = signed_closure(client, alice_key)
-        assert push(host.socket, alice, "alice", small, keys=[alice_key]).status == "deployed"
+        deployed(host, push(host.socket, alice, "alice", small, keys=[alice_key]))
         pushed = signed_closure(client, alice_key, blob_size=3 << 20)
         before = snapshot(host, pushed)
         outcome = push(host.socket, alice, "alice", pushed, keys=[alice_key])
         refused_without_a_trace(host, pushed, before, outcome, "No space left on device")
 
 
-def test_a_stalled_client_is_dropped(
-    users: harness.Users, countersign: CountersignDaemon, team_ca: TeamCa
-) -> None:
-    with receive_host(users, countersign, team_ca) as host:
-        host.receive["idle_timeout"] = "2s"
-        alice = host.add_deployer("alice")
-        host.start()
+def test_a_stalled_client_is_dropped(fresh_host: FreshHost) -> None:
+    with fresh_host(idle_timeout="2s") as (host, alice):
         connection = connect_as(alice, host.socket)
         try:
             connection.sendall(wire.encode(wire.Relay("alice")))
@@ -396,24 +423,17 @@ def test_an_unknown_frame_is_a_protocol_error(established: Established) -> None:
 
 
 def test_two_signers_required_one_is_refused_two_deploy(
-    users: harness.Users,
-    countersign: CountersignDaemon,
-    team_ca: TeamCa,
-    client: ClientStore,
-    alice_key: CertifiedKey,
+    fresh_host: FreshHost, team_ca: TeamCa, client: ClientStore, alice_key: CertifiedKey
 ) -> None:
     bob_key = team_ca.certify("bob")
-    with receive_host(users, countersign, team_ca, trust={"min_signers": 2}) as host:
-        alice = host.add_deployer("alice")
-        host.start()
+    with fresh_host(trust={"min_signers": 2}) as (host, alice):
         pushed = signed_closure(client, alice_key)
         before = snapshot(host, pushed)
         outcome = push(host.socket, alice, "alice", pushed, keys=[alice_key, bob_key])
         refused_without_a_trace(host, pushed, before, outcome, "1 certified signer")
         sign(client, pushed.top, bob_key)
         both = closure(client, pushed.top)
-        outcome = push(host.socket, alice, "alice", both, keys=[alice_key, bob_key])
-        assert outcome.status == "deployed", outcome.reason
+        deployed(host, push(host.socket, alice, "alice", both, keys=[alice_key, bob_key]))
         record = json.loads(host.provenance_json(both.top, "--json").stdout)["records"][-1]
         assert {s["key_id"] for s in record["signers"]} == {alice_key.name, bob_key.name}
 
@@ -422,11 +442,7 @@ def test_two_signers_required_one_is_refused_two_deploy(
 
 
 def test_generations_rollback_and_a_failed_activation_that_rolls_back(
-    users: harness.Users,
-    countersign: CountersignDaemon,
-    team_ca: TeamCa,
-    client: ClientStore,
-    alice_key: CertifiedKey,
+    fresh_host: FreshHost, client: ClientStore, alice_key: CertifiedKey
 ) -> None:
     work = harness.world_dir("nwt-activation")
     work.chmod(0o777)
@@ -435,17 +451,15 @@ def test_generations_rollback_and_a_failed_activation_that_rolls_back(
     script += f"test ! -e {fail_flag}"
     activation = {"web": {"command": ["/bin/sh", "-c", script], "timeout": "30s"}}
     try:
-        with receive_host(users, countersign, team_ca, activation=activation) as host:
-            alice = host.add_deployer("alice")
-            host.start()
+        with fresh_host(activation=activation) as (host, alice):
             first = signed_closure(client, alice_key)
             second = signed_closure(client, alice_key)
-            assert push(host.socket, alice, "alice", first, keys=[alice_key]).generation == 1
-            assert push(host.socket, alice, "alice", second, keys=[alice_key]).generation == 2
+            assert deployed(host, push(host.socket, alice, "alice", first, keys=[alice_key])) == 1
+            assert deployed(host, push(host.socket, alice, "alice", second, keys=[alice_key])) == 2
             assert ran.read_text().splitlines() == [f"web 1 {first.top}", f"web 2 {second.top}"]
 
             back = push(host.socket, alice, "alice", None, action=wire.Action.ROLLBACK)
-            assert (back.status, back.generation) == ("deployed", 1)
+            assert deployed(host, back) == 1
             assert Path(host.profiles / "web").resolve() == Path(first.top)
 
             fail_flag.touch()
@@ -497,17 +511,12 @@ def test_concurrent_pushes_to_one_profile_lose_no_generation(
 
 
 def test_provenance_verify_finds_a_changed_record_and_revoked_lists_unvouched_paths(
-    users: harness.Users,
-    countersign: CountersignDaemon,
-    team_ca: TeamCa,
-    client: ClientStore,
+    fresh_host: FreshHost, team_ca: TeamCa, client: ClientStore
 ) -> None:
     carol_key = team_ca.certify("carol")
-    with receive_host(users, countersign, team_ca) as host:
-        alice = host.add_deployer("alice")
-        host.start()
+    with fresh_host() as (host, alice):
         pushed = signed_closure(client, carol_key)
-        assert push(host.socket, alice, "alice", pushed, keys=[carol_key]).status == "deployed"
+        deployed(host, push(host.socket, alice, "alice", pushed, keys=[carol_key]))
         clean = nixwarden("provenance", "--config", str(host.config), "--revoked", check=False)
         assert clean.returncode == 0 and clean.stdout == b""
         team_ca.revoke(serial=carol_key.serial)
@@ -558,7 +567,7 @@ def test_the_ssh_user_cannot_read_the_key_nor_import_through_the_daemon(
     sign(module_client, top, alice_key)
     cache = harness.world_dir("nwt-deploy-cache")
     try:
-        module_client.run("nix", "copy", "--to", f"file://{cache}", top)
+        module_client.run("nix", *NIX_COMMAND, "copy", "--to", f"file://{cache}", top)
         harness.run(["chmod", "-R", "a+rX", str(cache)])
         argv = ["nix", *NIX_COMMAND, "copy", "--no-recursive", "--from", f"file://{cache}"]
         argv += ["--to", "daemon", top]

@@ -79,18 +79,19 @@ class Profiles:
         listed = commands.profile_generations(self.path(name), env=self.env, timeout=self.timeout)
         return tuple(number for number, _ in listed)
 
+    def _nix_env(self, name: str, *arguments: str) -> None:
+        commands.nix_env_profile(self.path(name), arguments, env=self.env, timeout=self.timeout)
+
     def set(self, name: str, store_path: str) -> int:
         """A new generation holding `store_path`, made current; its number."""
-        commands.profile_set(self.path(name), store_path, env=self.env, timeout=self.timeout)
+        self._nix_env(name, "--set", store_path)
         generation = self.current(name)
         if generation is None:
             raise CommandFailed(f"profile {name}: nix-env --set left no profile")
         return generation
 
     def switch(self, name: str, generation: int) -> None:
-        commands.profile_switch_generation(
-            self.path(name), generation, env=self.env, timeout=self.timeout
-        )
+        self._nix_env(name, "--switch-generation", str(generation))
 
     def previous(self, name: str, generation: int) -> int | None:
         """The newest generation older than `generation` (what `--rollback` would pick)."""
@@ -102,9 +103,7 @@ class Profiles:
         `before` and delete `made`, or remove the profile when it did not exist."""
         if before is not None:
             self.switch(name, before)
-            commands.profile_delete_generations(
-                self.path(name), [made], env=self.env, timeout=self.timeout
-            )
+            self._nix_env(name, "--delete-generations", str(made))
             return
         # nix-env cannot delete the only (current) generation: the service owns the
         # directory and is its only writer, so it removes the two links itself.

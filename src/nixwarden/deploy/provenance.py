@@ -181,28 +181,39 @@ def _connect_rw(path: str) -> sqlite3.Connection:
 
 def append(path: str, record: Record) -> Record:
     """Append `record` (its seq, prev_hash and hash are filled in here); returns it so."""
+    with writing(path) as connection:
+        return append_in(connection, record)
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[sqlite3.Connection]:
+    """One IMMEDIATE transaction on the database at `path`: committed when the block
+    ends, rolled back if it raises."""
     with contextlib.closing(_connect_rw(path)) as connection:
         connection.execute("BEGIN IMMEDIATE")
         try:
-            last = connection.execute(
-                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            seq, prev_hash = (1, GENESIS) if last is None else (int(last[0]) + 1, str(last[1]))
-            sealed = replace(record, seq=seq, prev_hash=prev_hash)
-            sealed = replace(sealed, hash=sealed.computed_hash())
-            connection.execute(
-                f"INSERT INTO records ({_COLUMNS}) VALUES "  # noqa: S608 - fixed column list
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _row(sealed),
-            )
-            connection.executemany(
-                "INSERT INTO record_paths (path, seq, signers) VALUES (?, ?, ?)",
-                ((entry.path, seq, _dump(list(entry.signers))) for entry in sealed.paths),
-            )
+            yield connection
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+
+
+def append_in(connection: sqlite3.Connection, record: Record) -> Record:
+    """Append `record` inside the transaction of `writing`, after the last record."""
+    last = connection.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev_hash = (1, GENESIS) if last is None else (int(last[0]) + 1, str(last[1]))
+    sealed = replace(record, seq=seq, prev_hash=prev_hash)
+    sealed = replace(sealed, hash=sealed.computed_hash())
+    connection.execute(
+        f"INSERT INTO records ({_COLUMNS}) VALUES "  # noqa: S608 - fixed column list
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        _row(sealed),
+    )
+    connection.executemany(
+        "INSERT INTO record_paths (path, seq, signers) VALUES (?, ?, ?)",
+        ((entry.path, seq, _dump(list(entry.signers))) for entry in sealed.paths),
+    )
     return sealed
 
 
@@ -282,17 +293,25 @@ def by_profile(connection: sqlite3.Connection, profile: str) -> tuple[Record, ..
 
 def all_records(connection: sqlite3.Connection) -> Iterator[Record]:
     """Every record in order, with its paths (one pass over each table)."""
-    paths = connection.execute("SELECT seq, path, signers FROM record_paths ORDER BY seq, rowid")
-    pending = paths.fetchone()
+    rows = iter(
+        connection.execute("SELECT seq, path, signers FROM record_paths ORDER BY seq, rowid")
+    )
+    pending = next(rows, None)
+    signer_lists: dict[object, tuple[str, ...]] = {}  # most paths share one signers text
     for row in connection.execute(
         f"SELECT {_COLUMNS} FROM records ORDER BY seq"  # noqa: S608
     ):
         entries = []
         while pending is not None and pending[0] < row[0]:
-            pending = paths.fetchone()  # rows of no record: seen by verify as a break
+            pending = next(rows, None)  # rows of no record: seen by verify as a break
         while pending is not None and pending[0] == row[0]:
-            entries.append(_path_entry(pending[1], pending[2]))
-            pending = paths.fetchone()
+            _, path, signers = pending
+            if signers not in signer_lists:
+                signer_lists[signers] = _path_entry(path, signers).signers
+            if not isinstance(path, str):
+                raise FormatError("provenance: a path is not text")
+            entries.append(PathEntry(path, signer_lists[signers]))
+            pending = next(rows, None)
         yield _record_of(row, tuple(entries))
 
 

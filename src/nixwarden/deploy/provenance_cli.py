@@ -11,26 +11,22 @@ The database is `[receive] provenance` (or `--db FILE`); it is opened read-only.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import sqlite3
 import sys
-import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from nixwarden import config as config_module
-from nixwarden.ca import load
-from nixwarden.ca.cert import Certificate
-from nixwarden.ca.policy import Rules, certificate_problem
 from nixwarden.cliutil import parser
-from nixwarden.config import TrustSettings
 from nixwarden.deploy import provenance
-from nixwarden.deploy.store import TargetStore
 from nixwarden.display import escape
 from nixwarden.errors import EXIT_OK, EXIT_REFUSED, FormatError, Refused, UsageError
-from nixwarden.nix import commands
-from nixwarden.nix.closure import resolve_root
+
+if TYPE_CHECKING:
+    from nixwarden.config import TrustSettings
+
+# A lookup by path is the common question and should answer at once: the configuration,
+# certificate and store modules are imported only by the commands that need them.
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 
@@ -50,6 +46,8 @@ def main(command: str, argv: list[str]) -> int:
     db = args.db
     settings: TrustSettings | None = None
     if db is None or args.revoked:
+        from nixwarden import config as config_module  # noqa: PLC0415
+
         configuration = config_module.load(args.config)
         db = db or configuration.receive.provenance
         settings = configuration.trust
@@ -68,6 +66,8 @@ def main(command: str, argv: list[str]) -> int:
             records = _query(lambda: provenance.by_profile(connection, args.profile), db)
             subject = f"profile {args.profile}"
         else:
+            from nixwarden.nix.closure import resolve_root  # noqa: PLC0415
+
             subject = resolve_root(args.path).path
             records = _query(lambda: provenance.by_path(connection, subject), db)
     if args.json:
@@ -142,6 +142,16 @@ def _verify(db: str) -> int:
 
 
 def _revoked(db: str, settings: TrustSettings, *, as_json: bool) -> int:
+    import base64  # noqa: PLC0415
+    import binascii  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from nixwarden.ca import load  # noqa: PLC0415
+    from nixwarden.ca.cert import Certificate  # noqa: PLC0415
+    from nixwarden.ca.policy import Rules, certificate_problem  # noqa: PLC0415
+    from nixwarden.deploy.store import TargetStore  # noqa: PLC0415
+    from nixwarden.nix import commands  # noqa: PLC0415
+
     if not settings.ca_keys:
         raise UsageError("[trust] names no ca_keys: there is nothing to judge signers by")
     trusted = frozenset(key.key for key in load.ca_keys(settings.ca_keys))

@@ -225,7 +225,6 @@ class Service:
     host: str = field(default_factory=socket.gethostname)
     import_lock: threading.Lock = field(default_factory=threading.Lock)
     provenance_lock: threading.Lock = field(default_factory=threading.Lock)
-    sessions: int = 0
 
     @property
     def profiles(self) -> Profiles:
@@ -317,6 +316,7 @@ class Session:
         *,
         verdict: Sequence[wire.Failure] = (),
     ) -> None:
+        self._settle()  # the target is as it was before the peer or the log hears of it
         log(f"{self.push.who()}: {outcome}: {escape(reason)}")
         with contextlib.suppress(OSError, wire.WireError):
             if verdict:
@@ -325,28 +325,33 @@ class Session:
                 self.channel.send(wire.Error(_one_line(reason), kind))
         self._record(outcome, reason)
 
-    def _clean_up(self) -> None:
+    def _settle(self) -> None:
+        """Remove the staging directory, and the paths an unfinished import added."""
         if self.staging is not None:
             self.staging.remove()
             self.staging = None
         if self.push.added:  # only set while an import is not yet final
             self._delete_added()
+
+    def _clean_up(self) -> None:
+        self._settle()
         with contextlib.suppress(OSError):
             self.connection.close()
 
     def _delete_added(self) -> None:
         added, self.push.added = self.push.added, ()
+        store = self.service.store
         with self.service.import_lock:
-            left = self.service.store.delete(list(reversed(added)))
+            # Only what became valid: a failed import may have added a part or nothing.
+            never_added = store.invalid(added)
+            left = store.delete([path for path in reversed(added) if path not in never_added])
         if left:
             log(
                 f"{self.push.who()}: could not remove {len(left)} added paths (still alive), "
                 f"e.g. {escape(min(left))}"
             )
 
-    def _record(
-        self, outcome: str, reason: str | None, signers: Sequence[provenance.Signer] = ()
-    ) -> None:
+    def _record(self, outcome: str, reason: str | None) -> None:
         push = self.push
         if push.relay is None or push.hello is None:
             return  # not past the principal check: the log line is the record
@@ -369,7 +374,7 @@ class Session:
                 outcome=outcome,
                 ssh_keys=push.relay.ssh_keys,
                 client=push.relay.client,
-                signers=tuple(signers or (accepted.signers if accepted else ())),
+                signers=accepted.signers if accepted else (),
                 tops=push.hello.tops,
                 closure_digest=provenance.closure_digest(push.want) if push.want else "",
                 reason=reason,
@@ -383,8 +388,8 @@ class Session:
 
     def _run(self) -> None:
         relay = self.channel.expect(wire.Relay)
+        self.push.relay = relay  # claimed: logged as such, recorded only once checked
         principal = self._principal(relay)
-        self.push.relay = relay
         hello = self.channel.expect(wire.Hello)
         if hello.principal is not None and hello.principal != relay.principal:
             raise wire.WireError(
@@ -462,7 +467,7 @@ class Session:
         except (Failed, CommandFailed, OSError, Refused) as error:
             # After COMMIT the answer is a RESULT, as for a success.
             reason = str(error) if not isinstance(error, OSError) else f"{error.strerror or error}"
-            self._clean_up_import()
+            self._settle()
             outcome = "refused" if isinstance(error, Refused) else "failed"
             log(f"{self.push.who()}: {outcome}: {escape(reason)}")
             status = wire.Status.REFUSED if outcome == "refused" else wire.Status.FAILED
@@ -473,10 +478,6 @@ class Session:
         changed = bool(self.push.added) or self.push.profile_changed
         self._finish(wire.Status.DEPLOYED if changed else wire.Status.UP_TO_DATE)
 
-    def _clean_up_import(self) -> None:
-        if self.push.added:
-            self._delete_added()
-
     def _finish(self, status: wire.Status) -> None:
         accepted = self.push.accepted
         count = len(accepted.order) if accepted else 0
@@ -484,6 +485,7 @@ class Session:
         if status is wire.Status.UP_TO_DATE:
             count, size = 0, 0
         self.push.added = ()  # final: no longer to be removed
+        self._settle()
         outcome = status.value
         generation = self.push.generation
         detail = f"{count} paths, {size} bytes" + (
@@ -533,7 +535,7 @@ class Session:
         service = self.service
         try:
             service.activate(profile, generation, top)
-        except CommandFailed as error:
+        except (CommandFailed, OSError) as error:  # OSError: not executable, …
             service.profiles.undo(profile, generation, before)
             self.push.generation = before
             self.push.profile_changed = False
@@ -542,8 +544,11 @@ class Session:
                 again = service.profiles.store_path(profile, before)
                 try:
                     service.activate(profile, before, again)
-                except CommandFailed as second:
-                    log(f"{self.push.who()}: re-activating generation {before} failed: {second}")
+                except (CommandFailed, OSError) as second:
+                    log(
+                        f"{self.push.who()}: re-activating generation {before} failed: "
+                        + escape(str(second))
+                    )
             raise Failed(f"activation of {profile} failed: {error}; profile {restored}") from None
 
     def _rollback(self, hello: wire.Hello) -> None:
@@ -562,9 +567,9 @@ class Session:
             self.push.hello = replace(hello, tops=(target,))
             try:
                 self.service.activate(profile, previous, target)
-            except CommandFailed as error:
+            except (CommandFailed, OSError) as error:
                 profiles.switch(profile, current)
-                with contextlib.suppress(CommandFailed):
+                with contextlib.suppress(CommandFailed, OSError):
                     self.service.activate(profile, current, profiles.store_path(profile, current))
                 raise Failed(
                     f"activation of {profile} generation {previous} failed: {error}; "
@@ -576,7 +581,8 @@ class Session:
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(text.split())
+    """A reason for the peer: one line, escaped (it may quote a program's stderr)."""
+    line = escape(" ".join(text.split()))
     return line[: wire.MAX_STRING - 1] or "failed"
 
 

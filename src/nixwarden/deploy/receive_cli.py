@@ -68,6 +68,9 @@ def prepare(config: Config) -> Service:
     if not deployers:
         log('warning: no principal has role = "deploy" and a user: every push is refused')
     env = commands.nix_env()
+    # Through the daemon: the service's user cannot write the store itself, so Nix should
+    # not have to guess (NIX_DAEMON_SOCKET_PATH, when set, names which daemon).
+    env.setdefault("NIX_REMOTE", "daemon")
     return Service(config=config, key=key, store=TargetStore.from_environment(env), env=env)
 
 
@@ -80,26 +83,9 @@ def _running_user() -> str:
 
 def read_signing_key(path: str) -> SecretKey:
     """The countersigning key: our own regular file, readable by us alone."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
-        raise InvalidInput(f"{path}: {error.strerror}") from None
-    try:
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode):
-            raise InvalidInput(f"{path}: not a regular file")
-        if status.st_uid != os.geteuid():
-            raise InvalidInput(f"{path}: not owned by the service's user")
-        if status.st_mode & 0o077:
-            raise InvalidInput(
-                f"{path}: permissions {stat.S_IMODE(status.st_mode):04o} are too open "
-                "for the countersigning key (chmod 600)"
-            )
-        data = os.read(fd, MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_KEY_FILE:
-        raise InvalidInput(f"{path}: larger than {MAX_KEY_FILE} bytes")
+    data = load.read_file(path, MAX_KEY_FILE, secret=True)  # no symlink, not group/other
+    if os.lstat(path).st_uid != os.geteuid():
+        raise InvalidInput(f"{path}: not owned by the service's user")
     try:
         return decode_secret_key(data)
     except FormatError as error:

@@ -128,6 +128,20 @@ def _batches(paths: Sequence[str]) -> list[Sequence[str]]:
     return [paths[i : i + PATHS_PER_COMMAND] for i in range(0, len(paths), PATHS_PER_COMMAND)]
 
 
+def _in_batches(
+    argv: Sequence[str], paths: Sequence[str], *, env: Mapping[str, str], timeout: float | None
+) -> list[bytes]:
+    """`argv -- BATCH…` for each batch of `paths`, in order; their outputs."""
+    outputs = []
+    for batch in _batches(paths):
+        command = [*argv, "--", *batch]
+        result = process.run(command, env=env, check=False, timeout=timeout)
+        if result.returncode != 0:
+            raise _failed(command, result.stderr, result.returncode)
+        outputs.append(result.stdout)
+    return outputs
+
+
 def copy_from(
     source: str,
     paths: Sequence[str],
@@ -145,23 +159,9 @@ def copy_from(
     trust settings say (`--no-check-sigs` is never passed).
     """
     program = nix or find_nix_program("nix")
-    for batch in _batches(paths):
-        argv = [
-            program,
-            "--extra-experimental-features",
-            "nix-command",
-            "copy",
-            "--no-recursive",
-            "--from",
-            source,
-            "--to",
-            to,
-            "--",
-            *batch,
-        ]
-        result = process.run(argv, env=env, check=False, timeout=timeout)
-        if result.returncode != 0:
-            raise _failed(argv, result.stderr, result.returncode)
+    argv = [program, "--extra-experimental-features", "nix-command", "copy", "--no-recursive"]
+    argv += ["--from", source, "--to", to]
+    _in_batches(argv, paths, env=env, timeout=timeout)
 
 
 def invalid_paths(
@@ -235,76 +235,26 @@ def delete_paths(
     a valid path outside `paths` refers to it) or the daemon refuses; the paths that
     were dead are deleted even then.
     """
-    program = nix_store or find_nix_program("nix-store")
-    for batch in _batches(paths):
-        argv = [program, "--delete", "--", *batch]
-        result = process.run(argv, env=env, check=False, timeout=timeout)
-        if result.returncode != 0:
-            raise _failed(argv, result.stderr, result.returncode)
+    argv = [nix_store or find_nix_program("nix-store"), "--delete"]
+    _in_batches(argv, paths, env=env, timeout=timeout)
 
 
-def _nix_env(
+def nix_env_profile(
     profile: str,
     arguments: Sequence[str],
     *,
     env: Mapping[str, str],
-    nix_env: str | None,
-    timeout: float | None,
+    nix_env: str | None = None,
+    timeout: float | None = None,
 ) -> bytes:
+    """`nix-env --profile PROFILE ARGUMENTS…`: `--set PATH` (a new generation holding
+    exactly PATH), `--switch-generation N`, `--delete-generations N…` (never the
+    current one), `--rollback`, `--list-generations`. Returns its stdout."""
     argv = [nix_env or find_nix_program("nix-env"), "--profile", profile, *arguments]
     result = process.run(argv, env=env, check=False, timeout=timeout)
     if result.returncode != 0:
         raise _failed(argv, result.stderr, result.returncode)
     return result.stdout
-
-
-def profile_set(
-    profile: str,
-    path: str,
-    *,
-    env: Mapping[str, str],
-    nix_env: str | None = None,
-    timeout: float | None = None,
-) -> None:
-    """`nix-env --profile PROFILE --set PATH`: a new generation holding exactly `path`."""
-    _nix_env(profile, ["--set", path], env=env, nix_env=nix_env, timeout=timeout)
-
-
-def profile_rollback(
-    profile: str,
-    *,
-    env: Mapping[str, str],
-    nix_env: str | None = None,
-    timeout: float | None = None,
-) -> None:
-    """`nix-env --profile PROFILE --rollback`: back to the generation before the current."""
-    _nix_env(profile, ["--rollback"], env=env, nix_env=nix_env, timeout=timeout)
-
-
-def profile_switch_generation(
-    profile: str,
-    generation: int,
-    *,
-    env: Mapping[str, str],
-    nix_env: str | None = None,
-    timeout: float | None = None,
-) -> None:
-    """`nix-env --profile PROFILE --switch-generation N`."""
-    arguments = ["--switch-generation", str(generation)]
-    _nix_env(profile, arguments, env=env, nix_env=nix_env, timeout=timeout)
-
-
-def profile_delete_generations(
-    profile: str,
-    generations: Sequence[int],
-    *,
-    env: Mapping[str, str],
-    nix_env: str | None = None,
-    timeout: float | None = None,
-) -> None:
-    """`nix-env --profile PROFILE --delete-generations N…` (never the current one)."""
-    arguments = ["--delete-generations", *(str(number) for number in generations)]
-    _nix_env(profile, arguments, env=env, nix_env=nix_env, timeout=timeout)
 
 
 def profile_generations(
@@ -315,7 +265,9 @@ def profile_generations(
     timeout: float | None = None,
 ) -> tuple[tuple[int, bool], ...]:
     """`nix-env --profile PROFILE --list-generations`: (number, is current) per generation."""
-    output = _nix_env(profile, ["--list-generations"], env=env, nix_env=nix_env, timeout=timeout)
+    output = nix_env_profile(
+        profile, ["--list-generations"], env=env, nix_env=nix_env, timeout=timeout
+    )
     return parse_generations(output.decode("utf-8", "replace"))
 
 

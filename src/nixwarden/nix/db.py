@@ -88,9 +88,9 @@ def closure(
     roots = json.dumps(list(store_paths))
 
     def query(connection: sqlite3.Connection) -> frozenset[str]:
-        missing = [row[0] for row in connection.execute(_MISSING, (roots,))]
+        missing = _invalid_among(connection, roots)
         if missing:
-            raise InvalidPaths(missing)
+            raise InvalidPaths(sorted(missing))
         return frozenset(row[0] for row in connection.execute(_CLOSURE, (roots,)))
 
     return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)
@@ -165,8 +165,11 @@ def invalid(
     Raises `DatabaseUnreadable` when the database cannot answer.
     """
     paths = json.dumps(list(store_paths))
+    return _read(
+        db, lambda c: _invalid_among(c, paths), attempts=attempts, busy_timeout=busy_timeout
+    )
 
-    def query(connection: sqlite3.Connection) -> frozenset[str]:
-        return frozenset(row[0] for row in connection.execute(_MISSING, (paths,)))
 
-    return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)
+def _invalid_among(connection: sqlite3.Connection, paths: str) -> frozenset[str]:
+    """Those of `paths` (a JSON list) that ValidPaths does not hold."""
+    return frozenset(row[0] for row in connection.execute(_MISSING, (paths,)))
