@@ -154,10 +154,6 @@ def _for_client(error: BaseException) -> str:
     limits, else nothing about the server (paths, accounts, keys of the configuration)."""
     if isinstance(error, request.RequestRefused | policy.PolicyRefused | sessions.SessionsFull):
         return str(error)
-    from nixwarden.gate.relay import DeployRefused  # noqa: PLC0415 - only on a denial
-
-    if isinstance(error, DeployRefused):
-        return str(error)
     if isinstance(error, ConfigError):
         return CONFIG_FAULT
     # A tenant session's refusals (its quota) are the tenant's own business.
