@@ -33,49 +33,11 @@ from testbed.deploy_setup import (
     CountersignDaemon,
     ReceiveHost,
     TeamCa,
-    countersign_daemon,
     receive_host,
 )
-from testbed.gate_setup import ClientStore, client_store
+from testbed.gate_setup import ClientStore
 
 RECEIVE = "nixwarden-receive --protocol 1"
-
-
-@pytest.fixture(scope="module")
-def countersign(system: None, nix_daemon: harness.NixDaemon) -> Iterator[CountersignDaemon]:
-    with countersign_daemon() as daemon:
-        yield daemon
-
-
-@pytest.fixture(scope="module")
-def team_ca(system: None) -> Iterator[TeamCa]:
-    directory = harness.world_dir("nwt-push-ca")
-    ca = TeamCa(directory / "ca")
-    ca.create()
-    try:
-        yield ca
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def alice_key(team_ca: TeamCa) -> CertifiedKey:
-    return team_ca.certify("alice")
-
-
-@pytest.fixture(scope="module")
-def module_users(system: None) -> Iterator[harness.Users]:
-    made = harness.Users()
-    try:
-        yield made
-    finally:
-        made.cleanup()
-
-
-@pytest.fixture(scope="module")
-def module_client(sshd: harness.Sshd) -> Iterator[ClientStore]:
-    with client_store(sshd) as made:
-        yield made
 
 
 @dataclass

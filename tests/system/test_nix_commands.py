@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import secrets
+from pathlib import Path
+
 import pytest
 
 from nixwarden.errors import InvalidInput
@@ -51,3 +55,27 @@ def test_path_info_json_and_version() -> None:
     output = commands.path_info_json([top], env=_env())
     assert top.encode() in output and dep.encode() in output
     assert commands.version(env=_env()).startswith("nix (Nix) ")
+
+
+def test_invalid_paths_names_exactly_those_the_store_lacks() -> None:
+    top, dep = _two_paths()
+    missing = "/nix/store/00000000000000000000000000000000-nwt-missing"
+    assert commands.invalid_paths([top, missing, dep], env=_env()) == {missing}
+    assert commands.invalid_paths([top], env=_env()) == frozenset()
+
+
+def test_sign_paths_adds_that_keys_signature_to_exactly_those_paths(tmp_path: Path) -> None:
+    top, dep = _two_paths()
+    name = f"nwt-commands-{secrets.token_hex(3)}-1"
+    secret, public = tmp_path / "key.sec", tmp_path / "key.pub"
+    generate = [harness.NIXWARDEN, "key", "generate", "--name", name]
+    harness.run(
+        [*generate, "--secret", str(secret), "--public", str(public)], env=harness.base_env()
+    )
+    commands.sign_paths([top], str(secret), env=_env())
+    signatures = {
+        entry["path"]: entry.get("signatures", [])
+        for entry in json.loads(commands.path_info_json([top, dep], env=_env()))
+    }
+    assert any(signature.startswith(f"{name}:") for signature in signatures[top])
+    assert not any(signature.startswith(f"{name}:") for signature in signatures[dep])

@@ -24,6 +24,7 @@ import threading
 
 from nixwarden import sessions
 from nixwarden.errors import Refused
+from nixwarden.gate.policy import PolicyRefused
 from nixwarden.gate.request import MAX_REQUEST_BYTES, RequestRefused, describe
 
 TYPE_CHECKING = False
@@ -39,8 +40,9 @@ CLOSE_GRACE = 2.0
 CHUNK = 1 << 20
 
 
-class DeployRefused(Refused):
-    """A deploy principal asked for something other than the receive protocol."""
+class DeployRefused(PolicyRefused):
+    """A deploy principal asked for something other than the receive protocol (the client
+    is told why, as for any policy refusal)."""
 
 
 def receive_request() -> str:

@@ -160,10 +160,6 @@ def _for_client(error: BaseException) -> str:
         | sessions.SessionsBusy,
     ):
         return str(error)
-    from nixwarden.gate.relay import DeployRefused  # noqa: PLC0415 - only on a denial
-
-    if isinstance(error, DeployRefused):
-        return str(error)
     if isinstance(error, ConfigError):
         return CONFIG_FAULT
     # A tenant session's refusals (its quota, its files) are the tenant's own business;

@@ -176,19 +176,15 @@ def invalid_paths(
 
     One request per batch (the daemon's QueryValidPaths), unlike `nix path-info`, which
     costs tens of milliseconds for each path it does not find."""
-    program = nix_store or find_nix_program("nix-store")
-    found: set[str] = set()
-    for batch in _batches(paths):
-        argv = [program, "--check-validity", "--print-invalid", "--", *batch]
-        result = process.run(argv, env=env, check=False, timeout=timeout)
-        if result.returncode != 0:
-            raise _failed(argv, result.stderr, result.returncode)
-        try:
-            lines = result.stdout.decode("utf-8").split()
-            found.update(StorePath.parse(line, store_dir).absolute(store_dir) for line in lines)
-        except (UnicodeDecodeError, BadStorePath):
-            raise CommandFailed(f"{argv[0]} --check-validity: unexpected output") from None
-    return frozenset(found)
+    argv = [nix_store or find_nix_program("nix-store"), "--check-validity", "--print-invalid"]
+    try:
+        return frozenset(
+            StorePath.parse(line, store_dir).absolute(store_dir)
+            for output in _in_batches(argv, paths, env=env, timeout=timeout)
+            for line in output.decode("utf-8").split()
+        )
+    except (UnicodeDecodeError, BadStorePath):
+        raise CommandFailed(f"{argv[0]} --check-validity: unexpected output") from None
 
 
 def sign_paths(
@@ -204,22 +200,9 @@ def sign_paths(
     Through the daemon's AddSignatures, which any client may call (the signature is only
     as good as the key); a path that already has it keeps one. No `--recursive`.
     """
-    program = nix or find_nix_program("nix")
-    for batch in _batches(paths):
-        argv = [
-            program,
-            "--extra-experimental-features",
-            "nix-command",
-            "store",
-            "sign",
-            "--key-file",
-            key_file,
-            "--",
-            *batch,
-        ]
-        result = process.run(argv, env=env, check=False, timeout=timeout)
-        if result.returncode != 0:
-            raise _failed(argv, result.stderr, result.returncode)
+    argv = [nix or find_nix_program("nix"), "--extra-experimental-features", "nix-command"]
+    argv += ["store", "sign", "--key-file", key_file]
+    _in_batches(argv, paths, env=env, timeout=timeout)
 
 
 def delete_paths(
