@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nixwarden.sessions import tmpfiles_line
 from testbed import harness
 
 
@@ -58,6 +59,24 @@ class GatedBuilder:
     def state_dir(self) -> Path:
         return self.directory / "state"
 
+    @property
+    def tmpfiles(self) -> Path:
+        """This builder's tmpfiles.d file (contrib/tmpfiles.d/nixwarden.conf's lines)."""
+        return self.directory / "tmpfiles.conf"
+
+    def allow_sessions(self, user: str, group: str) -> None:
+        """As an administrator does for each gate user: its line in tmpfiles.d, applied."""
+        with self.tmpfiles.open("a") as conf:
+            conf.write(tmpfiles_line(str(self.state_dir), user, group) + "\n")
+        harness.run(["systemd-tmpfiles", "--create", str(self.tmpfiles)])
+
+    def create_tenant(self, name: str, user: str) -> None:
+        """As `builder enroll` will: root creates the tenant's directory, owned by `user`."""
+        harness.run(
+            [harness.NIXWARDEN, "tenant", "create", name, "--user", user,
+             "--config", str(self.config)]
+        )  # fmt: skip
+
     def write_config(self) -> None:
         gate: dict[str, object] = {
             "audit_log": str(self.audit_log),
@@ -78,11 +97,21 @@ class GatedBuilder:
         self.config.chmod(0o644)
 
     def add(
-        self, name: str, *, groups: Sequence[str] = (harness.NIX_USERS_GROUP,), **policy: object
+        self,
+        name: str,
+        *,
+        groups: Sequence[str] = (harness.NIX_USERS_GROUP,),
+        create_tenant: bool = True,
+        **policy: object,
     ) -> Principal:
+        """A principal with a unix user of its own, set up as the docs say: its session
+        state, and for a tenant (with a [tenants] root) its directory."""
         self.policies[name] = dict(policy)
         self.write_config()
         user = self.users.create(groups=(*groups, harness.LOG_GROUP))
+        self.allow_sessions(user.name, user.name)
+        if create_tenant and policy.get("store", "tenant") == "tenant" and self.tenants:
+            self.create_tenant(name, user.name)
         key = self.sshd.client_key(f"{name}-{user.name}")
         line = harness.run(
             [
@@ -136,12 +165,16 @@ def gated_builder(sshd: harness.Sshd, users: harness.Users) -> Iterator[GatedBui
     log.touch(mode=0o620)
     log.chmod(0o620)
     shutil.chown(log, group=harness.LOG_GROUP)
-    # What an administrator sets up once (see docs/gate.md): the shared session slots.
-    (directory / "state" / "sessions").mkdir(parents=True)
-    (directory / "state" / "sessions").chmod(0o1777)
     try:
         builder = GatedBuilder(sshd, users, directory)
         builder.write_config()
+        # What an administrator installs once (contrib/tmpfiles.d/nixwarden.conf), and
+        # root's own line, for running the gate as root in the bench.
+        builder.tmpfiles.write_text(
+            f"d {builder.state_dir} 0755 root root -\n"
+            f"d {builder.state_dir}/sessions 0711 root root -\n"
+        )
+        builder.allow_sessions("root", "root")
         yield builder
     finally:
         shutil.rmtree(directory, ignore_errors=True)

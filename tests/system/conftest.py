@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +55,22 @@ def builder(
 def client(sshd: harness.Sshd) -> Iterator[ClientStore]:
     with client_store(sshd) as made:
         yield made
+
+
+@pytest.fixture
+def tenants_root() -> Iterator[Path]:
+    """A tenants root as `nixwarden tenant create` makes it: root's, mode 0711."""
+    root = harness.world_dir("nwt-tenants")
+    root.chmod(0o711)
+    try:
+        yield root
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(root)], check=False, capture_output=True)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+@pytest.fixture
+def tenant_builder(builder: GatedBuilder, tenants_root: Path) -> GatedBuilder:
+    builder.tenants["root"] = str(tenants_root)
+    builder.write_config()
+    return builder

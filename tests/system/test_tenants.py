@@ -13,7 +13,6 @@ import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,24 +35,6 @@ def chain_expression(tag: str) -> str:
         f'derivation {{ name = "nwt-top-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
         f'args = [ "-c" "read line < ${{dep}}; echo \\"top on $line\\" > $out" ]; }}'
     )
-
-
-@pytest.fixture
-def tenants_root() -> Iterator[Path]:
-    root = harness.world_dir("nwt-tenants")
-    root.chmod(0o1733)
-    try:
-        yield root
-    finally:
-        subprocess.run(["chmod", "-R", "u+w", str(root)], check=False, capture_output=True)
-        subprocess.run(["rm", "-rf", str(root)], check=False)
-
-
-@pytest.fixture
-def tenant_builder(builder: GatedBuilder, tenants_root: Path) -> GatedBuilder:
-    builder.tenants["root"] = str(tenants_root)
-    builder.write_config()
-    return builder
 
 
 def add_tenant(builder: GatedBuilder, name: str, **policy: object) -> Principal:
@@ -240,17 +221,63 @@ def test_two_tenants_build_the_same_derivation_at_once(
 
 
 def test_over_quota_is_refused(tenant_builder: GatedBuilder, client: ClientStore) -> None:
-    principal = add_tenant(tenant_builder, "frugal", disk_quota="1K")
+    principal = add_tenant(tenant_builder, "frugal", disk_quota="16M")
     env = tenant_builder.sshd.client_env()
     ping = ["nix", "store", "ping", "--store", f"ssh-ng://{principal.alias}"]
     harness.run(ping, env=env)
     tag = secrets.token_hex(6)
-    path = client.add_text(f"nwt-big-{tag}", "x" * 4096)
+    path = client.add_text(f"nwt-big-{tag}", "x" * (20 << 20))
     client.run("nix", "copy", "--to", f"ssh-ng://{principal.alias}", path)
     refused = harness.run(ping, env=env, check=False)
     assert refused.returncode != 0
     assert b"over its disk quota" in refused.stderr
     assert b"nixwarden tenant gc frugal" in refused.stderr
+
+
+def remote_build(
+    builder: GatedBuilder, client: ClientStore, principal: Principal, script: str
+) -> subprocess.CompletedProcess[bytes]:
+    expression = (
+        f'derivation {{ name = "nwt-script-{secrets.token_hex(4)}"; system = "{SYSTEM}"; '
+        f'builder = "/bin/sh"; args = [ "-c" {nix_string(script)} ]; }}'
+    )
+    return client.run(
+        "nix-build", "--no-out-link", "--max-jobs", "0",
+        "--builders", f"ssh-ng://{principal.alias} {SYSTEM} - 1 1", "-E", expression,
+        check=False,
+    )  # fmt: skip
+
+
+def test_quota_counts_what_a_build_leaves_outside_the_store(
+    tenant_builder: GatedBuilder, client: ClientStore
+) -> None:
+    """A failed build that writes under /nix, outside the store, still counts."""
+    principal = add_tenant(tenant_builder, "hoarder", disk_quota="16M")
+    junk = "PATH=/usr/bin:/bin; head -c 20971520 /dev/zero > /nix/var/hoard; exit 1"
+    failed = remote_build(tenant_builder, client, principal, junk)
+    assert failed.returncode != 0
+    base = Path(str(tenant_builder.tenants["root"])) / "hoarder"
+    assert (base / "nix" / "var" / "hoard").stat().st_size == 20 << 20
+    ping = ["nix", "store", "ping", "--store", f"ssh-ng://{principal.alias}"]
+    refused = harness.run(ping, env=tenant_builder.sshd.client_env(), check=False)
+    assert b"over its disk quota" in refused.stderr, refused.stderr
+
+
+def test_tmp_is_cleaned_between_sessions(tenant_builder: GatedBuilder, client: ClientStore) -> None:
+    principal = add_tenant(tenant_builder, "litter", disk_quota="16M")
+    # Left in /tmp by a build: big (over the quota), read-only, nested: all cleaned.
+    litter = (
+        "PATH=/usr/bin:/bin; mkdir -p /tmp/left/deep/er && "
+        "head -c 20971520 /dev/zero > /tmp/left/deep/big && "
+        "ln -s /etc/passwd /tmp/left/link && chmod 0500 /tmp/left/deep/er /tmp/left/deep && "
+        "echo built > $out"
+    )
+    assert remote_build(tenant_builder, client, principal, litter).returncode == 0
+    tmp = Path(str(tenant_builder.tenants["root"])) / "litter" / "tmp"
+    ping = ["nix", "store", "ping", "--store", f"ssh-ng://{principal.alias}"]
+    harness.run(ping, env=tenant_builder.sshd.client_env())  # under quota once cleaned
+    assert list(tmp.iterdir()) == []
+    assert Path("/etc/passwd").exists()
 
 
 def test_max_sessions_and_session_time_limit(tenant_builder: GatedBuilder) -> None:
@@ -316,3 +343,141 @@ def test_tenant_decisions_are_logged_with_the_sandbox(tenant_builder: GatedBuild
     assert "/usr/bin/bwrap" in argv and "--unshare-net" in argv
     assert argv[argv.index("--bind") + 2] == "/nix"
     assert argv[-2:] == ["/usr/bin/nix-daemon", "--stdio"]
+
+
+WRAPPERS = r"""
+PATH=/usr/bin:/bin
+mkdir -p $out/bin
+for p in nix-store nix-daemon; do
+  printf '#!/bin/sh\nexec %s/bin/%s "$@"\n' "$real" "$p" > $out/bin/$p
+  chmod 0555 $out/bin/$p
+done
+"""
+
+
+def nix_in_the_host_store(tag: str) -> Path:
+    """A NixOS layout built here: Nix's programs in a host store path whose wrappers call
+    the real binary in a second store path they refer to, so the programs work only where
+    the whole closure of the first is visible."""
+    real = (
+        f'derivation {{ name = "nwt-nix-real-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
+        'args = [ "-c" "PATH=/usr/bin:/bin; mkdir -p $out/bin && cp /usr/bin/nix $out/bin/nix && '
+        'ln -s nix $out/bin/nix-store && ln -s nix $out/bin/nix-daemon" ]; }'
+    )
+    wrappers = (
+        f"let real = {real}; in "
+        f'derivation {{ name = "nwt-nix-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
+        f"inherit real; args = [ (builtins.toFile \"wrap.sh\" ''{WRAPPERS}'') ]; }}"
+    )
+    built = harness.run(["nix-build", "--no-out-link", "-E", wrappers], env=harness.base_env())
+    return Path(built.stdout.decode().strip())
+
+
+def test_nixos_layout_nix_in_the_host_store(
+    tenant_builder: GatedBuilder, client: ClientStore
+) -> None:
+    """Sessions and `tenant gc` bind the closure of a Nix that lives in the host store."""
+    nix = nix_in_the_host_store(secrets.token_hex(4))
+    wrapper = (nix / "bin" / "nix-daemon").read_text()
+    assert wrapper.startswith("#!/bin/sh\nexec /nix/store/") and wrapper.endswith(' "$@"\n')
+    tenant_builder.gate["nix_daemon"] = str(nix / "bin" / "nix-daemon")
+    tenant_builder.gate["nix_store"] = str(nix / "bin" / "nix-store")
+    # As on NixOS, where every user may reach the daemon (allowed-users = *): the gate, as
+    # the tenant's user, asks it for the closure when it cannot read the database itself.
+    principal = tenant_builder.add(
+        "nixos", groups=(harness.NIX_USERS_GROUP,), store="tenant", protocols=["ssh-ng"]
+    )
+    tag = secrets.token_hex(6)
+    result = build_remotely(client, f"ssh-ng://{principal.alias}", chain_expression(tag))
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    (line,) = [json.loads(entry) for entry in tenant_builder.log_lines()][-1:]
+    closure = harness.run(["nix-store", "--query", "--requisites", str(nix)]).stdout.split()
+    assert len(closure) == 2
+    for path in closure:  # the wrappers and the real Nix they call, both bound read-only
+        index = line["exec"].index(path.decode())
+        assert line["exec"][index - 1 : index + 2] == ["--ro-bind", path.decode(), path.decode()]
+    config = ["--config", str(tenant_builder.config)]
+    gc = harness.run([harness.NIXWARDEN, "tenant", *config, "gc", "nixos"])
+    assert b"deleted" in gc.stdout, gc.stderr
+    assert not any(tag in entry.name for entry in tenant_store(tenant_builder, "nixos").iterdir())
+    # And the next session still works after the gc.
+    again = build_remotely(client, f"ssh-ng://{principal.alias}", chain_expression(tag + "b"))
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+
+
+def test_tenant_directories_are_made_by_root_and_refused_otherwise(
+    tenant_builder: GatedBuilder, users: harness.Users
+) -> None:
+    config = ["--config", str(tenant_builder.config)]
+    env = tenant_builder.sshd.client_env()
+    late = tenant_builder.add("late", groups=(), store="tenant", create_tenant=False)
+    ping = ["nix", "store", "ping", "--store", f"ssh-ng://{late.alias}"]
+    refused = harness.run(ping, env=env, check=False)
+    fix = f"as root: nixwarden tenant create late --user {late.user.name} {' '.join(config)}"
+    assert refused.returncode != 0 and fix.encode() in refused.stderr, refused.stderr
+    assert str(tenant_builder.tenants["root"]).encode() not in refused.stderr.replace(
+        str(tenant_builder.config).encode(), b""
+    )
+    harness.run([harness.NIXWARDEN, "tenant", "create", "late", "--user", late.user.name, *config])
+    assert harness.run(ping, env=env, check=False).returncode == 0
+    # Created again for its own user: nothing to do; for another: refused.
+    again = [harness.NIXWARDEN, "tenant", "create", "late", *config, "--user"]
+    assert b"exists and belongs to" in harness.run([*again, late.user.name]).stdout
+    other = users.create(groups=())
+    wrong = harness.run([*again, other.name], check=False)
+    assert wrong.returncode == 1 and b"owned by uid" in wrong.stderr
+    # A directory someone else made (in a root that once let them): refused by the gate.
+    squatter = tenant_builder.add("squat", groups=(), store="tenant", create_tenant=False)
+    squat = Path(str(tenant_builder.tenants["root"])) / "squat"
+    squat.mkdir(mode=0o700)
+    os.chown(squat, other.uid, other.gid)
+    denied = harness.run(
+        ["nix", "store", "ping", "--store", f"ssh-ng://{squatter.alias}"], env=env, check=False
+    )
+    assert b"is not a directory of this unix user's" in denied.stderr, denied.stderr
+    assert b"nixwarden tenant remove squat" in denied.stderr
+
+
+def test_a_tenants_root_others_may_write_is_refused(
+    tenant_builder: GatedBuilder, tenants_root: Path
+) -> None:
+    principal = add_tenant(tenant_builder, "legacy")
+    tenants_root.chmod(0o1733)  # what the docs once said
+    refused = harness.run(
+        ["nix", "store", "ping", "--store", f"ssh-ng://{principal.alias}"],
+        env=tenant_builder.sshd.client_env(),
+        check=False,
+    )
+    assert refused.returncode != 0
+    fix = f"as root: chown root:root {tenants_root} && chmod 0711 {tenants_root}"
+    assert fix.encode() in refused.stderr, refused.stderr
+
+
+def test_remove_holds_the_session_lock(tenant_builder: GatedBuilder) -> None:
+    principal = add_tenant(tenant_builder, "busy", max_sessions=2)
+    config = ["--config", str(tenant_builder.config)]
+    session = subprocess.Popen(
+        tenant_builder.sshd.ssh_argv(principal.alias, "nix-daemon", "--stdio"),
+        env=harness.base_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        harness.wait_for(lambda: len(tenant_builder.log_lines()) == 1, "the session")
+        busy = harness.run([harness.NIXWARDEN, "tenant", "remove", "busy", *config], check=False)
+        assert busy.returncode == 1 and b"has sessions running" in busy.stderr
+        assert (Path(str(tenant_builder.tenants["root"])) / "busy" / "nix").is_dir()
+    finally:
+        session.kill()
+        session.wait()
+    harness.wait_for(
+        lambda: (
+            harness.run(
+                [harness.NIXWARDEN, "tenant", "remove", "busy", *config], check=False
+            ).returncode
+            == 0
+        ),
+        "the session to end and the removal to succeed",
+    )
+    assert not (Path(str(tenant_builder.tenants["root"])) / "busy").exists()

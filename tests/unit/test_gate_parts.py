@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from nixwarden.errors import InvalidInput
-from nixwarden.gate import audit_log, keyline, sessions
+from nixwarden.gate import audit_log, keyline
 
 ED25519_BLOB = base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + b"k" * 32).decode()
 
@@ -55,33 +54,6 @@ def test_audit_log_symlink_is_refused(tmp_path: Path) -> None:
     (tmp_path / "audit.jsonl").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(audit_log.AuditLogUnwritable):
         audit_log.append(str(tmp_path / "audit.jsonl"), b"x\n")
-
-
-def test_session_slots(tmp_path: Path) -> None:
-    held = [sessions.acquire(str(tmp_path), "alice", 2) for _ in range(2)]
-    assert sessions.in_use(str(tmp_path), "alice", 2) == 2
-    with pytest.raises(sessions.SessionsFull, match="all 2 sessions"):
-        sessions.acquire(str(tmp_path), "alice", 2)
-    assert all(os.get_inheritable(fd) for fd in held)
-    os.close(held[0])
-    again = sessions.acquire(str(tmp_path), "alice", 2)
-    os.close(again)
-    os.close(held[1])
-    assert sessions.in_use(str(tmp_path), "alice", 2) == 0
-
-
-def test_session_slot_planted_fifo_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "sessions").mkdir()
-    os.mkfifo(tmp_path / "sessions" / "alice.0.lock")
-    with pytest.raises(sessions.SessionStateError, match="not a regular file"):
-        sessions.acquire(str(tmp_path), "alice", 1)
-
-
-def test_session_slot_planted_symlink_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "sessions").mkdir()
-    (tmp_path / "sessions" / "alice.0.lock").symlink_to("/etc/passwd")
-    with pytest.raises(sessions.SessionStateError):
-        sessions.acquire(str(tmp_path), "alice", 1)
 
 
 def test_key_line() -> None:

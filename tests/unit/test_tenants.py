@@ -9,8 +9,9 @@ import pytest
 
 from nixwarden.config import Principal
 from nixwarden.tenants import layout
-from nixwarden.tenants.session import check_quota, resolve_keeping_name
-from nixwarden.tenants.usage import human_bytes
+from nixwarden.tenants.host import TenantRefused, bound_store_paths, resolve_keeping_name
+from nixwarden.tenants.session import check_quota
+from nixwarden.tenants.usage import TenantUsage, human_bytes
 
 LAYOUT = layout.TenantLayout("/srv/tenants", "alice")
 CLOSED = layout.TenantPolicy(
@@ -93,10 +94,29 @@ def test_resolve_keeping_name(tmp_path: Path) -> None:
     assert resolved == os.path.join(os.path.realpath(store), "nix-daemon")
 
 
-def test_quota_message(tmp_path: Path) -> None:
-    empty = layout.TenantLayout(str(tmp_path), "alice")
-    check_quota(empty, Principal(name="alice", disk_quota=1))  # no database: empty store
-    check_quota(empty, Principal(name="alice"))
+def test_quota_message() -> None:
+    frugal = Principal(name="alice", disk_quota=16 << 20)
+    with pytest.raises(TenantRefused) as refused:
+        check_quota(TenantUsage(disk_bytes=20 << 20, paths=None, nar_bytes=None), frugal)
+    assert str(refused.value) == (
+        "tenant store is over its disk quota (20.0 MiB used of 16.0 MiB); "
+        "free space with: nixwarden tenant gc alice"
+    )
+    assert refused.value.exit_code == 1
+    with pytest.raises(TenantRefused, match="over its disk quota"):  # at the quota: full
+        check_quota(TenantUsage(disk_bytes=16 << 20, paths=None, nar_bytes=None), frugal)
+    check_quota(TenantUsage(disk_bytes=(16 << 20) - 1, paths=None, nar_bytes=None), frugal)
+    unlimited = Principal(name="alice")
+    check_quota(TenantUsage(disk_bytes=None, paths=None, nar_bytes=None), unlimited)
+    with pytest.raises(TenantRefused, match="not measured"):
+        check_quota(TenantUsage(disk_bytes=None, paths=None, nar_bytes=None), frugal)
+
+
+def test_gc_keeps_the_host_paths_bound_into_the_store() -> None:
+    closure = ["/nix/store/aaaa-nix-2.18", "/nix/store/bbbb-glibc"]
+    sandbox = layout.sandbox(LAYOUT, CLOSED, host_nix_paths=closure)
+    assert bound_store_paths(sandbox) == closure
+    assert bound_store_paths(layout.sandbox(LAYOUT, CLOSED)) == []
 
 
 @pytest.mark.parametrize(

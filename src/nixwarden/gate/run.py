@@ -17,10 +17,10 @@ import stat
 import sys
 import time
 
-from nixwarden import defaults
+from nixwarden import defaults, sessions
 from nixwarden.display import escape
 from nixwarden.errors import ConfigError, NixwardenError, Refused
-from nixwarden.gate import audit_log, compiled, policy, request, sessions
+from nixwarden.gate import audit_log, compiled, policy, request
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def serve(
     try:
         principal = _principal(principals, principal_name, path)
         argv, env, _slot = _decide_and_prepare(
-            gate, tenants, principal, session, environ, stdin_fd, stdout_fd
+            gate, tenants, principal, session, environ, stdin_fd, stdout_fd, config_path=path
         )
     except Exception as error:  # fail closed, and log it: every decision is a log line
         session.log(gate.audit_log, "deny", _reason(error), None)
@@ -205,6 +205,8 @@ def _decide_and_prepare(  # noqa: PLR0917
     environ: Mapping[bytes, bytes],
     stdin_fd: int,
     stdout_fd: int,
+    *,
+    config_path: str,
 ) -> tuple[tuple[str, ...], dict[str, str], int]:
     raw = environ.get(b"SSH_ORIGINAL_COMMAND", b"")
     if request.is_line_mode(raw) and gate.line_mode:
@@ -220,7 +222,9 @@ def _decide_and_prepare(  # noqa: PLR0917
         from nixwarden.tenants import session as tenant_session  # noqa: PLC0415
 
         try:
-            tenant_argv, env = tenant_session.prepare(tenants, principal, argv)
+            tenant_argv, env = tenant_session.prepare(
+                tenants, principal, argv, state_dir=gate.state_dir, config_path=config_path
+            )
         except BaseException:
             os.close(slot)
             raise

@@ -99,15 +99,18 @@ def closure(
 _USAGE = "SELECT count(*), coalesce(sum(narSize), 0) FROM ValidPaths"
 
 
-def store_usage(db: str, *, attempts: int = 8, busy_timeout: float = 2.0) -> tuple[int, int]:
+def store_usage(
+    db: str, *, attempts: int = 8, busy_timeout: float = 2.0, deadline: float | None = None
+) -> tuple[int, int]:
     """(number of valid paths, total of their NAR sizes): what `nix path-info --all --size`
-    adds up."""
+    adds up. `deadline` (a `time.monotonic()` value) interrupts a query still running
+    then, as one on a hostile database (a tenant's: a view that never ends) would be."""
 
     def query(connection: sqlite3.Connection) -> tuple[int, int]:
         paths, nar_bytes = connection.execute(_USAGE).fetchone()
         return int(paths), int(nar_bytes)
 
-    return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)
+    return _read(db, query, attempts=attempts, busy_timeout=busy_timeout, deadline=deadline)
 
 
 def _read(
@@ -116,6 +119,7 @@ def _read(
     *,
     attempts: int = 8,
     busy_timeout: float = 2.0,
+    deadline: float | None = None,
 ) -> T:
     """`query` run in one read-only transaction on the database at `db`, retried while busy.
 
@@ -125,7 +129,7 @@ def _read(
     last: sqlite3.Error | None = None
     for _ in range(attempts):
         try:
-            return _read_once(db, query, busy_timeout)
+            return _read_once(db, query, busy_timeout, deadline)
         except sqlite3.OperationalError as error:
             if not _is_busy(error):
                 raise DatabaseUnreadable(f"{db}: {error}") from error
@@ -137,10 +141,15 @@ def _read(
     raise DatabaseUnreadable(f"{db}: still busy after {attempts} attempts: {last}")
 
 
-def _read_once(db: str, query: Callable[[sqlite3.Connection], T], busy_timeout: float) -> T:
+def _read_once(
+    db: str, query: Callable[[sqlite3.Connection], T], busy_timeout: float, deadline: float | None
+) -> T:
     connection = sqlite3.connect(
         _uri(db), uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=True
     )
+    if deadline is not None:
+        # SQLite calls this every 10,000 virtual machine steps; True interrupts the query.
+        connection.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
     try:
         # query_only: even a bug here cannot write to the store's database.
         connection.execute("PRAGMA query_only = ON")

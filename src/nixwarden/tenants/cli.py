@@ -1,48 +1,81 @@
-"""`nixwarden tenant list|gc|remove`: looking after tenant stores, as root."""
+"""`nixwarden tenant create|list|gc|remove`: looking after tenant stores, as root.
+
+Root never reads a tenant's files as root: what a tenant's directory holds is measured
+by the probe (tenants.usage), and `gc` runs, in the tenant's own sandbox as its unix
+user. Root opens tenant paths only by descriptor, with O_NOFOLLOW, to check owners
+and to remove a tenant.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import pwd
-import shutil
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from nixwarden import config as config_module
-from nixwarden import process
+from nixwarden import sessions
 from nixwarden.cliutil import Parser, parser
+from nixwarden.display import escape
 from nixwarden.errors import InvalidInput, Refused, UsageError
-from nixwarden.gate import sessions
+from nixwarden.nix import commands
+from nixwarden.tenants import directory, host, tree, usage
 from nixwarden.tenants import layout as tenant_layout
-from nixwarden.tenants.session import policy_of, resolve_keeping_name
-from nixwarden.tenants.usage import human_bytes, store_usage
+from nixwarden.tenants import session as tenant_session
 
-SETPRIV = "/usr/bin/setpriv"
+GC_SECONDS = 3600
+LIST_PROBE_SECONDS = 30
+# The sandbox of a directory whose principal is gone: no network, nothing substituted.
+CLOSED_POLICY = tenant_layout.TenantPolicy(
+    network=False, substituters=(), trusted_public_keys=(), session_timeout=0
+)
 
 
 def main(command: str, argv: list[str]) -> int:
     cli = parser(
         command,
         'Tenant stores: each principal with store = "tenant" has its own /nix under\n'
-        "[tenants] root, created on its first session.",
+        "[tenants] root, created by root with `create` and owned by the principal's unix user.",
     )
     cli.add_argument("--config", help="configuration file")
     # --config is welcome after the action too (`nixwarden tenant list --config F`).
     config_option = Parser(add_help=False)
     config_option.add_argument("--config", default=argparse.SUPPRESS, help="configuration file")
     actions = cli.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser(
+    create = actions.add_parser(
+        "create",
+        parents=[config_option],
+        help="create a tenant's directory, owned by the unix user its keys log in as",
+    )
+    create.add_argument("name")
+    create.add_argument("--user", required=True, help="the unix user the principal's keys use")
+    listing = actions.add_parser(
         "list",
         parents=[config_option],
-        help="size, path count, owner and last use of each tenant store",
+        help="owner, path count, disk usage, sessions and last use of each tenant store",
+    )
+    listing.add_argument(
+        "--time-limit",
+        type=_seconds,
+        default=LIST_PROBE_SECONDS,
+        metavar="SECONDS",
+        help=f"to measure one tenant (default {LIST_PROBE_SECONDS})",
     )
     gc = actions.add_parser(
         "gc",
         parents=[config_option],
-        help="collect garbage in a tenant's store (inside its sandbox)",
+        help="collect garbage in a tenant's store (inside its sandbox, as its unix user)",
     )
     gc.add_argument("name")
+    gc.add_argument(
+        "--time-limit",
+        type=_seconds,
+        default=GC_SECONDS,
+        metavar="SECONDS",
+        help=f"for the collection (default {GC_SECONDS})",
+    )
     remove = actions.add_parser(
         "remove", parents=[config_option], help="delete a tenant's store (refused while in use)"
     )
@@ -50,113 +83,323 @@ def main(command: str, argv: list[str]) -> int:
     args = cli.parse_args(argv)
     config = config_module.load(args.config)
     match args.action:
+        case "create":
+            return create_tenant(config, args.name, args.user)
         case "list":
-            return list_tenants(config)
+            return list_tenants(config, args.time_limit)
         case "gc":
-            return collect_garbage(config, args.name)
+            return collect_garbage(config, args.name, args.time_limit)
         case "remove":
             return remove_tenant(config, args.name)
     raise UsageError(f"unknown action {args.action}")
 
 
-def list_tenants(config: config_module.Config) -> int:
+def _seconds(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 86400:
+        raise argparse.ArgumentTypeError(f"expected whole seconds from 1 to 86400, got {text!r}")
+    return int(text)
+
+
+# --- create ---------------------------------------------------------------------------------
+
+
+def create_tenant(config: config_module.Config, name: str, user: str) -> int:
+    """<root>/<name>, owned by `user`, with its subdirectories and generated /etc."""
+    principal = _tenant_principal(config, name)
+    entry = _unix_user(user)
     root = config.tenants.root
-    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
-    rows = [("TENANT", "OWNER", "PATHS", "SIZE", "SESSIONS", "LAST USE", "")]
-    for name in names:
-        layout = tenant_layout.TenantLayout(root, name)
-        if not os.path.isdir(layout.base):
-            continue
-        principal = config.principals.get(name)
-        usage = store_usage(layout.database)
+    root_fd = _open_or_make_root(root)
+    try:
         try:
-            last = time.strftime(
-                "%Y-%m-%d %H:%M", time.localtime(os.stat(layout.last_use).st_mtime)
+            os.mkdir(name, directory.TENANT_MODE, dir_fd=root_fd)
+        except FileExistsError:
+            return _already_there(root_fd, root, name, entry)
+        base = directory.open_tenant(root_fd, name)
+    finally:
+        os.close(root_fd)
+    try:
+        # Still root's and private while it is filled: nobody can interfere.
+        tenant_session.ensure_subdirectories(base)
+        tenant_session.write_etc(base, tenant_layout.etc_files(tenant_session.policy_of(principal)))
+        for relative in (*tenant_session.SUBDIRECTORIES, "etc/nix", *_etc_names(principal)):
+            os.chown(relative, entry.pw_uid, entry.pw_gid, dir_fd=base, follow_symlinks=False)
+        os.fchown(base, entry.pw_uid, entry.pw_gid)
+    finally:
+        os.close(base)
+    print(f"created {os.path.join(root, name)} for {entry.pw_name}")
+    return 0
+
+
+def _etc_names(principal: config_module.Principal) -> list[str]:
+    files = tenant_layout.etc_files(tenant_session.policy_of(principal))
+    return [f"etc/{relative}" for relative in files]
+
+
+def _tenant_principal(config: config_module.Config, name: str) -> config_module.Principal:
+    directory.check_name(name)
+    principal = config.principal(name)
+    if principal.store != "tenant":
+        raise InvalidInput(f'principal {name} has store = "{principal.store}", not "tenant"')
+    return principal
+
+
+def _unix_user(user: str) -> pwd.struct_passwd:
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, OverflowError):
+        raise InvalidInput(f"no unix user {escape(user)}") from None
+    if entry.pw_uid == 0:
+        raise InvalidInput("a tenant's unix user must not be root")
+    return entry
+
+
+def _open_or_make_root(root: str) -> int:
+    try:
+        return directory.open_root(root)
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(root), mode=0o755, exist_ok=True)
+    try:
+        os.mkdir(root, directory.ROOT_MODE)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(root, directory.ROOT_MODE)  # whatever the umask
+        print(f"created {root} (mode {directory.ROOT_MODE:04o})")
+    return directory.open_root(root)
+
+
+def _already_there(root_fd: int, root: str, name: str, entry: pwd.struct_passwd) -> int:
+    path = os.path.join(root, name)
+    info = directory.owner_of(root_fd, name)
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == entry.pw_uid:
+        print(f"{path} exists and belongs to {entry.pw_name}")
+        return 0
+    what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a directory"
+    raise Refused(
+        f"{path} exists, {what}, owned by uid {info.st_uid}, not by {entry.pw_name}: "
+        f"look at it, remove it (nixwarden tenant remove {name}) and create it again"
+    )
+
+
+# --- list -----------------------------------------------------------------------------------
+
+
+def list_tenants(config: config_module.Config, seconds: int = LIST_PROBE_SECONDS) -> int:
+    root = config.tenants.root
+    try:
+        root_fd = directory.open_root(root)
+    except FileNotFoundError:
+        names: list[str] = []
+        root_fd = -1
+    else:
+        names = sorted(directory.names(root_fd))
+    try:
+        found = [(name, os.stat(name, dir_fd=root_fd, follow_symlinks=False)) for name in names]
+        tenants = [(name, info) for name, info in found if stat.S_ISDIR(info.st_mode)]
+        last_uses = {name: _last_use(root_fd, name) for name, _info in tenants}
+    finally:
+        if root_fd >= 0:
+            os.close(root_fd)
+    workers = max(1, min(len(tenants), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        rows = list(
+            pool.map(
+                lambda item: _row(config, item[0], item[1], last_uses[item[0]], seconds),
+                tenants,
             )
-        except FileNotFoundError:
-            last = "never"
-        busy = (
-            sessions.in_use(config.gate.state_dir, name, principal.max_sessions) if principal else 0
         )
-        note = "" if principal and principal.store == "tenant" else "(no tenant principal)"
-        rows.append(
-            (
-                name,
-                _owner(layout.base),
-                str(usage.paths),
-                human_bytes(usage.nar_bytes),
-                str(busy),
-                last,
-                note,
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
+    header = ("TENANT", "OWNER", "PATHS", "DISK", "QUOTA", "SESSIONS", "LAST USE", "")
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     return 0
 
 
-def _tenant(
-    config: config_module.Config, name: str
-) -> tuple[tenant_layout.TenantLayout, os.stat_result]:
-    layout = tenant_layout.TenantLayout(config.tenants.root, name)
-    try:
-        info = os.lstat(layout.base)
-    except FileNotFoundError:
-        raise InvalidInput(f"no tenant store {layout.base}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise InvalidInput(f"{layout.base} is not a directory")
-    return layout, info
-
-
-def collect_garbage(config: config_module.Config, name: str) -> int:
-    """`nix-store --gc` inside the tenant's sandbox, as the unix user who owns the store."""
-    principal = config.principal(name)
-    if principal.store != "tenant":
-        raise InvalidInput(f'principal {name} has store = "{principal.store}", not "tenant"')
-    layout, info = _tenant(config, name)
-    policy = policy_of(principal)
-    program = resolve_keeping_name(config.gate.nix_store)
-    sandbox = tenant_layout.sandbox(layout, policy, existing=())
-    argv = [
-        SETPRIV,
-        f"--reuid={info.st_uid}",
-        f"--regid={info.st_gid}",
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--reset-env",
-        *sandbox.argv(config.tenants.bwrap, [program, "--gc"]),
-    ]
-    result = process.run(argv, env={"PATH": "/usr/bin:/bin"}, check=True, timeout=3600)
-    remaining = store_usage(layout.database)
-    summary = result.stdout.decode().strip() or result.stderr.decode().strip().splitlines()[-1]
-    print(f"{name}: {summary}")
-    print(f"{name}: {remaining.paths} paths, {human_bytes(remaining.nar_bytes)} remain")
-    return 0
-
-
-def remove_tenant(config: config_module.Config, name: str) -> int:
-    layout, _info = _tenant(config, name)
+def _row(
+    config: config_module.Config, name: str, info: os.stat_result, last_use: str, seconds: int
+) -> tuple[str, ...]:
     principal = config.principals.get(name)
-    limit = principal.max_sessions if principal else 1024
-    if sessions.in_use(config.gate.state_dir, name, limit):
-        raise Refused(f"tenant {name} has sessions running; try again when they have ended")
-    # Store paths are read-only by design; make them writable so they can be deleted.
-    for directory, subdirectories, _files in os.walk(layout.base, followlinks=False):
-        for entry in subdirectories:
-            path = os.path.join(directory, entry)
-            if not os.path.islink(path):
-                os.chmod(path, 0o700)
-    shutil.rmtree(layout.base)
-    print(f"removed {layout.base}")
-    return 0
+    tenant = principal is not None and principal.store == "tenant"
+    notes = [] if tenant else ["(no tenant principal)"]
+    paths = disk = "?"
+    try:
+        measured = _measure(config, name, info, paths=True, seconds=seconds)
+    except Refused as error:
+        notes.append(f"(not measured: {error})")
+    else:
+        paths = str(measured.paths)
+        disk = usage.human_bytes(measured.disk_bytes or 0)
+    quota = principal.disk_quota if principal is not None else None
+    owner = _user_name(info.st_uid)
+    busy = 0
+    if principal is not None and owner is not None:
+        try:
+            busy = sessions.in_use(config.gate.state_dir, owner, name, principal.max_sessions)
+        except Refused as error:
+            notes.append(f"({error})")
+    return (
+        escape(name),
+        owner or str(info.st_uid),
+        paths,
+        disk,
+        usage.human_bytes(quota) if quota is not None else "-",
+        str(busy),
+        last_use,
+        " ".join(notes),
+    )
 
 
-def _owner(path: str) -> str:
-    uid = os.stat(path).st_uid
+def _last_use(root_fd: int, name: str) -> str:
+    try:
+        base = directory.open_tenant(root_fd, name)
+    except OSError:
+        return "?"
+    try:
+        info = os.stat("last-use", dir_fd=base, follow_symlinks=False)  # never opened
+    except FileNotFoundError:
+        return "never"
+    finally:
+        os.close(base)
+    if not stat.S_ISREG(info.st_mode):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(info.st_mtime))
+
+
+def _user_name(uid: int) -> str | None:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
-        return str(uid)
+        return None
+
+
+# --- measuring and gc, in the tenant's sandbox, as its unix user ----------------------------
+
+
+def _run_as(info: os.stat_result) -> tuple[int, int]:
+    """The tenant's unix user and primary group: whoever owns its directory, never root."""
+    if info.st_uid == 0:
+        raise Refused("the directory belongs to root; a tenant's files are never read as root")
+    try:
+        gid = pwd.getpwuid(info.st_uid).pw_gid
+    except KeyError:
+        raise Refused(f"its owner (uid {info.st_uid}) is not a unix user any more") from None
+    return info.st_uid, gid
+
+
+def _policy(config: config_module.Config, name: str) -> tenant_layout.TenantPolicy:
+    principal = config.principals.get(name)
+    if principal is None or principal.store != "tenant":
+        return CLOSED_POLICY
+    return tenant_session.policy_of(principal)
+
+
+def _measure(
+    config: config_module.Config,
+    name: str,
+    info: os.stat_result,
+    *,
+    paths: bool,
+    seconds: int,
+) -> usage.TenantUsage:
+    layout = tenant_layout.TenantLayout(config.tenants.root, name)
+    sandbox = host.tenant_sandbox(layout, _policy(config, name), [usage.interpreter()])
+    return usage.measure(
+        layout,
+        sandbox,
+        config.tenants.bwrap,
+        paths=paths,
+        run_as=_run_as(info),
+        seconds=seconds,
+    )
+
+
+def _opened(config: config_module.Config, name: str) -> tuple[int, int, os.stat_result]:
+    """(root fd, tenant fd, its stat) of an existing tenant directory, never via a symlink."""
+    root = config.tenants.root
+    try:
+        root_fd = directory.open_root(root)
+    except FileNotFoundError:
+        raise InvalidInput(f"no tenant store {os.path.join(root, name)}") from None
+    try:
+        base = directory.open_tenant(root_fd, name)
+    except FileNotFoundError:
+        os.close(root_fd)
+        raise InvalidInput(f"no tenant store {os.path.join(root, name)}") from None
+    except OSError as error:
+        os.close(root_fd)
+        raise InvalidInput(f"{os.path.join(root, name)}: {error.strerror}") from None
+    return root_fd, base, os.fstat(base)
+
+
+def collect_garbage(config: config_module.Config, name: str, seconds: int = GC_SECONDS) -> int:
+    """`nix-store --gc` in the tenant's sandbox (the session's, from the same function), as
+    the unix user who owns the store; then what remains, measured the same way."""
+    principal = _tenant_principal(config, name)
+    root_fd, base, info = _opened(config, name)
+    os.close(base)
+    os.close(root_fd)
+    uid, gid = _run_as(info)
+    layout = tenant_layout.TenantLayout(config.tenants.root, name)
+    program = host.resolve_keeping_name(config.gate.nix_store)
+    python = usage.interpreter()
+    sandbox = host.tenant_sandbox(layout, tenant_session.policy_of(principal), [program, python])
+    sandbox = usage.probe_sandbox(layout, sandbox, python)
+    # Host store paths bound into the sandbox have mount points in the tenant's store:
+    # temporary roots while the collector runs, so that it leaves them alone.
+    bound = host.bound_store_paths(sandbox)
+
+    def wrap(argv: list[str]) -> list[str]:
+        inside = usage.keeping(bound, argv) if bound else argv
+        return host.as_user(uid, gid, sandbox.argv(config.tenants.bwrap, inside))
+
+    summary = commands.collect_garbage(
+        env={"PATH": "/usr/bin:/bin"}, nix_store=program, wrap=wrap, timeout=seconds
+    )
+    print(f"{name}: {summary}")
+    remaining = _measure(config, name, info, paths=True, seconds=LIST_PROBE_SECONDS)
+    print(
+        f"{name}: {remaining.paths} paths remain, "
+        f"{usage.human_bytes(remaining.disk_bytes or 0)} on disk"
+    )
+    return 0
+
+
+# --- remove ---------------------------------------------------------------------------------
+
+
+def remove_tenant(config: config_module.Config, name: str) -> int:
+    """Delete the tenant's directory through its descriptor, holding every session slot of
+    the principal (and its lock), so that no session runs or starts meanwhile."""
+    directory.check_name(name)
+    root_fd, base, info = _opened(config, name)
+    try:
+        principal = config.principals.get(name)
+        owner = _user_name(info.st_uid)
+        held = (
+            sessions.hold_all(
+                config.gate.state_dir, owner, name, principal.max_sessions if principal else 0
+            )
+            if owner is not None
+            else ()
+        )
+        try:
+            tree.remove_contents(base)
+            now = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+                raise Refused(f"tenant {name}: its directory was replaced while it was removed")
+            os.rmdir(name, dir_fd=root_fd)
+        finally:
+            sessions.release(held)
+    except sessions.SessionsBusy:
+        raise Refused(
+            f"tenant {name} has sessions running; try again when they have ended"
+        ) from None
+    finally:
+        os.close(base)
+        os.close(root_fd)
+    print(f"removed {os.path.join(config.tenants.root, name)}")
+    return 0

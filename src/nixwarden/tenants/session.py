@@ -1,9 +1,11 @@
 """Preparing a tenant session, in the gate, as the tenant's unix user.
 
-Creates the tenant's directories on first use (private to that user), writes the
-generated /etc, refuses a session over the disk quota, applies the process limits
-and returns the argv that runs Nix inside the tenant's sandbox. Every problem is a
-refusal: the gate fails closed.
+Opens the tenant's directory (created by root at enrolment, owned by this user) by
+descriptor, creates its subdirectories, writes the generated /etc, applies the process
+limits, cleans the tenant's /tmp when no other session of it runs, refuses a session
+over the disk quota, and returns the argv that runs Nix inside the tenant's sandbox.
+The tenant's own files are read only inside its sandbox (tenants.usage). Every
+problem is a refusal, and no message names a path inside the tenant's directory.
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ import os
 import resource
 import stat
 
-from nixwarden import process
-from nixwarden.errors import NixwardenError, Refused
+from nixwarden import sessions
+from nixwarden.tenants import directory, host
 from nixwarden.tenants import layout as tenant_layout
+from nixwarden.tenants.host import TenantRefused
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's (tenant) start-up path
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from nixwarden.config import Principal, TenantSettings
+    from nixwarden.tenants.usage import TenantUsage
 
-STORE_PREFIX = "/nix/store/"
+__all__ = ["TenantRefused", "check_quota", "policy_of", "prepare"]
 
-
-class TenantRefused(Refused):
-    """The tenant session cannot start; the message says why and what to do."""
+SUBDIRECTORIES = ("nix", "etc", "tmp")
+# How long a session waits while its tenant's /tmp is cleaned (or the tenant removed).
+LOCK_WAIT_SECONDS = 30
 
 
 def policy_of(principal: Principal) -> tenant_layout.TenantPolicy:
@@ -39,129 +43,224 @@ def policy_of(principal: Principal) -> tenant_layout.TenantPolicy:
 
 
 def prepare(
-    settings: TenantSettings, principal: Principal, nix_argv: Sequence[str]
+    settings: TenantSettings,
+    principal: Principal,
+    nix_argv: Sequence[str],
+    *,
+    state_dir: str,
+    config_path: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment to exec for this tenant session."""
+    """The argv and environment to exec for this tenant session. Leaves the principal's
+    lock (sessions.principal_lock) open and inheritable: the session holds it."""
     layout = tenant_layout.TenantLayout(settings.root, principal.name)
     policy = policy_of(principal)
-    ensure_layout(layout)
-    write_etc(layout, tenant_layout.etc_files(policy))
-    check_quota(layout, principal)
-    os.utime(_touch(layout.last_use))
-    program = resolve_keeping_name(nix_argv[0])
-    host_nix_paths = host_nix_closure(program, settings) if program.startswith(STORE_PREFIX) else ()
-    existing = [
-        path
-        for path in (*tenant_layout.CA_BUNDLES, *tenant_layout.RESOLVER_FILES)
-        if os.path.exists(path)
-    ]
-    sandbox = tenant_layout.sandbox(
-        layout, policy, host_nix_paths=host_nix_paths, existing=existing
-    )
-    apply_limits(principal)
+    base = open_own_directory(settings.root, principal.name, config_path)
+    try:
+        ensure_subdirectories(base)
+        write_etc(base, tenant_layout.etc_files(policy))
+        touch(base, "last-use")
+        tmp_used = has_entries(base, "tmp")
+    finally:
+        os.close(base)
+    lock, alone = sessions.principal_lock(state_dir, principal.name, wait=LOCK_WAIT_SECONDS)
+    try:
+        # Limits and niceness first: everything below, the probe included, runs under them.
+        apply_limits(principal)
+        program = host.resolve_keeping_name(nix_argv[0])
+        sandbox = host.tenant_sandbox(layout, policy, [program])
+        clean = alone and tmp_used
+        if clean or principal.disk_quota is not None:
+            from nixwarden.tenants import usage  # noqa: PLC0415 - only with work to do
+
+            probe_sandbox = sandbox
+            if usage.interpreter().startswith(host.STORE_PREFIX):
+                probe_sandbox = host.tenant_sandbox(layout, policy, [usage.interpreter()])
+            try:
+                measured = usage.measure(
+                    layout,
+                    probe_sandbox,
+                    settings.bwrap,
+                    disk=principal.disk_quota is not None,
+                    clean_tmp=clean,
+                )
+            except usage.UsageUnknown as error:
+                doing = (
+                    "check the disk quota" if principal.disk_quota else "clean the tenant's /tmp"
+                )
+                raise TenantRefused(
+                    f"cannot {doing}: {error}; as root, see: nixwarden tenant list"
+                ) from None
+            check_quota(measured, principal)
+        if alone:
+            sessions.share(lock)
+    except BaseException:
+        os.close(lock)
+        raise
     argv = tenant_layout.session_argv(
         settings.bwrap, sandbox, [program, *nix_argv[1:]], policy.session_timeout
     )
     return argv, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
-def ensure_layout(layout: tenant_layout.TenantLayout) -> None:
-    if not os.path.isdir(layout.root):
-        raise TenantRefused(
-            f"tenants root {layout.root} does not exist "
-            f"(create it as root: install -d -m 1733 {layout.root})"
-        )
+def open_own_directory(root: str, name: str, config_path: str | None) -> int:
+    """The tenant's directory, which must be this unix user's; else a refusal with the fix."""
+    uid = os.geteuid()
+    create = _create_fix(name, uid, config_path)
     try:
-        os.mkdir(layout.base, 0o700)
+        root_fd = directory.open_root(root)
+    except FileNotFoundError:
+        raise TenantRefused(f"the tenant store of {name} is not set up; {create}") from None
+    except OSError as error:
+        raise TenantRefused(f"the tenants root cannot be opened: {error.strerror}") from None
+    try:
+        try:
+            fd = directory.open_tenant(root_fd, name)
+        except FileNotFoundError:
+            raise TenantRefused(f"the tenant store of {name} is not set up; {create}") from None
+        except OSError:
+            fd = -1
+        info = os.fstat(fd) if fd >= 0 else directory.owner_of(root_fd, name)
+    finally:
+        os.close(root_fd)
+    if fd < 0 or not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+        if fd >= 0:
+            os.close(fd)
+        raise TenantRefused(
+            f"the tenant directory of {name} is not a directory of this unix user's "
+            f"(uid {uid}); a tenant's store belongs to the one unix user its keys log in as. "
+            f"As root, after looking at what is there: nixwarden tenant remove {name}, "
+            f"then {create.removeprefix('as root: ')}"
+        )
+    if info.st_mode & 0o077:
+        os.fchmod(fd, directory.TENANT_MODE)
+    return fd
+
+
+def _create_fix(name: str, uid: int, config_path: str | None) -> str:
+    import pwd  # noqa: PLC0415
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    config = f" --config {config_path}" if config_path else ""
+    return f"as root: nixwarden tenant create {name} --user {user}{config}"
+
+
+def ensure_subdirectories(base: int) -> None:
+    for name in SUBDIRECTORIES:
+        _make_directory(base, name)
+    etc = os.open("etc", directory.DIRECTORY, dir_fd=base)
+    try:
+        _make_directory(etc, "nix")
+    finally:
+        os.close(etc)
+
+
+def _make_directory(parent: int, name: str) -> None:
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
     except FileExistsError:
         pass
     except OSError as error:
-        raise TenantRefused(
-            f"cannot create tenant directory {layout.base}: {error.strerror}"
-        ) from None
-    info = os.lstat(layout.base)
-    uid = os.geteuid()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
-        raise TenantRefused(
-            f"tenant directory {layout.base} is not a directory owned by this user (uid {uid}); "
-            "a tenant's store belongs to the unix user its key logs in as"
+        raise TenantRefused(f"cannot create the tenant's {name}/: {error.strerror}") from None
+    try:
+        os.close(os.open(name, directory.DIRECTORY, dir_fd=parent))
+    except OSError:
+        raise TenantRefused(f"the tenant's {name}/ is not a directory") from None
+
+
+def write_etc(base: int, files: dict[str, str]) -> None:
+    """Rewrite a generated file only when it changed: a new file renamed over the old one,
+    its mode set before it is visible; nothing there is followed or read beyond its size."""
+    etc = os.open("etc", directory.DIRECTORY, dir_fd=base)
+    try:
+        for relative, content in files.items():
+            parent_name, _, name = relative.rpartition("/")
+            parent = os.open(parent_name, directory.DIRECTORY, dir_fd=etc) if parent_name else etc
+            try:
+                _write_if_changed(parent, name, content.encode())
+            finally:
+                if parent != etc:
+                    os.close(parent)
+    finally:
+        os.close(etc)
+
+
+def _write_if_changed(parent: int, name: str, data: bytes) -> None:
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent
         )
-    if info.st_mode & 0o077:
-        os.chmod(layout.base, 0o700)
-    for directory in (layout.nix, layout.etc, os.path.join(layout.etc, "nix"), layout.tmp):
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-
-
-def write_etc(layout: tenant_layout.TenantLayout, files: dict[str, str]) -> None:
-    """Rewrite a generated file only when it changed, atomically, mode set before the rename."""
-    for relative, content in files.items():
-        target = os.path.join(layout.etc, relative)
-        data = content.encode()
+    except OSError:
+        pass  # missing, a symlink, unreadable: replaced below
+    else:
         try:
-            with open(target, "rb") as handle:
-                if handle.read() == data:
-                    continue
-        except FileNotFoundError:
-            pass
-        from nixwarden.files import write_atomic  # noqa: PLC0415 - only when /etc changes
-
-        write_atomic(target, data, mode=0o644, replace=True)
-
-
-def resolve_keeping_name(path: str) -> str:
-    """Follow symlinks while the name stays the same: Nix dispatches on argv[0]
-    (`nix-daemon` is often a link to `nix`), and on NixOS the last such link is the
-    store path whose closure the tenant must see."""
-    name = os.path.basename(path)
-    current = os.path.join(os.path.realpath(os.path.dirname(path)), name)
-    for _ in range(40):
-        if not os.path.islink(current):
-            return current
-        target = os.path.join(os.path.dirname(current), os.readlink(current))
-        target = os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))
-        if os.path.basename(target) != name:
-            return current
-        current = target
-    raise TenantRefused(f"too many symlinks resolving {path}")
+            if stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, len(data) + 1) == data:
+                return
+        finally:
+            os.close(fd)
+    temporary = f".{name}.{os.urandom(6).hex()}"
+    fd = os.open(
+        temporary,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o644,
+        dir_fd=parent,
+    )
+    try:
+        os.fchmod(fd, 0o644)  # whatever the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+    try:
+        os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except OSError as error:
+        os.unlink(temporary, dir_fd=parent)
+        raise TenantRefused(f"cannot write the tenant's /etc/{name}: {error.strerror}") from None
 
 
-def check_quota(layout: tenant_layout.TenantLayout, principal: Principal) -> None:
+def touch(base: int, name: str) -> None:
+    """Mark the session's start (for `tenant list`); never through a symlink or into a FIFO."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, 0o600, dir_fd=base)
+    except OSError:
+        raise TenantRefused(f"the tenant's {name} is not a regular file") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise TenantRefused(f"the tenant's {name} is not a regular file")
+        os.utime(fd)
+    finally:
+        os.close(fd)
+
+
+def has_entries(base: int, name: str) -> bool:
+    """Whether directory `name` holds anything (names only: nothing in it is opened)."""
+    fd = os.open(name, directory.DIRECTORY, dir_fd=base)
+    try:
+        with os.scandir(fd) as entries:
+            return next(entries, None) is not None
+    finally:
+        os.close(fd)
+
+
+def check_quota(usage: TenantUsage, principal: Principal) -> None:
+    """Refuse a session when the tenant's directory uses its disk quota or more."""
     if principal.disk_quota is None:
         return
-    # Only with a quota: sqlite3 and the store module stay off the other sessions' path.
-    from nixwarden.nix.db import DatabaseUnreadable  # noqa: PLC0415
-    from nixwarden.tenants.usage import human_bytes, store_usage  # noqa: PLC0415
+    from nixwarden.tenants.usage import human_bytes  # noqa: PLC0415
 
-    try:
-        usage = store_usage(layout.database)
-    except DatabaseUnreadable as error:  # fail closed
-        raise TenantRefused(f"cannot read the tenant store's database: {error}") from None
-    if usage.nar_bytes >= principal.disk_quota:
+    used = usage.disk_bytes
+    if used is None:
+        raise TenantRefused("the tenant's disk usage was not measured")
+    if used >= principal.disk_quota:
         raise TenantRefused(
-            f"tenant store is over its disk quota ({human_bytes(usage.nar_bytes)} used of "
+            f"tenant store is over its disk quota ({human_bytes(used)} used of "
             f"{human_bytes(principal.disk_quota)}); "
             f"free space with: nixwarden tenant gc {principal.name}"
         )
-
-
-def host_nix_closure(program: str, settings: TenantSettings) -> tuple[str, ...]:
-    """Where Nix itself lives in the host store (NixOS): its closure, to bind read-only."""
-    parts = program[len(STORE_PREFIX) :].split("/", 1)
-    store_path = STORE_PREFIX + parts[0]
-    nix_store = os.path.join(os.path.dirname(program), "nix-store")
-    try:
-        result = process.run(
-            [nix_store, "--query", "--requisites", store_path],
-            env={"PATH": "/usr/bin:/bin"},
-            check=True,
-            timeout=30,
-        )
-    except NixwardenError as error:
-        raise TenantRefused(f"cannot find the closure of {store_path}: {error}") from None
-    paths = tuple(line for line in result.stdout.decode().splitlines() if line)
-    if not all(path.startswith(STORE_PREFIX) and "/" not in path[11:] for path in paths):
-        raise TenantRefused(f"unexpected closure of {store_path}")
-    return paths
 
 
 def apply_limits(principal: Principal) -> None:
@@ -175,9 +274,3 @@ def apply_limits(principal: Principal) -> None:
         resource.setrlimit(limit, (ceiling, ceiling))
     if principal.nice:
         os.nice(principal.nice)
-
-
-def _touch(path: str) -> str:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    os.close(fd)
-    return path
