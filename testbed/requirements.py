@@ -53,8 +53,9 @@ DIRECTORIES: Mapping[str, Directory] = {
 # containers and CI have none); the bootstrap installs it.
 DAEMONS: tuple[str, ...] = ("nix-daemon",)
 
-# Every program the testbed, demo, bench or system tests start, and the Debian package
-# that ships it (checked against dpkg by tests/system/test_bootstrap_state.py).
+# Every program the testbed, demo, bench or system tests start (and the provisioning
+# commands they drive), and the Debian package that ships it (checked against dpkg by
+# tests/system/test_bootstrap_state.py).
 TOOLS: Mapping[str, str] = {
     "nix": "nix-bin",
     "nix-build": "nix-bin",
@@ -65,19 +66,25 @@ TOOLS: Mapping[str, str] = {
     "sshd": "openssh-server",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "ssh-keyscan": "openssh-client",
     "bwrap": "bubblewrap",
     "busybox": "busybox-static",
     "systemd-analyze": "systemd",
+    "systemd-tmpfiles": "systemd",
     "setpriv": "util-linux",
     "groupadd": "passwd",
+    "groupdel": "passwd",
+    "gpasswd": "passwd",
     "useradd": "passwd",
     "usermod": "passwd",
     "userdel": "passwd",
     "pkill": "procps",
+    "pgrep": "procps",
     "time": "time",
     "dpkg-query": "dpkg",
     "cat": "coreutils",
     "chmod": "coreutils",
+    "chown": "coreutils",
     "id": "coreutils",
     "ls": "coreutils",
     "rm": "coreutils",

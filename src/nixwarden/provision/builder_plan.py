@@ -173,6 +173,9 @@ def without_principal(data: bytes, path: str, principal: str) -> bytes:
     ):
         del document["principals"]
     result = tomlkit.dumps(document).encode()
+    if not data.endswith(b"\n\n"):
+        # The blank line tomlkit put before the table stays behind when it goes.
+        result = result.rstrip(b"\n") + b"\n" if result.strip() else b""
     parse_config(result, path)
     return result
 

@@ -55,6 +55,13 @@ def parse_key(text: str, source: str) -> tuple[str, str, str]:
     """One OpenSSH public key, of a type and size worth pinning (no DSA, RSA ≥ 2048 bits)."""
     if "PRIVATE KEY-----" in text:
         raise InvalidInput(f"{source}: a private key; give the public half (the .pub file)")
+    if "-----BEGIN " in text:
+        raise InvalidInput(
+            f"{source}: a PEM file, not an OpenSSH public key line "
+            "(ssh-keygen -i -m PKCS8 -f FILE converts a public one)"
+        )
+    if text.lstrip().startswith("ssh-dss "):
+        raise InvalidInput(f"{source}: {weak_key_problem('ssh-dss', '')}")
     key = keyline.parse_public_key(text, source)
     problem = weak_key_problem(key[0], key[1])
     if problem is not None:
