@@ -358,18 +358,20 @@ def enroll_plan(
     config = parse_config(new_config, layout.config)
     principal = config.principal(request.principal)
     ours = existing is None or existing.comment == USER_COMMENT.format(request.principal)
-    plan: list[steps.Step] = []
-    if existing is None:
-        plan.append(steps.User(user_name, USER_COMMENT.format(request.principal)))
-    plan += [
+    memberships = [
         steps.Membership(user_name, layout.gate_group),
         steps.Membership(user_name, layout.log_group),
     ]
     if world.socket_group is not None:
         if principal.store == "host":
-            plan.append(steps.Membership(user_name, world.socket_group))
+            memberships.append(steps.Membership(user_name, world.socket_group))
         elif ours:  # a tenant never talks to the host daemon
-            plan.append(steps.Membership(user_name, world.socket_group, member=False))
+            memberships.append(steps.Membership(user_name, world.socket_group, member=False))
+    plan: list[steps.Step] = []
+    if existing is None:
+        groups = tuple(step.group for step in memberships if step.member)
+        plan.append(steps.User(user_name, USER_COMMENT.format(request.principal), groups=groups))
+    plan += memberships
     plan.append(steps.File(layout.config, new_config, *_config_owner(world)))
     if principal.store == "tenant":
         plan.append(steps.TenantDirectory(layout.config, request.principal, user_name))

@@ -167,15 +167,22 @@ def _check_gate_command(layout: BuilderLayout) -> None:
 def init(
     layout: BuilderLayout, *, out: TextIO, dry_run: bool = False, hook: Hook | None = None
 ) -> int:
-    world = observe.builder_world(layout)
-    plan = builder_plan.init_plan(layout, world)
-    check_dropin_included(layout, builder_plan.sshd_dropin(layout))
-    Executor(out, dry_run=dry_run, hook=hook).run(plan)
+    with execute.provisioning_lock(layout.config):
+        world = observe.builder_world(layout)
+        plan = builder_plan.init_plan(layout, world)
+        check_dropin_included(layout, builder_plan.sshd_dropin(layout))
+        Executor(out, dry_run=dry_run, hook=hook).run(plan)
     return 0
 
 
 def pending_init(layout: BuilderLayout, world: builder_plan.BuilderWorld) -> list[steps.Step]:
-    return [step for step in builder_plan.init_plan(layout, world) if not execute.is_done(step)]
+    """What init set up that is not in place (its compiled policy aside: every enrolment
+    and revocation compiles the policy again, and one cut short leaves it stale)."""
+    return [
+        step
+        for step in builder_plan.init_plan(layout, world)
+        if not isinstance(step, steps.Compiled) and not execute.is_done(step)
+    ]
 
 
 def enroll_plan(
@@ -194,15 +201,16 @@ def enroll(
     dry_run: bool = False,
     hook: Hook | None = None,
 ) -> int:
-    world, plan = enroll_plan(layout, request)
-    pending = pending_init(layout, world)
-    if pending:
-        raise Refused(
-            f"builder init has not completed ({pending[0].describe()}, …): "
-            "run nixwarden builder init (with the same --root and paths) first"
-        )
-    _check_gate_command(layout)
-    Executor(out, dry_run=dry_run, hook=hook).run(plan)
+    with execute.provisioning_lock(layout.config):
+        world, plan = enroll_plan(layout, request)
+        pending = pending_init(layout, world)
+        if pending:
+            raise Refused(
+                f"builder init has not completed ({pending[0].describe()}, …): "
+                "run nixwarden builder init (with the same --root and paths) first"
+            )
+        _check_gate_command(layout)
+        Executor(out, dry_run=dry_run, hook=hook).run(plan)
     return 0
 
 
@@ -220,8 +228,9 @@ def revoke(
     dry_run: bool = False,
     hook: Hook | None = None,
 ) -> int:
-    plan = revoke_plan(layout, request)
-    Executor(out, dry_run=dry_run, hook=hook).run(plan)
+    with execute.provisioning_lock(layout.config):
+        plan = revoke_plan(layout, request)
+        Executor(out, dry_run=dry_run, hook=hook).run(plan)
     return 0
 
 
@@ -355,11 +364,12 @@ def add_builder(
     dry_run: bool = False,
     hook: Hook | None = None,
 ) -> int:
-    world = observe.client_world(layout)
-    plan = client_plan.add_plan(layout, world, entry)
-    if check:
-        check_host_key(entry)
-    Executor(out, dry_run=dry_run, hook=hook).run(plan)
+    with execute.provisioning_lock(layout.machines):
+        world = observe.client_world(layout)
+        plan = client_plan.add_plan(layout, world, entry)
+        if check:
+            check_host_key(entry)
+        Executor(out, dry_run=dry_run, hook=hook).run(plan)
     return 0
 
 
@@ -371,9 +381,10 @@ def remove_builder(
     dry_run: bool = False,
     hook: Hook | None = None,
 ) -> int:
-    world = observe.client_world(layout)
-    plan = client_plan.remove_plan(layout, world, name)
-    Executor(out, dry_run=dry_run, hook=hook).run(plan)
+    with execute.provisioning_lock(layout.machines):
+        world = observe.client_world(layout)
+        plan = client_plan.remove_plan(layout, world, name)
+        Executor(out, dry_run=dry_run, hook=hook).run(plan)
     return 0
 
 

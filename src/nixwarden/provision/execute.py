@@ -24,11 +24,11 @@ import stat
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from nixwarden import config as config_module
-from nixwarden import files
+from nixwarden import files, process
 from nixwarden.display import escape
 from nixwarden.errors import CommandFailed, InvalidInput, Refused
 from nixwarden.gate import compiled
@@ -60,6 +60,9 @@ class Executor:
 
     def run(self, plan: Sequence[steps.Step]) -> int:
         """Make every step true; returns how many changed something (0: "nothing to do")."""
+        if not self.dry_run:
+            for directory, name in sorted(_written(plan)):
+                sweep(directory, name)
         changed = 0
         for index, step in enumerate(plan):
             kind = type(step).__name__
@@ -86,6 +89,71 @@ class Executor:
         if not changed:
             print("nothing to do", file=self.out)
         return changed
+
+
+def _written(plan: Sequence[steps.Step]) -> set[tuple[str, str]]:
+    """(directory, name) of every file the plan may write whole."""
+    paths: list[str] = []
+    for step in plan:
+        match step:
+            case steps.File(path) | steps.AuditLog(path):
+                paths.append(path)
+            case steps.Compiled(config):
+                paths.append(compiled.path_for(config))
+            case steps.SshdReload(stamp=stamp):
+                paths.append(stamp)
+            case steps.Directory(path):
+                paths.append(path)
+    return {os.path.split(path) for path in paths}
+
+
+def sweep(directory: str, name: str) -> None:
+    """Remove what a write of `name` that was killed half-way left: its temporary files
+    (`files.write_atomic_at` names them `.NAME.` and 12 hex digits). Provisioning holds its
+    lock, so no other write of ours is under way."""
+    try:
+        entries = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    prefix = f".{name}."
+    for entry in entries:
+        suffix = entry[len(prefix) :]
+        if (
+            entry.startswith(prefix)
+            and len(suffix) == 12
+            and all(c in "0123456789abcdef" for c in suffix)
+        ):
+            leftover = os.path.join(directory, entry)
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(leftover).st_mode):
+                    os.rmdir(leftover)  # an empty directory being made (never one with files)
+                else:
+                    os.unlink(leftover)
+
+
+@contextlib.contextmanager
+def provisioning_lock(path: str, wait: float = 120.0) -> Iterator[None]:
+    """One provisioning command at a time on the files around `path`: an exclusive flock on
+    the nearest existing directory above it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise Refused(
+                        f"another nixwarden provisioning command holds {directory}; try again"
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -219,7 +287,7 @@ def is_done(step: steps.Step) -> bool:
             except KeyError:
                 return False
             return True
-        case steps.User(name, _comment, _shell):
+        case steps.User(name):
             return user_exists(name)
         case steps.Membership(user, group, member):
             return is_member(user, group) == member
@@ -277,10 +345,11 @@ def apply(step: steps.Step, mark: Hook) -> None:
             _audit_log(path, (0, gid_of(group)), mode, mark)
         case steps.Group(name):
             run("groupadd", "--system", name, ok=(0, 9))  # 9: it exists (made meanwhile)
-        case steps.User(name, comment, shell):
+        case steps.User(name, comment, shell, groups):
             run(
                 "useradd", "--create-home", "--user-group", "--shell", shell,
-                "--comment", comment, "--password", "*", name,
+                "--comment", comment, "--password", "*",
+                *(("--groups", ",".join(groups)) if groups else ()), name,
             )  # fmt: skip
         case steps.Membership(user, group, member):
             if member:
@@ -291,6 +360,7 @@ def apply(step: steps.Step, mark: Hook) -> None:
             _remove_user(name)
         case steps.TenantDirectory(config_path, principal, user):
             config = config_module.load(config_path, from_environment=False)
+            _remove_interrupted_tenant(config.tenants.root, principal)
             tenants_cli.ensure_tenant(config, principal, user)
         case steps.TenantAbsent(config_path, principal):
             config = config_module.load(config_path, from_environment=False)
@@ -314,12 +384,29 @@ def apply(step: steps.Step, mark: Hook) -> None:
 
 
 def _make_directory(path: str, mode: int, ids: tuple[int, int], mark: Hook) -> None:
-    parent = os.path.dirname(path)
+    """A missing directory is made whole: under a temporary name with its owner and mode,
+    then renamed into place, so a run killed half-way never leaves one half-made (with
+    a narrower mode, say) for the next run to take as done."""
+    parent, name = os.path.split(path)
     if not os.path.isdir(parent):
         os.makedirs(parent, mode=0o755, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)  # no wider than its final mode until that is set
-        mark("made")
+    if _lstat(path) is None:
+        temporary = os.path.join(parent, f".{name}.{os.urandom(6).hex()}")
+        os.mkdir(temporary, 0o700)
+        try:
+            mark("made")
+            _set_directory(temporary, mode, ids)
+            mark("ready")
+            os.rename(temporary, path)  # fails if it appeared meanwhile: fixed below
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.rmdir(temporary)
+        _fsync_directory(parent)
+        mark("renamed")
+    _set_directory(path, mode, ids)
+
+
+def _set_directory(path: str, mode: int, ids: tuple[int, int]) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
@@ -327,6 +414,14 @@ def _make_directory(path: str, mode: int, ids: tuple[int, int], mark: Hook) -> N
     try:
         os.fchown(fd, *ids)
         os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -417,14 +512,44 @@ def _audit_log(path: str, ids: tuple[int, int], mode: int, mark: Hook) -> None:
 
 
 def _remove_user(name: str) -> None:
-    # No key of it is left (revoke removes those first), so no session can start anew.
-    for _attempt in range(50):
-        run("pkill", "--signal", "KILL", "--uid", name, ok=(0, 1))  # 1: no process
-        run("userdel", "--remove", name, check=False)
-        if not user_exists(name):
+    # No key of it is left (revoke removes those first), so no session starts anew; the
+    # ones running end here, then the user goes with its home.
+    for _attempt in range(5):
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
             return
-        time.sleep(0.1)
-    raise CommandFailed(f"userdel --remove {name}: the user still has processes")
+        if entry.pw_uid == 0:
+            raise Refused(f"unix user {name} is root; not removing it")
+        process.kill_all_of(entry.pw_uid)
+        run("userdel", "--remove", name, check=False)
+    if user_exists(name):
+        raise CommandFailed(f"userdel --remove {name}: the user is still there")
+
+
+def _remove_interrupted_tenant(root: str, name: str) -> None:
+    """A tenant directory still root's is one whose creation was cut short (root fills it
+    privately and gives it away last; nobody else may create entries in the root): it is
+    removed and made again, so nothing half-written of it stays."""
+    try:
+        parent = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, dir_fd=parent)
+        except OSError:
+            return  # missing, or not a directory: ensure_tenant decides
+        try:
+            if os.fstat(fd).st_uid != 0 or os.fstat(parent).st_uid != 0:
+                return
+            tree.remove_contents(fd, deadline=time.monotonic() + 60)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent)
+    finally:
+        os.close(parent)
 
 
 # --- session state ---------------------------------------------------------------------------

@@ -34,6 +34,13 @@ def safe_path(option: str, path: str) -> str:
     return os.path.normpath(path)
 
 
+def _interpreter() -> str:
+    """This venv's `python3`, however nixwarden was started (`python`, `python3.11`), so the
+    key lines it writes do not depend on that."""
+    candidate = os.path.join(os.path.dirname(sys.executable), "python3")
+    return candidate if os.access(candidate, os.X_OK) else sys.executable
+
+
 def _under(root: str, path: str) -> str:
     return path if root == "/" else os.path.join(root, path.lstrip("/"))
 
@@ -51,7 +58,7 @@ class BuilderLayout:
     daemon_socket_dir: str = DAEMON_SOCKET_DIR
     gate_group: str = GATE_GROUP
     log_group: str = LOG_GROUP
-    python: str = sys.executable
+    python: str = _interpreter()
     launcher: str = os.path.join(os.path.dirname(sys.executable), "nixwarden-gate")
     # What a new config file's [gate] and [tenants] name (an existing config decides).
     audit_log: str = "/var/log/nixwarden/audit.jsonl"

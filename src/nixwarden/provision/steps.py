@@ -84,6 +84,7 @@ class User:
     name: str
     comment: str
     shell: str = "/bin/sh"
+    groups: tuple[str, ...] = ()  # made a member at once (the Membership steps check it)
 
     def describe(self) -> str:
         return f"unix user {self.name} (shell {self.shell}, no password)"

@@ -1,0 +1,278 @@
+"""A builder set up only by `builder init` and `enroll`, a client only by `client add-builder`:
+real users, the testbed's sshd and nix-daemon, real remote builds over both protocols;
+each command run twice changes nothing; the audit finds nothing to say about what they
+set up; bad input is one line, exit 2, and nothing changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testbed import harness
+from testbed.gate_setup import ClientStore
+from testbed.provision_setup import ProvisionBed, provision_bed, tree_state, users_state
+
+SYSTEM = f"{platform.machine()}-linux"
+
+
+@pytest.fixture
+def bed(nix_daemon: harness.NixDaemon) -> Iterator[ProvisionBed]:
+    with provision_bed() as made:
+        yield made
+
+
+def chain_expression(tag: str) -> str:
+    """An input-addressed derivation whose input is built on the client first."""
+    return (
+        f'let dep = derivation {{ name = "nwt-dep-{tag}"; system = "{SYSTEM}"; '
+        f'builder = "/bin/sh"; args = [ "-c" "echo dep {tag} > $out" ]; }}; in '
+        f'derivation {{ name = "nwt-top-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
+        f'args = [ "-c" "read line < ${{dep}}; echo \\"top on $line\\" > $out" ]; }}'
+    )
+
+
+def fixed_output_expression(tag: str) -> str:
+    """A fixed-output derivation: content-addressed, so the daemon builds it for an untrusted
+    user (what a host-store principal can build on Nix 2.8)."""
+    digest = hashlib.sha256(f"fixed {tag}\n".encode()).hexdigest()
+    return (
+        f'derivation {{ name = "nwt-fixed-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
+        f'args = [ "-c" "echo fixed {tag} > $out" ]; outputHashMode = "flat"; '
+        f'outputHashAlgo = "sha256"; outputHash = "{digest}"; }}'
+    )
+
+
+def enroll(bed: ProvisionBed, *options: str) -> tuple[str, Path]:
+    principal = bed.new_principal()
+    identity = bed.sshd.client_key(principal)
+    bed.builder(
+        "enroll", "--principal", principal, "--key", str(identity.with_suffix(".pub")), *options
+    )
+    return principal, identity
+
+
+def add_builder(bed: ProvisionBed, name: str, user: str, identity: Path, protocol: str) -> Path:
+    """One machines file per builder, so a build can be sent to exactly that one."""
+    machines = bed.client_root / f"machines-{name}"
+    bed.client(
+        "add-builder",
+        *bed.add_builder_argv(name, user, identity, protocol),
+        "--machines",
+        str(machines),
+    )
+    return machines
+
+
+def build(
+    bed: ProvisionBed, client: ClientStore, machines: Path, expression: str, *, local: str = ""
+) -> str:
+    env = bed.client_ssh_env()
+    if local:
+        harness.run(client.argv("nix-build", "--no-out-link", "-E", local), env=env)
+    result = harness.run(
+        client.argv(
+            "nix-build", "--no-out-link", "--max-jobs", "0", "--builders", f"@{machines}",
+            "-E", expression,
+        ),
+        env=env,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    return result.stdout.decode().strip()
+
+
+def test_init_enroll_and_remote_builds_over_both_protocols(
+    bed: ProvisionBed, client: ClientStore
+) -> None:
+    bed.builder("init")
+    tenant, tenant_key = enroll(bed, "--protocols", "ssh-ng,ssh", "--write")
+    host, host_key = enroll(bed, "--store", "host")
+
+    # The tenant: input-addressed builds, its input built on the client, over both protocols.
+    for protocol in ("ssh-ng", "ssh"):
+        machines = add_builder(bed, f"t-{protocol}", tenant, tenant_key, protocol)
+        tag = secrets.token_hex(6)
+        expression = chain_expression(tag)
+        dep = expression.split(" in ", 1)[0].removeprefix("let dep = ").rstrip(";")
+        out = build(bed, client, machines, expression, local=dep)
+        name = out.removeprefix("/nix/store/")
+        assert (client.root / "store" / name).read_text() == f"top on dep {tag}\n"
+        store = bed.root / "var/lib/nixwarden/tenants" / tenant / "nix" / "store"
+        assert (store / name).read_text() == f"top on dep {tag}\n"
+        assert not Path(out).exists()  # never in the host store
+
+    # The host principal, untrusted: a content-addressed build in the host store.
+    machines = add_builder(bed, "h-ssh-ng", host, host_key, "ssh-ng")
+    tag = secrets.token_hex(6)
+    out = build(bed, client, machines, fixed_output_expression(tag))
+    assert Path(out).read_text() == f"fixed {tag}\n"
+    assert (client.root / "store" / out.removeprefix("/nix/store/")).exists()
+
+    for name, protocol in (("t-ssh-ng", "ssh-ng"), ("t-ssh", "ssh"), ("h-ssh-ng", "ssh-ng")):
+        text = bed.client(
+            "check-builder", name, "--machines", str(bed.client_root / f"machines-{name}")
+        ).stdout.decode()
+        assert f"protocol: {protocol}" in text
+        assert "latency:" in text and " ms " in text
+        if protocol == "ssh-ng":
+            assert "version:  2.8" in text, text
+
+    status = json.loads(bed.builder("status", "--json").stdout)
+    assert status["initialised"] is True
+    by_name = {entry["name"]: entry for entry in status["principals"]}
+    assert by_name[tenant]["store"] == "tenant" and by_name[tenant]["user"] == tenant
+    assert by_name[tenant]["tenant_store"].endswith(f"/tenants/{tenant}")
+    assert by_name[host]["store"] == "host" and by_name[host]["tenant_store"] is None
+    for entry in by_name.values():
+        assert len(entry["keys"]) == 1 and entry["keys"][0].startswith("ssh-ed25519 SHA256:")
+    text = bed.builder("status").stdout.decode()
+    assert f"{tenant}: store tenant" in text and f"{host}: store host" in text
+    assert "[ ]" not in text
+
+
+def test_each_command_twice_changes_nothing_the_second_time(bed: ProvisionBed) -> None:
+    def state() -> object:
+        return tree_state(bed.root, mtimes=True), users_state(
+            bed.principals, [bed.gate_group, bed.log_group]
+        )
+
+    empty = state()
+    dry = bed.builder("init", "--dry-run").stdout.decode()
+    assert dry.startswith("would: group ") and state() == empty
+
+    def twice(action: str, *argv: str, client: bool = False) -> None:
+        run = bed.client if client else bed.builder
+        first = run(action, *argv).stdout.decode()
+        assert "nothing to do" not in first
+        before = state()
+        assert run(action, *argv).stdout.decode() == "nothing to do\n"
+        assert state() == before, f"{action} changed something the second time"
+        if action != "check-builder":
+            assert run(action, *argv, "--dry-run").stdout.decode() == "nothing to do\n"
+
+    twice("init")
+    principal = bed.new_principal()
+    identity = bed.sshd.client_key(principal)
+    key = str(identity.with_suffix(".pub"))
+    twice("enroll", "--principal", principal, "--key", key, "--protocols", "ssh-ng,ssh")
+    before = state()
+    bed.builder("status")
+    bed.builder("status", "--json")
+    assert state() == before
+    twice("add-builder", *bed.add_builder_argv("b1", principal, identity), client=True)
+    before = state()
+    bed.client("check-builder", "b1")
+    assert state() == before
+    twice("remove-builder", "b1", client=True)
+    twice("revoke", "--principal", principal)
+    twice("revoke", "--principal", principal, "--remove-user")
+
+
+def test_the_audit_finds_nothing_about_what_init_and_enroll_set_up(bed: ProvisionBed) -> None:
+    bed.builder("init")
+    tenant, _ = enroll(bed, "--protocols", "ssh-ng,ssh", "--write")
+    host, _ = enroll(bed, "--store", "host")
+    result = bed.nixwarden(
+        "audit", "--format", "json", "--fail-on", "critical",
+        "--config", str(bed.config), "--sshd-config", str(bed.sshd.config),
+        "--nix-conf", str(bed.daemon_nix_conf),
+    )  # fmt: skip
+    findings = json.loads(result.stdout)["findings"]
+    ours = (str(bed.root), str(bed.sshd.directory), tenant, host, bed.gate_group, bed.log_group)
+    concerning = [
+        finding
+        for finding in findings
+        if finding["severity"] in ("critical", "high", "medium")
+        and (
+            finding["rule"].startswith("nixwarden-")
+            or any(word in f"{finding.get('file')} {finding['evidence']}" for word in ours)
+        )
+    ]
+    assert concerning == []
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def _everything(bed: ProvisionBed, users: list[str]) -> object:
+    return tree_state(bed.root, mtimes=True), users_state(users, [bed.gate_group, bed.log_group])
+
+
+def _refused(bed: ProvisionBed, kind: str, action: str, *argv: str) -> str:
+    run = bed.client if kind == "client" else bed.builder
+    result = run(action, *argv, check=False)
+    assert result.returncode == 2, result.stderr.decode()
+    assert result.stdout == b""
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_an_existing_user_not_ours_is_refused_unless_named(
+    bed: ProvisionBed, users: harness.Users
+) -> None:
+    bed.builder("init")
+    stranger = users.create(groups=())
+    identity = bed.sshd.client_key("stranger")
+    key = str(identity.with_suffix(".pub"))
+    before = _everything(bed, [stranger.name])
+    error = _refused(bed, "builder", "enroll", "--principal", stranger.name, "--key", key)
+    assert f"unix user {stranger.name} exists and was not made by nixwarden" in error
+    assert f"--user {stranger.name}" in error
+    assert _everything(bed, [stranger.name]) == before
+    # Named, it is used as it is: nixwarden's groups added, its comment and password kept.
+    bed.builder("enroll", "--principal", stranger.name, "--key", key, "--user", stranger.name)
+    groups = harness.run(["id", "-Gn", stranger.name]).stdout.decode().split()
+    assert bed.gate_group in groups and bed.log_group in groups
+
+
+def test_a_config_that_no_longer_parses_changes_nothing(bed: ProvisionBed) -> None:
+    bed.builder("init")
+    principal, identity = enroll(bed)
+    bed.config.write_text(bed.config.read_text() + "\n[principals.broken\n")
+    before = _everything(bed, [principal])
+    key = str(identity.with_suffix(".pub"))
+    for action, argv in (
+        ("init", []),
+        ("enroll", ["--principal", bed.new_principal(), "--key", key]),
+        ("revoke", ["--principal", principal, "--remove-user"]),
+    ):
+        error = _refused(bed, "builder", action, *argv)
+        assert "config.toml" in error and "not valid TOML" in error
+    assert _everything(bed, [principal]) == before
+
+
+@pytest.mark.parametrize("name", ["../etc", "Alice", "a b", "-rf", "a" * 33, "al\u0456ce", "x\ny"])
+def test_an_unsafe_principal_name_is_refused(bed: ProvisionBed, name: str) -> None:
+    identity = bed.sshd.client_key("unsafe")
+    error = _refused(
+        bed, "builder", "enroll", "--principal", name, "--key", str(identity.with_suffix(".pub"))
+    )
+    assert "--principal" in error
+    assert list(bed.root.iterdir()) == []
+
+
+def test_a_host_key_the_host_does_not_have_is_refused(bed: ProvisionBed) -> None:
+    impostor = bed.sshd.client_key("impostor")
+    identity = bed.sshd.client_key("client")
+    argv = bed.add_builder_argv("b1", "nwtnobody", identity)
+    argv[argv.index("--host-key") + 1] = str(impostor.with_suffix(".pub"))
+    error = _refused(bed, "client", "add-builder", *argv)
+    assert "does not offer the --host-key given" in error
+    assert not bed.client_root.exists()
+
+
+def test_enroll_before_init_is_refused(bed: ProvisionBed) -> None:
+    identity = bed.sshd.client_key("early")
+    result = bed.builder(
+        "enroll", "--principal", bed.new_principal(), "--key", str(identity.with_suffix(".pub")),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert b"run nixwarden builder init first" in result.stderr
