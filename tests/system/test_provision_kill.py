@@ -57,14 +57,30 @@ def bed(nix_daemon: harness.NixDaemon) -> Iterator[ProvisionBed]:
 
 
 def _wait_for_group(pgid: int) -> None:
-    """Reap every process of the killed command's group (ours, as subreaper)."""
+    """Reap every process of the killed command's group (ours, as subreaper), and the
+    zombies of others that became ours (sshd's per-connection processes)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             os.waitpid(-pgid, 0)
         except ChildProcessError:
-            return
-    raise AssertionError(f"processes of group {pgid} still run after 60 s")
+            break
+    else:
+        raise AssertionError(f"processes of group {pgid} still run after 60 s")
+    for pid in _children():
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+            if state == b"Z":
+                os.waitpid(pid, 0)
+
+
+def _children() -> list[int]:
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as handle:
+            found += [int(pid) for pid in handle.read().split()]
+    return found
 
 
 def run_forked(
