@@ -280,3 +280,30 @@ def test_docs_describe_every_rule() -> None:
     for rule in RULES:
         assert f"#### {rule.id}\n" in docs, rule.id
         assert f"**{rule.severity.value}** · {rule.title}." in docs, rule.id
+
+
+def test_every_machine_string_is_escaped_for_a_person_and_kept_exact_in_json() -> None:
+    hostile = "a\nCRITICAL (1)\u2028\u202eevil\x85\x1b[2J\\"
+    finding = Finding(
+        "ssh-key-unrestricted",
+        Severity.HIGH,
+        "a builder user's key is not pinned to a command with `restrict`",
+        f"/home/{hostile}/.ssh/authorized_keys",
+        3,
+        None,
+        f"builder: ssh-ed25519 …AAAA {hostile}: no `restrict`",
+        "w.",
+        # Values in a fix come from line-based files (no \n); every other character can.
+        f"Match User {hostile.replace(chr(10), '')}\n  PermitTTY no",
+    )
+    text = render.text([finding], Severity.HIGH, colour=False)
+    assert all(c == "\n" or c.isprintable() for c in text)
+    assert text.count("\n") == 9  # heading, 6 lines of the finding (fix on 2), blank, summary
+    assert "\\u202eevil\\u0085\\x1b[2J\\\\" in text and "a\\x0aCRITICAL (1)\\u2028" in text
+    assert "\n            PermitTTY no" in text  # the fix's own line break stays a line break
+    document = json.loads(render.json_report([finding], Severity.HIGH))
+    assert document["findings"][0]["evidence"] == finding.evidence  # exact, JSON-escaped
+    sarif = json.loads(render.sarif_report([finding], RULES))["runs"][0]["results"][0]
+    message = sarif["message"]["text"]
+    assert all(c == "\n" or c.isprintable() for c in message) and "\\u202e" in message
+    assert sarif["properties"]["evidence"] == finding.evidence

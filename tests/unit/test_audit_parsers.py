@@ -6,9 +6,9 @@ import base64
 
 import pytest
 
-from nixwarden.audit import authorized_keys, machines, rules_version, sshd
+from nixwarden.audit import authorized_keys, gatecmd, machines, rules_version, sshd
 from nixwarden.audit.accounts import Accounts
-from nixwarden.audit.rules_ssh import gate_principal
+from nixwarden.audit.model import GlobResult
 
 KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJO7YFVqOMh6ip3C9G5DSc6VCDHnrth/0gVEzjHJwCmY "
@@ -109,10 +109,10 @@ def effective(
             return table[path]
         raise FileNotFoundError(path)
 
-    def glob(pattern: str) -> list[str]:
+    def glob(pattern: str) -> GlobResult:
         import fnmatch  # noqa: PLC0415
 
-        return [p for p in table if fnmatch.fnmatch(p, pattern)]
+        return GlobResult(tuple(sorted(p for p in table if fnmatch.fnmatch(p, pattern))))
 
     config = sshd.parse(text.encode(), read=read, glob=glob)
     decided = config.effective(user, groups, unknown_matches=False)
@@ -162,9 +162,40 @@ def test_sshd_unknown_criteria_are_evaluated_both_ways() -> None:
 
 def test_sshd_include_cycles_and_fan_out_are_bounded() -> None:
     data = b"Include a b c d\nPermitTTY no\n"
-    config = sshd.parse(data, "/etc/ssh/a", read=lambda path: data, glob=lambda p: [p])
+    config = sshd.parse(data, "/etc/ssh/a", read=lambda path: data, glob=lambda p: GlobResult((p,)))
     assert any("cycle" in p.detail for p in config.problems)
     assert len(config.files) <= sshd.MAX_FILES + 1
+
+
+def test_sshd_include_fan_out_stops_at_the_file_bound_and_says_so() -> None:
+    matched = tuple(f"/etc/ssh/d/{index:04d}.conf" for index in range(sshd.MAX_FILES + 50))
+    config = sshd.parse(
+        b"Include d/*.conf\n",
+        read=lambda path: b"PermitTTY no\n",
+        glob=lambda pattern: GlobResult(matched),
+    )
+    assert len(config.files) == sshd.MAX_FILES + 1
+    (cut,) = config.cuts
+    assert "more than 256 included files" in cut.detail and "(49 more)" in cut.detail
+    assert (cut.file, cut.line) == ("/etc/ssh/sshd_config", 1)
+
+
+def test_sshd_include_lines_beyond_the_bound_are_one_cut() -> None:
+    config = sshd.parse(
+        b"Include inc.conf\n" * (sshd.MAX_INCLUDES + 500),
+        read=lambda path: b"PermitTTY no\n",
+        glob=lambda pattern: GlobResult((pattern,)),
+    )
+    (cut,) = [cut for cut in config.cuts if "Include lines" in cut.detail]
+    assert "more than 1024 Include lines" in cut.detail and "(499 more)" in cut.detail
+    assert cut.line == sshd.MAX_INCLUDES + 1
+
+
+def test_sshd_lines_beyond_the_bound_stop_the_parse() -> None:
+    config = sshd.parse(b"PermitTTY no\n" * (sshd.MAX_LINES + 10))
+    assert len(config.lines) == sshd.MAX_LINES
+    (cut,) = config.cuts
+    assert cut.line == sshd.MAX_LINES + 1 and "the rest was not read" in cut.detail
 
 
 def test_authorized_keys_problems_never_quote_the_file() -> None:
@@ -174,7 +205,8 @@ def test_authorized_keys_problems_never_quote_the_file() -> None:
 
 def test_sshd_garbage_is_a_problem_not_a_crash() -> None:
     config = sshd.parse(b'PermitTTY "unterminated\nMatch\n\xff\xfe\x00\n')
-    assert len(config.problems) == 2
+    # An unterminated quote, and two keywords without an argument (sshd refuses all three).
+    assert [p.line for p in config.problems] == [1, 2, 3]
 
 
 # --- authorized_keys ----------------------------------------------------------------------
@@ -213,13 +245,68 @@ def test_authorized_keys_lines_sshd_ignores(line: str, problem: str) -> None:
     assert problem in problems[0].detail
 
 
-def test_gate_principal() -> None:
-    assert gate_principal("/usr/bin/nixwarden gate --principal alice --config /x") == "alice"
-    assert gate_principal("nixwarden gate --principal=bob") == "bob"
-    assert gate_principal("nixwarden gate") == ""
-    assert gate_principal("nix-daemon --stdio") is None
-    assert gate_principal("nixwarden audit") is None
-    assert gate_principal('nixwarden gate "unbalanced') is None
+def test_gate_command_forms() -> None:
+    parse = gatecmd.parse
+    assert parse("/usr/bin/nixwarden gate --principal alice --config /x") == gatecmd.GateCommand(
+        "alice", "/x"
+    )
+    assert parse("nixwarden gate --principal=bob") == gatecmd.GateCommand("bob", None)
+    assert parse("nix-daemon --stdio") is None
+    assert parse("nixwarden audit") is None
+    assert parse("python3 -c 'import nixwarden' nixwarden-gate --principal a") is None
+    gate = parse("/v/bin/python3.11 -I -s /v/bin/nixwarden-gate --principal a --config /c.toml")
+    assert gate == gatecmd.GateCommand("a", "/c.toml")
+    assert parse("/v/bin/python3 -I /v/bin/nixwarden --debug gate --principal a") == (
+        gatecmd.GateCommand("a", None)
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "problem"),
+    [
+        ("nixwarden gate", "--principal is required"),
+        ("nixwarden gate --principal a --principal b", "given twice"),
+        ("nixwarden-gate --principal a --frobnicate", "unknown argument"),
+        ("nixwarden gate --check --principal a --command x", "gate --check"),
+        ("nixwarden gate --help", "--help"),
+        ('nixwarden gate --principal "unbalanced', "unterminated quote"),
+    ],
+)
+def test_gate_lines_the_gate_refuses(command: str, problem: str) -> None:
+    gate = gatecmd.parse(command)
+    assert gate is not None and gate.problem is not None and problem in gate.problem
+
+
+@pytest.mark.parametrize(
+    ("command", "syntax"),
+    [
+        ("nixwarden gate --principal a; bash", ";"),
+        ("nixwarden gate --principal a && sh", "&"),
+        ("nixwarden gate --principal $(id -un)", "$"),
+        ("nixwarden gate --principal `id`", "`"),
+        ("nixwarden gate --principal a\nbash".replace("\\n", "\n"), "\n"),
+        ("nixwarden gate --principal a | tee /tmp/x", "|"),
+    ],
+)
+def test_gate_lines_wrapped_in_shell_syntax(command: str, syntax: str) -> None:
+    gate = gatecmd.parse(command)
+    assert gate is not None and gate.shell == syntax
+
+
+def test_shell_words_quotes_escapes_and_comments() -> None:
+    words, syntax = gatecmd.shell_words(
+        """nixwarden gate --principal 'al ice' --config "/etc/a b.toml" x\\ y # c; d"""
+    )
+    assert words == [
+        "nixwarden",
+        "gate",
+        "--principal",
+        "al ice",
+        "--config",
+        "/etc/a b.toml",
+        "x y",
+    ]
+    assert syntax is None
 
 
 # --- passwd / group -------------------------------------------------------------------------
@@ -287,3 +374,13 @@ def test_nix_2_8_is_affected() -> None:
 )
 def test_advisory_ranges(product: str, version: tuple[int, int, int], cve: str, hit: bool) -> None:
     assert any(cve in ids for ids in _affected(product, version)) is hit
+
+
+def test_accounts_lines_end_at_newline_only() -> None:
+    # str.splitlines() would cut at \x1c, \x85 or \u2028 and see a user the system does not.
+    accounts = Accounts.parse(
+        "alice:x:1000:1000:A\x1cmallory:x:0:0::/root:/bin/sh\u2028:/home/alice:/bin/sh\n".encode(),
+        b"wheel:x:10:alice\x85mallory\n",
+    )
+    assert "mallory" not in accounts.users
+    assert accounts.groups_of("mallory") == ()

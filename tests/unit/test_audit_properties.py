@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from nixwarden.audit import authorized_keys, machines, nixconf, sshd
 from nixwarden.audit.accounts import Accounts
+from nixwarden.audit.model import GlobResult
 
 KEY_TYPE, KEY_DATA = (
     "ssh-ed25519",
@@ -162,7 +163,7 @@ def test_authorized_keys_round_trip(opts: list[tuple[str, str | None]], comment:
 @FAST
 @given(anything)
 def test_sshd_never_raises(data: bytes) -> None:
-    config = sshd.parse(data, read=lambda path: data, glob=lambda pattern: [pattern])
+    config = sshd.parse(data, read=lambda path: data, glob=lambda pattern: GlobResult((pattern,)))
     for unknown in (False, True):
         config.effective("builder", ("nix",), unknown_matches=unknown)
 

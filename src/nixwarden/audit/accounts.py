@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class GroupEntry:
 
 def _lines(data: bytes) -> list[list[str]]:
     rows = []
-    for raw in data.decode("utf-8", "replace").splitlines():
+    # Lines end at \n only, as getpwent reads them (str.splitlines would also split at
+    # \x0b, \x1c, \x85, \u2028…, and see entries the system does not).
+    for raw in data.decode("utf-8", "replace").split("\n"):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         rows.append(raw.split(":"))
@@ -68,29 +71,60 @@ class Accounts:
     def parse(cls, passwd: bytes, group: bytes) -> Accounts:
         return cls(parse_passwd(passwd), parse_group(group))
 
+    # Indexes built once: the audit asks these for every user and every file it stats.
+    @cached_property
+    def _groups_by_name_of_member(self) -> dict[str, set[str]]:
+        index: dict[str, set[str]] = {}
+        for group in self.groups.values():
+            for member in group.members:
+                index.setdefault(member, set()).add(group.name)
+        return index
+
+    @cached_property
+    def _groups_by_gid(self) -> dict[int, list[str]]:
+        index: dict[int, list[str]] = {}
+        for group in self.groups.values():
+            index.setdefault(group.gid, []).append(group.name)
+        return index
+
+    @cached_property
+    def _users_by_gid(self) -> dict[int, list[str]]:
+        index: dict[int, list[str]] = {}
+        for user in self.users.values():
+            index.setdefault(user.gid, []).append(user.name)
+        return index
+
+    @cached_property
+    def _name_of_uid(self) -> dict[int, str]:
+        index: dict[int, str] = {}
+        for entry in self.users.values():
+            index.setdefault(entry.uid, entry.name)
+        return index
+
+    @cached_property
+    def _name_of_gid(self) -> dict[int, str]:
+        index: dict[int, str] = {}
+        for entry in self.groups.values():
+            index.setdefault(entry.gid, entry.name)
+        return index
+
     def group_members(self, name: str) -> tuple[str, ...] | None:
         """Explicit members and users whose primary group it is; None if no such group."""
         entry = self.groups.get(name)
         if entry is None:
             return None
-        primary = [u.name for u in self.users.values() if u.gid == entry.gid]
+        primary = self._users_by_gid.get(entry.gid, [])
         return tuple(sorted(set(entry.members) | set(primary)))
 
     def groups_of(self, user: str) -> tuple[str, ...]:
         entry = self.users.get(user)
-        names = {g.name for g in self.groups.values() if user in g.members}
+        names = set(self._groups_by_name_of_member.get(user, ()))
         if entry is not None:
-            names |= {g.name for g in self.groups.values() if g.gid == entry.gid}
+            names.update(self._groups_by_gid.get(entry.gid, ()))
         return tuple(sorted(names))
 
     def user_name(self, uid: int) -> str:
-        for entry in self.users.values():
-            if entry.uid == uid:
-                return entry.name
-        return str(uid)
+        return self._name_of_uid.get(uid, str(uid))
 
     def group_name(self, gid: int) -> str:
-        for entry in self.groups.values():
-            if entry.gid == gid:
-                return entry.name
-        return str(gid)
+        return self._name_of_gid.get(gid, str(gid))

@@ -12,6 +12,7 @@ those come back as problems. `restrict` turns every capability off; flags after 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from nixwarden.sshkeys import KEY_TYPES, key_data_problem
@@ -42,6 +43,7 @@ FLAG_OPTIONS = frozenset(
 # Flags that undo part of `restrict` when they come after it.
 REOPENING = frozenset({"agent-forwarding", "port-forwarding", "pty", "user-rc", "x11-forwarding"})
 MAX_LINE = 16384
+MAX_KEYS = 10_000  # lines with content per file; the audit reports the rest as cut
 
 
 @dataclass(frozen=True)
@@ -99,32 +101,34 @@ def _is_key_type(token: str) -> bool:
     return token in KEY_TYPES or base in KEY_TYPES or f"{base}@openssh.com" in KEY_TYPES
 
 
+_OPTION_NAME = re.compile(r'[^,=" \t]*')
+# A quoted value: `\"` is an escaped quote, any other backslash stays; deterministic (a
+# backslash before a quote always escapes it), so a value without its closing quote fails
+# in time linear in its length.
+_OPTION_VALUE = re.compile(r'="([^"\\]*(?:\\(?:"|(?!"))[^"\\]*)*)"')
+_ESCAPED_QUOTE = re.compile(r'\\"')
+
+
 def _split_options(text: str) -> tuple[list[tuple[str, str | None]], str] | str:
     """Parse the options prefix; returns (options, rest of line) or an error message."""
     options: list[tuple[str, str | None]] = []
     index = 0
     while True:
-        start = index
-        while index < len(text) and text[index] not in ',=" \t':
-            index += 1
-        name = text[start:index].lower()
+        named = _OPTION_NAME.match(text, index)
+        assert named is not None
+        name = named[0].lower()
+        index = named.end()
         if not name:
             return "empty option"
         value: str | None = None
         if index < len(text) and text[index] == "=":
             if index + 1 >= len(text) or text[index + 1] != '"':
                 return "an option value must be in double quotes"
-            index += 2
-            chars: list[str] = []
-            while index < len(text) and text[index] != '"':
-                if text[index] == "\\" and index + 1 < len(text) and text[index + 1] == '"':
-                    index += 1
-                chars.append(text[index])
-                index += 1
-            if index >= len(text):
+            quoted = _OPTION_VALUE.match(text, index)
+            if quoted is None:
                 return "an option value lacks its closing quote"
-            index += 1
-            value = "".join(chars)
+            value = _ESCAPED_QUOTE.sub('"', quoted[1])
+            index = quoted.end()
         if (value is None and name not in FLAG_OPTIONS) or (
             value is not None and name not in VALUE_OPTIONS
         ):
@@ -138,13 +142,29 @@ def _split_options(text: str) -> tuple[list[tuple[str, str | None]], str] | str:
         return "unexpected character after an option"
 
 
+@dataclass(frozen=True)
+class KeyList:
+    keys: tuple[AuthorizedKey, ...]
+    problems: tuple[KeyProblem, ...]
+    cut_at: int | None = None  # the first line not read, when the file had more than MAX_KEYS
+
+
 def parse(data: bytes) -> tuple[tuple[AuthorizedKey, ...], tuple[KeyProblem, ...]]:
+    parsed = parse_file(data)
+    return parsed.keys, parsed.problems
+
+
+def parse_file(data: bytes) -> KeyList:
     keys: list[AuthorizedKey] = []
     problems: list[KeyProblem] = []
+    seen = 0
     for number, raw in enumerate(data.decode("utf-8", "replace").split("\n"), start=1):
         line = raw.strip(" \t\r")
         if not line or line.startswith("#"):
             continue
+        seen += 1
+        if seen > MAX_KEYS:
+            return KeyList(tuple(keys), tuple(problems), number)
         if len(line) > MAX_LINE:
             problems.append(KeyProblem(number, "line too long; sshd ignores it"))
             continue
@@ -166,4 +186,4 @@ def parse(data: bytes) -> tuple[tuple[AuthorizedKey, ...], tuple[KeyProblem, ...
             problems.append(KeyProblem(number, f"{problem}; sshd ignores this line"))
             continue
         keys.append(AuthorizedKey(tuple(options), first, data_token, comment.strip(), number))
-    return tuple(keys), tuple(problems)
+    return KeyList(tuple(keys), tuple(problems))

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from nixwarden.audit import (
     rules_files,
+    rules_limits,
     rules_machines,
     rules_nixconf,
     rules_nixwarden,
@@ -15,7 +16,15 @@ from nixwarden.audit import (
 from nixwarden.audit.facts import Facts
 from nixwarden.audit.model import Finding, Rule
 
-FAMILIES = (rules_nixconf, rules_machines, rules_files, rules_ssh, rules_version, rules_nixwarden)
+FAMILIES = (
+    rules_nixconf,
+    rules_machines,
+    rules_files,
+    rules_ssh,
+    rules_version,
+    rules_nixwarden,
+    rules_limits,
+)
 RULES: tuple[Rule, ...] = tuple(rule for family in FAMILIES for rule in family.RULES)
 BY_ID: dict[str, Rule] = {rule.id: rule for rule in RULES}
 CHECKS: tuple[Callable[[Facts], list[Finding]], ...] = tuple(f.check for f in FAMILIES)
@@ -27,4 +36,6 @@ def run(facts: Facts) -> list[Finding]:
     findings: list[Finding] = []
     for check in CHECKS:
         findings.extend(check(facts))
-    return sorted(set(findings), key=Finding.sort_key)
+    return sorted(
+        rules_limits.capped(sorted(set(findings), key=Finding.sort_key)), key=Finding.sort_key
+    )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from nixwarden.audit.accounts import Accounts
 from nixwarden.audit.authorized_keys import AuthorizedKey, KeyProblem
 from nixwarden.audit.machines import Machines
-from nixwarden.audit.model import FileStat
+from nixwarden.audit.model import Cut, FileStat
 from nixwarden.audit.nixconf import NixConf
 from nixwarden.audit.sshd import SshdConfig
 from nixwarden.config import Config
@@ -33,10 +33,13 @@ class KeyFile:
 
 @dataclass(frozen=True)
 class NixwardenFacts:
+    """One nixwarden configuration: loaded, or why not (`unread`: a bound stopped it)."""
+
     path: str
     config: Config | None = None
     error: str | None = None
     text: bytes = b""
+    unread: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ class Facts:
     nix_version: str | None = None  # e.g. "nix (Nix) 2.8.0"
     version_source: str = "nix --version"
     nixwarden: NixwardenFacts | None = None
+    # Every configuration a gate line or ForceCommand names (its --config, else the gate's
+    # default), by path: the one that gate reads, whatever the audit's --config says.
+    gate_configs: Mapping[str, NixwardenFacts] = field(default_factory=dict)
+    # What the audit did not read because a bound was reached (reported by rules_limits).
+    cuts: tuple[Cut, ...] = ()
 
     def keys_of(self, user: str) -> tuple[KeyFile, ...]:
         return tuple(k for k in self.key_files if k.user == user)

@@ -1,117 +1,39 @@
 """The imperative shell: reads the machine (or a tree under --root) into `Facts`.
 
-Every path is a path of the audited system; `System` maps it to the host, resolving
-symlinks inside the root so an absolute link in an image never escapes to the host.
-Only regular files are read, and only up to a size limit, so a configuration pointing at
-/dev/zero or a FIFO cannot hang the audit. The one program run is `nix --version`, and
-only for the live system (never a binary from an image).
+Every path is a path of the audited system; `System` (system.py) resolves it inside
+the root, never following a link out of it, and bounds every read; what a bound stops
+comes back as a `Cut`. The one program run is `nix --version`, and only for the live
+system (never a binary from an image).
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import posixpath
 import re
-import stat as stat_module
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nixwarden import config as nw_config
-from nixwarden.audit import authorized_keys, machines, nixconf, sshd
+from nixwarden.audit import authorized_keys, gatecmd, machines, nixconf, sshd
 from nixwarden.audit.accounts import Accounts
 from nixwarden.audit.facts import Facts, KeyFile, NixwardenFacts
-from nixwarden.audit.model import FileStat
+from nixwarden.audit.model import Cut, CutKind, LimitReached
+from nixwarden.audit.system import MAX_PATH, System
+from nixwarden.display import escape
 from nixwarden.errors import InvalidInput, NixwardenError
 from nixwarden.nix import commands
 from nixwarden.nix.programs import find_nix_program
 
-MAX_FILE = 8 << 20
-MAX_SYMLINKS = 40
+__all__ = ["Options", "System", "gather", "load_config"]
+
 DEFAULT_NIX_CONF_DIR = "/etc/nix"
 DEFAULT_SSHD_CONFIG = "/etc/ssh/sshd_config"
 SOCKET_DIR = "/nix/var/nix/daemon-socket"
 DAEMON_ENV = ("NIX_CONF_DIR", "NIX_CONFIG", "NIX_USER_CONF_FILES")
+MAX_GATE_CONFIGS = 64
 _STORE_NAME = re.compile(r"/nix/store/[0-9a-z]{32}-(nix|lix)-(\d+\.\d+(?:\.\d+)?)")
-
-
-@dataclass(frozen=True)
-class System:
-    """The audited file system: `/` for the live machine, or a directory tree."""
-
-    root: str = "/"
-
-    @property
-    def live(self) -> bool:
-        return self.root == "/"
-
-    def host_path(self, path: str) -> str:
-        """Where `path` of the audited system is on the host (symlinks resolved inside root)."""
-        if self.live:
-            return path
-        parts = [p for p in posixpath.normpath("/" + path).split("/") if p]
-        resolved: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            candidate = os.path.join(self.root, *resolved, part)
-            try:
-                target = os.readlink(candidate)
-            except OSError:
-                resolved.append(part)
-                continue
-            hops += 1
-            if hops > MAX_SYMLINKS:
-                raise OSError(40, "Too many levels of symbolic links", path)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p and p != "."] + parts
-        return os.path.join(self.root, *resolved)
-
-    def read(self, path: str) -> bytes:
-        host = self.host_path(path)
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(host, flags)
-        try:
-            info = os.fstat(fd)
-            if stat_module.S_ISDIR(info.st_mode):
-                raise IsADirectoryError(21, "Is a directory", path)
-            if not stat_module.S_ISREG(info.st_mode):
-                raise OSError(22, "not a regular file", path)
-            chunks = []
-            size = 0
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_FILE:
-                    raise OSError(27, f"larger than {MAX_FILE >> 20} MiB", path)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
-
-    def stat(self, path: str) -> FileStat | None:
-        try:
-            info = os.stat(self.host_path(path))
-        except (OSError, ValueError):
-            return None
-        return FileStat(path, info.st_uid, info.st_gid, info.st_mode)
-
-    def glob(self, pattern: str) -> list[str]:
-        if self.live:
-            return sorted(glob.glob(pattern))
-        prefix = self.root.rstrip("/")
-        return sorted(p[len(prefix) :] for p in glob.glob(prefix + pattern))
-
-    def read_optional(self, path: str) -> bytes | None:
-        try:
-            return self.read(path)
-        except OSError:
-            return None
 
 
 @dataclass(frozen=True)
@@ -123,12 +45,17 @@ class Options:
     config: str | None = None
 
 
+def _cannot_read(path: str, error: OSError) -> InvalidInput:
+    return InvalidInput(f"{escape(path)}: cannot read: {error.strerror or error}")
+
+
 def _must_read(system: System, path: str, what: str) -> bytes:
     try:
         return system.read(path)
     except OSError as error:
         where = path if system.live else f"{path} (under {system.root})"
-        raise InvalidInput(f"{what} {where}: cannot read: {error.strerror or error}") from None
+        message = f"{what} {escape(where)}: cannot read: {error.strerror or error}"
+        raise InvalidInput(message) from None
 
 
 def _nix_conf(
@@ -142,14 +69,14 @@ def _nix_conf(
         main = posixpath.join(conf_dir or DEFAULT_NIX_CONF_DIR, "nix.conf")
         try:
             system.read(main)
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, LimitReached):
+            pass  # absent: Nix's defaults (reported); too large: reported as cut
         except OSError as error:
-            raise InvalidInput(f"{main}: cannot read: {error.strerror or error}") from None
+            raise _cannot_read(main, error) from None
     # The daemon (root) also reads root's user configuration, XDG system dirs first.
     root_home = accounts.users["root"].home if "root" in accounts.users else "/root"
     layers = [main, "/etc/xdg/nix/nix.conf", posixpath.join(root_home, ".config/nix/nix.conf")]
-    conf, missing = nixconf.load(layers, system.read)
+    conf, missing = nixconf.load(layers, system.read, system.identity)
     return main, conf, main in missing
 
 
@@ -158,12 +85,14 @@ def _machines(
 ) -> machines.Machines:
     if options.machines:
         data = _must_read(system, options.machines, "--machines")
-        return machines.parse(data, options.machines, system.read)
+        return machines.parse(data, options.machines, system.read, system.identity)
     setting = conf.last("builders")
     if setting is None:
         default = "@" + posixpath.join(posixpath.dirname(main), "machines")
-        return machines.parse_builders(default, main, 0, system.read)
-    return machines.parse_builders(setting.value, setting.file, setting.line, system.read)
+        return machines.parse_builders(default, main, 0, system.read, system.identity)
+    return machines.parse_builders(
+        setting.value, setting.file, setting.line, system.read, system.identity
+    )
 
 
 def _sshd(system: System, options: Options) -> tuple[str, sshd.SshdConfig | None]:
@@ -173,53 +102,72 @@ def _sshd(system: System, options: Options) -> tuple[str, sshd.SshdConfig | None
     else:
         try:
             data = system.read(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, LimitReached):
             return path, None
         except OSError as error:
-            raise InvalidInput(f"{path}: cannot read: {error.strerror or error}") from None
-    return path, sshd.parse(data, path, system.read, system.glob)
+            raise _cannot_read(path, error) from None
+    return path, sshd.parse(data, path, system.read, system.glob, system.identity)
 
 
-def _expand(pattern: str, user: str, uid: int, home: str) -> str:
-    out = []
-    index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "%" and index + 1 < len(pattern):
-            token = pattern[index + 1]
-            out.append({"h": home, "u": user, "U": str(uid), "%": "%"}.get(token, "%" + token))
-            index += 2
-            continue
-        out.append(char)
-        index += 1
-    text = "".join(out)
-    return text if text.startswith("/") else posixpath.join(home, text)
+_TOKEN = re.compile(r"%(.)", re.DOTALL)
+MAX_KEY_FILE_PATTERNS = 32  # AuthorizedKeysFile names per user; real ones have one or two
+
+
+def _expand(pattern: str, user: str, uid: int, home: str) -> str | None:
+    """sshd's percent_expand of an AuthorizedKeysFile pattern; None if it cannot name a file
+    (longer than PATH_MAX even after `%%` halves it)."""
+    if len(pattern) > 2 * MAX_PATH:
+        return None
+    values = {"h": home, "u": user, "U": str(uid), "%": "%"}
+    text = _TOKEN.sub(lambda token: values.get(token[1], token[0]), pattern)
+    text = text if text.startswith("/") else posixpath.join(home, text)
+    return text if len(text) <= MAX_PATH else None
 
 
 def _key_files(
     system: System, accounts: Accounts, config: sshd.SshdConfig | None
-) -> tuple[KeyFile, ...]:
+) -> tuple[tuple[KeyFile, ...], list[Cut]]:
     result = []
+    cuts = []
+    patterns_cut = False
     for user in sorted(accounts.users.values(), key=lambda u: u.name):
         patterns: list[str] = []
+        groups = accounts.groups_of(user.name)
+        deciding: sshd.Line | None = None
         for unknown in (False, True):
-            decided = (
-                config.effective(user.name, accounts.groups_of(user.name), unknown_matches=unknown)
+            line = (
+                config.decide("authorizedkeysfile", user.name, groups, unknown_matches=unknown)
                 if config
-                else {}
+                else None
             )
-            value, _ = sshd.value(decided, "authorizedkeysfile")
+            deciding = deciding or line
+            value = " ".join(line.args) if line else sshd.DEFAULTS["authorizedkeysfile"]
             patterns += [p for p in value.split() if p.lower() != "none"]
-        for pattern in dict.fromkeys(patterns):
+        distinct = list(dict.fromkeys(patterns))
+        if len(distinct) > MAX_KEY_FILE_PATTERNS and not patterns_cut and deciding:
+            patterns_cut = True
+            detail = (
+                f"AuthorizedKeysFile names {len(distinct)} files; the audit reads the first "
+                f"{MAX_KEY_FILE_PATTERNS} for each user"
+            )
+            cuts.append(Cut(CutKind.INPUT, deciding.file, deciding.line, detail))
+        for pattern in distinct[:MAX_KEY_FILE_PATTERNS]:
             if not user.home and not pattern.startswith("/"):
                 continue
             path = _expand(pattern, user.name, user.uid, user.home)
+            if path is None:
+                continue
             data = system.read_optional(path)
             if data is None:
                 continue
-            keys, problems = authorized_keys.parse(data)
-            result.append(KeyFile(user.name, path, keys, problems))
-    return tuple(result)
+            parsed = authorized_keys.parse_file(data)
+            if parsed.cut_at is not None:
+                detail = (
+                    f"more than {authorized_keys.MAX_KEYS} keys: the rest of the file was not read"
+                )
+                cuts.append(Cut(CutKind.INPUT, path, parsed.cut_at, detail))
+            result.append(KeyFile(user.name, path, parsed.keys, parsed.problems))
+    return tuple(result), cuts
 
 
 def _daemon_processes() -> tuple[int | None, dict[str, str] | None]:
@@ -263,10 +211,9 @@ def _version(system: System) -> tuple[str | None, str]:
         "/nix/var/nix/profiles/default/bin/nix",
         "/root/.nix-profile/bin/nix",
     ):
-        with contextlib.suppress(OSError):
-            target = system.host_path(link)
-            relative = "/" + os.path.relpath(target, system.root)
-            match = _STORE_NAME.search(relative)
+        target = system.resolve(link)
+        if target is not None:
+            match = _STORE_NAME.search(target)
             if match:
                 product = "Lix, like Nix" if match[1] == "lix" else "Nix"
                 return f"nix ({product}) {match[2]}", f"store path of {link}"
@@ -278,6 +225,26 @@ def _version(system: System) -> tuple[str | None, str]:
                 if found:
                     return f"nix (Nix) {found[1]}", "dpkg status of nix-bin"
     return None, "no nix binary or package found in the tree"
+
+
+def load_config(data: bytes, path: str) -> NixwardenFacts:
+    """nixwarden's configuration from bytes: loaded, or the reason it does not load.
+
+    Whatever the parser raises becomes that reason, never a crash of the audit: a
+    ConfigError names the key; a nesting too deep for the TOML parser (RecursionError),
+    a document too large (MemoryError) or any other failure says so in one line."""
+    try:
+        config = nw_config.Config.from_toml(data, path)
+    except NixwardenError as error:
+        return NixwardenFacts(path=path, error=str(error), text=data)
+    except RecursionError:
+        return NixwardenFacts(path=path, error=f"{path}: nested too deeply to parse", text=data)
+    except MemoryError:
+        return NixwardenFacts(path=path, error=f"{path}: too large to parse", text=data)
+    except Exception as error:  # the parser's failure is the finding, not the audit's end
+        reason = f"cannot be parsed ({type(error).__name__})"
+        return NixwardenFacts(path=path, error=f"{path}: {reason}", text=data)
+    return NixwardenFacts(path=path, config=config, text=data)
 
 
 def _nixwarden(system: System, options: Options, env: Mapping[str, str]) -> NixwardenFacts | None:
@@ -292,20 +259,69 @@ def _nixwarden(system: System, options: Options, env: Mapping[str, str]) -> Nixw
             data = system.read(path)
         except FileNotFoundError:
             return None
+        except LimitReached:
+            return NixwardenFacts(path=path, unread=True)
         except OSError as error:
-            raise InvalidInput(f"{path}: cannot read: {error.strerror or error}") from None
+            raise _cannot_read(path, error) from None
+    return load_config(data, path)
+
+
+def _absolute(path: str | None) -> bool:
+    return path is None or path.startswith("/")
+
+
+def _named_config(system: System, path: str) -> NixwardenFacts:
     try:
-        config = nw_config.Config.from_toml(data, path)
-    except NixwardenError as error:
-        return NixwardenFacts(path=path, error=str(error), text=data)
-    return NixwardenFacts(path=path, config=config, text=data)
+        data = system.read(path)
+    except LimitReached:
+        return NixwardenFacts(path=path, unread=True)
+    except OSError as error:
+        return NixwardenFacts(path=path, error=f"{path}: cannot read: {error.strerror or error}")
+    return load_config(data, path)
+
+
+def _gate_configs(
+    system: System,
+    accounts: Accounts,
+    key_files: tuple[KeyFile, ...],
+    sshd_config: sshd.SshdConfig | None,
+    main: NixwardenFacts | None,
+) -> tuple[dict[str, NixwardenFacts], list[Cut]]:
+    """Every configuration a gate line names, read inside the root (at most 64)."""
+    wanted: dict[str, tuple[str, int]] = {}  # path → the first line naming it
+    for key_file in key_files:
+        home = accounts.users[key_file.user].home if key_file.user in accounts.users else "/"
+        for key in key_file.keys:
+            gate = gatecmd.parse(key.command) if key.command is not None else None
+            if gate is not None and gate.principal is not None:
+                path = gatecmd.config_path(gate, home)
+                wanted.setdefault(path, (key_file.path, key.line))
+    if sshd_config is not None:
+        for forced in sshd_config.lines:
+            if forced.keyword != "forcecommand":
+                continue
+            gate = gatecmd.parse(" ".join(forced.args))
+            # A relative --config depends on each user's home: left to the gate's refusal.
+            if gate is not None and gate.principal is not None and _absolute(gate.config):
+                wanted.setdefault(gatecmd.config_path(gate, "/"), (forced.file, forced.line))
+    configs: dict[str, NixwardenFacts] = {}
+    cuts = []
+    for path, (file, line) in wanted.items():
+        if main is not None and path == posixpath.normpath(main.path):
+            configs[path] = main
+        elif len(configs) >= MAX_GATE_CONFIGS:
+            detail = f"gate lines name more than {MAX_GATE_CONFIGS} configurations: {path} not read"
+            cuts.append(Cut(CutKind.INPUT, file, line, detail))
+        else:
+            configs[path] = _named_config(system, path)
+    return configs, cuts
 
 
 def gather(options: Options, env: Mapping[str, str]) -> Facts:
     root = options.root or "/"
     if root != "/":
         if not os.path.isdir(root):
-            raise InvalidInput(f"--root {root}: not a directory")
+            raise InvalidInput(f"--root {escape(root)}: not a directory")
         root = os.path.abspath(root)
     system = System(root)
     accounts = Accounts.parse(
@@ -314,17 +330,28 @@ def gather(options: Options, env: Mapping[str, str]) -> Facts:
     main, conf, missing = _nix_conf(system, options, env, accounts)
     sshd_path, sshd_config = _sshd(system, options)
     nixwarden = _nixwarden(system, options, env)
+    machines_found = _machines(system, options, conf, main)
     daemon_uid, daemon_env = _daemon_processes() if system.live else (None, None)
     version, version_source = _version(system)
+    key_files, key_cuts = _key_files(system, accounts, sshd_config)
+    gate_configs, config_cuts = _gate_configs(system, accounts, key_files, sshd_config, nixwarden)
+    cuts = (
+        *conf.cuts,
+        *machines_found.cuts,
+        *(sshd_config.cuts if sshd_config else ()),
+        *key_cuts,
+        *config_cuts,
+        *system.cuts(),
+    )
     return Facts(
         nix_conf_path=main,
         nix_conf=conf,
         nix_conf_missing=missing,
-        machines=_machines(system, options, conf, main),
+        machines=machines_found,
         sshd_path=sshd_path,
         sshd=sshd_config,
         accounts=accounts,
-        key_files=_key_files(system, accounts, sshd_config),
+        key_files=key_files,
         stat=system.stat,
         socket_dir_path=SOCKET_DIR,
         daemon_uid=daemon_uid,
@@ -332,4 +359,6 @@ def gather(options: Options, env: Mapping[str, str]) -> Facts:
         nix_version=version,
         version_source=version_source,
         nixwarden=nixwarden,
+        gate_configs=gate_configs,
+        cuts=cuts,
     )

@@ -5,7 +5,8 @@ another machines file (a missing one is skipped). Columns, whitespace-separated,
 absent meaning the default: 1 store URI (no scheme: `ssh://`), 2 systems, 3 SSH identity
 file, 4 max jobs, 5 speed factor, 6 supported features, 7 mandatory features, 8 the
 base64 of the builder's public host key line (empty: root's known_hosts decides).
-Pure: `@file` goes through the injected reader; nothing raises on bad input.
+Pure: `@file` goes through the injected reader; nothing raises on bad input. Bounded:
+256 files and 20,000 entries in all; what a bound stops comes back as a `Cut`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
+from nixwarden.audit.model import Cut, CutKind, LimitReached
 from nixwarden.sshkeys import KEY_TYPES, key_data_problem
 
 Reader = Callable[[str], bytes]
+Identify = Callable[[str], str]
 MAX_DEPTH = 16
 MAX_FILES = 256
+MAX_ENTRIES = 20_000
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Machines:
     entries: tuple[Machine, ...] = ()
     problems: tuple[MachineProblem, ...] = ()
     files: tuple[str, ...] = ()
+    cuts: tuple[Cut, ...] = ()
 
 
 def check_public_key_line(text: str) -> str | None:
@@ -91,10 +96,19 @@ def _split_uri(uri: str) -> tuple[str, str | None, str, tuple[tuple[str, str], .
 @dataclass
 class _State:
     read: Reader
+    identify: Identify
     entries: list[Machine] = field(default_factory=list)
     problems: list[MachineProblem] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     stack: list[str] = field(default_factory=list)
+    cuts: list[Cut] = field(default_factory=list)
+    seen: int = 0
+    stopped: bool = False
+
+    def result(self) -> Machines:
+        return Machines(
+            tuple(self.entries), tuple(self.problems), tuple(self.files), tuple(self.cuts)
+        )
 
 
 def _is_set(tokens: list[str], index: int) -> bool:
@@ -106,9 +120,17 @@ def _parse(state: _State, text: str, file: str, base_line: int) -> None:
     for offset, physical in enumerate(text.split("\n")):
         number = base_line + offset if base_line else offset + 1
         for entry in physical.split(";"):
+            if state.stopped:
+                return
             line = entry.strip().split("#", 1)[0].strip()
             if not line:
                 continue
+            state.seen += 1
+            if state.seen > MAX_ENTRIES:
+                state.stopped = True
+                detail = f"more than {MAX_ENTRIES} machines entries: the rest was not read"
+                state.cuts.append(Cut(CutKind.INPUT, file, number, detail))
+                return
             if line.startswith("@"):
                 _at_file(state, line[1:].strip(), file, number)
                 continue
@@ -147,44 +169,59 @@ def _at_file(state: _State, path: str, file: str, number: int) -> None:
     if not path:
         state.problems.append(MachineProblem(file, number, "'@' without a file name"))
         return
-    if path in state.stack or len(state.stack) >= MAX_DEPTH:
+    identity = state.identify(path)
+    if identity in state.stack or len(state.stack) >= MAX_DEPTH:
         state.problems.append(MachineProblem(file, number, f"@{path}: include cycle"))
         return
     if len(state.files) >= MAX_FILES:
-        state.problems.append(MachineProblem(file, number, f"@{path}: too many files"))
+        detail = f"@{path}: more than {MAX_FILES} machines files: not read"
+        state.cuts.append(Cut(CutKind.INPUT, file, number, detail))
         return
     try:
         data = state.read(path)
     except FileNotFoundError:
         return  # Nix skips a missing machines file silently
+    except LimitReached:
+        return  # the reader recorded what it cut
     except OSError as error:
         state.problems.append(
             MachineProblem(file, number, f"@{path}: cannot read ({error.strerror or error})")
         )
         return
     state.files.append(path)
-    state.stack.append(path)
+    state.stack.append(identity)
     try:
         _parse(state, data.decode("utf-8", "replace"), path, 0)
     finally:
         state.stack.pop()
 
 
-def parse_builders(value: str, file: str, line: int, read: Reader) -> Machines:
+def _identity(name: str) -> str:
+    return name
+
+
+def parse_builders(
+    value: str, file: str, line: int, read: Reader, identify: Identify = _identity
+) -> Machines:
     """The `builders` setting's value (inline entries and `@file` references)."""
-    state = _State(read=read)
+    state = _State(read=read, identify=identify)
     _parse(state, value, file, line)
-    return Machines(tuple(state.entries), tuple(state.problems), tuple(state.files))
+    return state.result()
 
 
-def parse(data: bytes, path: str = "/etc/nix/machines", read: Reader | None = None) -> Machines:
+def parse(
+    data: bytes,
+    path: str = "/etc/nix/machines",
+    read: Reader | None = None,
+    identify: Identify = _identity,
+) -> Machines:
     """One machines file's bytes."""
 
     def no_files(name: str) -> bytes:
         raise FileNotFoundError(name)
 
-    state = _State(read=read or no_files)
+    state = _State(read=read or no_files, identify=identify)
     state.files.append(path)
-    state.stack.append(path)
+    state.stack.append(identify(path))
     _parse(state, data.decode("utf-8", "replace"), path, 0)
-    return Machines(tuple(state.entries), tuple(state.problems), tuple(state.files))
+    return state.result()

@@ -133,3 +133,32 @@ class FileStat:
 
 def octal(mode: int) -> str:
     return f"{mode & 0o7777:04o}"
+
+
+class CutKind(enum.Enum):
+    """Why the audit did not look at everything: each kind is one rule (rules_limits.py)."""
+
+    GLOB = "glob"  # an Include glob matched or walked more than the audit follows
+    INPUT = "input"  # a size or count limit stopped reading
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Something the audit left unread because a bound was reached: reported, never silent."""
+
+    kind: CutKind
+    file: str | None
+    line: int | None
+    detail: str
+
+
+class LimitReached(OSError):  # an OSError, so every reader's `except OSError` still holds
+    """A read refused because a bound was reached; the reader has already recorded the Cut."""
+
+
+@dataclass(frozen=True)
+class GlobResult:
+    """What a glob matched (sorted, paths of the audited system) and, if cut, why."""
+
+    paths: tuple[str, ...]
+    cut: str | None = None

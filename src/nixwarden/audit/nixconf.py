@@ -13,7 +13,9 @@ Semantics follow Nix's `AbstractConfig::applyConfig` (src/libutil/config.cc):
 - within one file `experimental-features` settings are applied first;
 - `extra-NAME` appends to a list setting; a later plain `NAME` replaces everything before;
 - unknown settings are kept (Nix warns about them and passes them on).
-Nothing here raises on bad input: problems are returned as values.
+Nothing here raises on bad input: problems are returned as values. Bounded: 256
+files and 20,000 settings in all; what a bound stops comes back as a `Cut`, and an
+include cycle is found by file identity (a link to an including file is a cycle).
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from nixwarden.audit.model import Cut, CutKind, LimitReached
+
 # Reads a file of the audited system; raises FileNotFoundError when it does not exist
 # and another OSError when it exists but cannot be read.
 Reader = Callable[[str], bytes]
+# A name for the file a path leads to (the audit resolves links), for cycle detection.
+Identify = Callable[[str], str]
 
 MAX_INCLUDE_DEPTH = 32
 MAX_FILES = 256
+MAX_SETTINGS = 20_000  # non-empty lines, all files together
 _SEPARATORS = re.compile(r"[ \t\r\n]+")
 
 # Settings whose values are lists (Nix: Strings/StringSet/StringMap/feature sets): the only
@@ -267,6 +274,7 @@ class NixConf:
     settings: tuple[Setting, ...] = ()
     problems: tuple[Problem, ...] = ()
     includes: tuple[tuple[str, str, int], ...] = ()  # (included file, includer, line)
+    cuts: tuple[Cut, ...] = ()
 
     def last(self, name: str) -> Setting | None:
         """The setting that decides a scalar's value (the last one applied)."""
@@ -343,11 +351,16 @@ def canonical(written: str) -> tuple[str, bool, bool]:
 @dataclass
 class _State:
     read: Reader
+    identify: Identify
     files: list[str] = field(default_factory=list)
     settings: list[Setting] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     includes: list[tuple[str, str, int]] = field(default_factory=list)
     stack: list[str] = field(default_factory=list)
+    cuts: list[Cut] = field(default_factory=list)
+    lines: int = 0
+    files_skipped: int = 0
+    stopped: bool = False
 
 
 def _decode(data: bytes) -> str:
@@ -357,10 +370,18 @@ def _decode(data: bytes) -> str:
 def _apply_text(state: _State, text: str, path: str) -> None:
     own: list[Setting] = []
     for number, raw in enumerate(text.split("\n"), start=1):
+        if state.stopped:
+            break
         line = raw.split("#", 1)[0]
         tokens = split_tokens(line)
         if not tokens:
             continue
+        state.lines += 1
+        if state.lines > MAX_SETTINGS:
+            state.stopped = True
+            detail = f"Nix configuration longer than {MAX_SETTINGS} lines: the rest was not read"
+            state.cuts.append(Cut(CutKind.INPUT, path, number, detail))
+            break
         shown = line.strip()[:120]
         if len(tokens) < 2:
             state.problems.append(Problem(ProblemKind.ILLEGAL_LINE, path, number, shown))
@@ -393,12 +414,20 @@ def _apply_text(state: _State, text: str, path: str) -> None:
 
 def _include(state: _State, target: str, includer: str, line: int, *, optional: bool) -> None:
     state.includes.append((target, includer, line))
-    if target in state.stack:
-        cycle = " → ".join([*state.stack[state.stack.index(target) :], target])
+    identity = state.identify(target)
+    if identity in state.stack:
+        names = state.stack[state.stack.index(identity) :]
+        cycle = " → ".join([*names, target])
         state.problems.append(Problem(ProblemKind.INCLUDE_CYCLE, includer, line, cycle))
         return
-    if len(state.stack) >= MAX_INCLUDE_DEPTH or len(state.files) >= MAX_FILES:
+    if len(state.stack) >= MAX_INCLUDE_DEPTH:
         state.problems.append(Problem(ProblemKind.INCLUDE_TOO_DEEP, includer, line, target))
+        return
+    if len(state.files) >= MAX_FILES:
+        if state.files_skipped == 0:
+            detail = f"include {target}: more than {MAX_FILES} files: this one and later ones"
+            state.cuts.append(Cut(CutKind.INPUT, includer, line, f"{detail} were not read"))
+        state.files_skipped += 1
         return
     try:
         data = state.read(target)
@@ -406,6 +435,8 @@ def _include(state: _State, target: str, includer: str, line: int, *, optional: 
         kind = ProblemKind.OPTIONAL_INCLUDE_MISSING if optional else ProblemKind.INCLUDE_MISSING
         state.problems.append(Problem(kind, includer, line, target))
         return
+    except LimitReached:
+        return  # the reader recorded what it cut
     except OSError as error:
         reason = error.strerror or str(error)
         state.problems.append(
@@ -417,17 +448,19 @@ def _include(state: _State, target: str, includer: str, line: int, *, optional: 
 
 def _apply_file(state: _State, path: str, data: bytes) -> None:
     state.files.append(path)
-    state.stack.append(path)
+    state.stack.append(state.identify(path))
     try:
         _apply_text(state, _decode(data), path)
     finally:
         state.stack.pop()
 
 
-def load(paths: Sequence[str], read: Reader) -> tuple[NixConf, tuple[str, ...]]:
+def load(
+    paths: Sequence[str], read: Reader, identify: Identify | None = None
+) -> tuple[NixConf, tuple[str, ...]]:
     """Apply each top-level file in order (later ones override); returns the configuration
     and the top-level files that did not exist (Nix silently skips those)."""
-    state = _State(read=read)
+    state = _State(read=read, identify=identify or (lambda name: name))
     missing: list[str] = []
     for path in paths:
         try:
@@ -435,6 +468,8 @@ def load(paths: Sequence[str], read: Reader) -> tuple[NixConf, tuple[str, ...]]:
         except FileNotFoundError:
             missing.append(path)
             continue
+        except LimitReached:
+            continue  # the reader recorded what it cut
         except OSError as error:
             state.problems.append(
                 Problem(ProblemKind.INCLUDE_UNREADABLE, path, 0, f"{path}: {error.strerror}")
@@ -446,8 +481,19 @@ def load(paths: Sequence[str], read: Reader) -> tuple[NixConf, tuple[str, ...]]:
         settings=tuple(state.settings),
         problems=tuple(state.problems),
         includes=tuple(state.includes),
+        cuts=_counted(state),
     )
     return conf, tuple(missing)
+
+
+def _counted(state: _State) -> tuple[Cut, ...]:
+    more = state.files_skipped - 1
+    return tuple(
+        Cut(cut.kind, cut.file, cut.line, f"{cut.detail} ({more} more)")
+        if more > 0 and "more than" in cut.detail and "files" in cut.detail
+        else cut
+        for cut in state.cuts
+    )
 
 
 def parse(data: bytes, path: str = "/etc/nix/nix.conf", read: Reader | None = None) -> NixConf:

@@ -1,4 +1,11 @@
-"""Reports: text for people, JSON for scripts, SARIF 2.1.0 for code-scanning tools."""
+"""Reports: text for people, JSON for scripts, SARIF 2.1.0 for code-scanning tools.
+
+Findings carry text from the audited machine (file names, configuration lines, key
+comments, user names). The text report and SARIF's message (what a person reads) pass
+every such string through `nixwarden.display.escape`, so a control character, a line
+or paragraph separator or a bidirectional override cannot forge or reorder a line.
+JSON and SARIF's structured fields keep the exact text, escaped by JSON itself.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ from collections.abc import Sequence
 
 from nixwarden import __version__
 from nixwarden.audit.model import SEVERITIES, Finding, Rule, Severity
+from nixwarden.display import escape
 
 JSON_VERSION = 1
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -44,9 +52,12 @@ def _location(finding: Finding) -> str:
     return f"{finding.file}:{finding.line}" if finding.line else finding.file
 
 
-def _clean(text: str) -> str:
-    """Configuration text is untrusted: no control characters reach a terminal."""
-    return "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
+def _lines(text: str, indent: str) -> str:
+    """Escaped line by line: a fix may span lines (an sshd Match block), nothing else does.
+
+    Its line breaks are the rule's own: the values a rule puts in a fix (user, principal
+    and file names, key comments) come from line-based files and cannot hold a `\\n`."""
+    return ("\n" + indent).join(escape(line) for line in text.split("\n"))
 
 
 def text(findings: Sequence[Finding], fail_on: Severity, *, colour: bool) -> str:
@@ -62,13 +73,12 @@ def text(findings: Sequence[Finding], fail_on: Severity, *, colour: bool) -> str
         lines.append(paint(severity, f"{_BOLD if colour else ''}{heading}"))
         for finding in group:
             where = _location(finding)
-            lines.append(f"  [{finding.rule}] {_clean(finding.title)}")
+            lines.append(f"  [{finding.rule}] {escape(finding.title)}")
             if where:
-                lines.append(f"    at:   {_clean(where)}")
-            lines.append(f"    seen: {_clean(finding.evidence)}")
-            lines.append(f"    why:  {finding.why}")
-            fix = _clean(finding.fix).replace("\n", "\n          ")
-            lines.append(f"    fix:  {fix}")
+                lines.append(f"    at:   {escape(where)}")
+            lines.append(f"    seen: {escape(finding.evidence)}")
+            lines.append(f"    why:  {escape(finding.why)}")
+            lines.append(f"    fix:  {_lines(finding.fix, '          ')}")
         lines.append("")
     counts = summary(findings, fail_on)["by_severity"]
     assert isinstance(counts, dict)
@@ -159,7 +169,10 @@ def sarif_report(findings: Sequence[Finding], rules: Sequence[Rule]) -> str:
         result: dict[str, object] = {
             "ruleId": finding.rule,
             "level": _level(finding.severity),
-            "message": {"text": f"{finding.title}: {finding.evidence}. Fix: {finding.fix}"},
+            "message": {
+                "text": f"{escape(finding.title)}: {escape(finding.evidence)}. "
+                f"Fix: {_lines(finding.fix, '')}"
+            },
             "properties": {
                 "severity": finding.severity.value,
                 "setting": finding.setting,

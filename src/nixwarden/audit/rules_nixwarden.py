@@ -1,13 +1,19 @@
-"""Rules on nixwarden's own policy (config.toml) and the gate lines that point at it."""
+"""Rules on nixwarden's own policy (config.toml) and the gate lines that point at it.
+
+Every configuration in force is checked: the audit's own (--config, else the default)
+and each one a gate line names with its `--config` (else the gate's default path,
+never $NIXWARDEN_CONFIG, which the live gate ignores). A gate line's principal is
+looked up in the configuration that line's gate reads.
+"""
 
 from __future__ import annotations
 
 import re
 
-from nixwarden.audit.facts import Facts
+from nixwarden.audit import gatecmd
+from nixwarden.audit.facts import Facts, NixwardenFacts
 from nixwarden.audit.model import Finding, Rule, Severity
 from nixwarden.audit.rules_files import non_root_writers
-from nixwarden.audit.rules_ssh import gate_principal
 
 FAMILY = "nixwarden"
 
@@ -37,6 +43,15 @@ UNKNOWN_PRINCIPAL = Rule(
     "[principals.NAME]   # in /etc/nixwarden/config.toml, or remove the key",
     FAMILY,
 )
+GATE_LINE_INVALID = Rule(
+    "nixwarden-gate-line-invalid",
+    Severity.MEDIUM,
+    "a gate line runs the gate with arguments it refuses",
+    "The gate refuses every connection of such a key (no --principal, an unknown or repeated "
+    "argument, --check or --help), so it grants nothing and hides a mistake.",
+    "nixwarden authorized-keys-line --principal NAME --key FILE.pub   # prints a correct line",
+    FAMILY,
+)
 CONFIG_WRITABLE = Rule(
     "nixwarden-config-writable",
     Severity.HIGH,
@@ -45,54 +60,111 @@ CONFIG_WRITABLE = Rule(
     "chown root:root /etc/nixwarden/config.toml && chmod 0644 /etc/nixwarden/config.toml",
     FAMILY,
 )
-RULES = (HOST_WRITE, CONFIG_INVALID, UNKNOWN_PRINCIPAL, CONFIG_WRITABLE)
+RULES = (HOST_WRITE, CONFIG_INVALID, UNKNOWN_PRINCIPAL, CONFIG_WRITABLE, GATE_LINE_INVALID)
+_TABLE = re.compile(
+    r"""^[ \t]*\[[ \t]*principals\.(?:"([^"\n]*)"|([A-Za-z0-9_-]+))[ \t]*\]""", re.M
+)
 
 
-def _line_of(text: bytes, name: str) -> int | None:
-    pattern = re.compile(rf"^\s*\[\s*principals\.\"?{re.escape(name)}\"?\s*\]", re.MULTILINE)
+def _table_lines(text: bytes) -> dict[str, int]:
+    """principal → the line of its [principals.NAME] table, in one pass over the file."""
     decoded = text.decode("utf-8", "replace")
-    match = pattern.search(decoded)
-    return decoded.count("\n", 0, match.start()) + 1 if match else None
+    lines: dict[str, int] = {}
+    line = 1
+    position = 0
+    for match in _TABLE.finditer(decoded):
+        line += decoded.count("\n", position, match.start())
+        position = match.start()
+        lines.setdefault(match[1] if match[1] is not None else match[2], line)
+    return lines
 
 
-def check(facts: Facts) -> list[Finding]:
-    nw = facts.nixwarden
-    if nw is None:
-        return []
+def _config_findings(facts: Facts, nw: NixwardenFacts, named_by: str) -> list[Finding]:
     findings: list[Finding] = []
     if nw.error is not None:
-        findings.append(CONFIG_INVALID.finding(evidence=nw.error, file=nw.path))
+        findings.append(CONFIG_INVALID.finding(evidence=nw.error + named_by, file=nw.path))
     reasons = non_root_writers(nw.path, facts.stat, facts.accounts)
     if reasons and (nw.config is not None or nw.error is not None):
         findings.append(
             CONFIG_WRITABLE.finding(
-                evidence="; ".join(reasons),
+                evidence="; ".join(reasons) + named_by,
                 file=nw.path,
                 fix=f"chown root:root {nw.path} && chmod 0644 {nw.path}",
             )
         )
     if nw.config is None:
         return findings
+    table_lines: dict[str, int] | None = None
     for name, principal in sorted(nw.config.principals.items()):
         if principal.store == "host" and principal.write:
+            table_lines = _table_lines(nw.text) if table_lines is None else table_lines
             findings.append(
                 HOST_WRITE.finding(
                     evidence=f'principals.{name}: store = "host", write = true',
                     setting=f"principals.{name}",
                     file=nw.path,
-                    line=_line_of(nw.text, name),
+                    line=table_lines.get(name),
                 )
             )
+    return findings
+
+
+def _gate_lines(facts: Facts) -> list[tuple[str, int, str, str, gatecmd.GateCommand]]:
+    """(file, line, who, home, gate) for every key line and ForceCommand that runs the gate."""
+    found = []
     for key_file in facts.key_files:
+        user = facts.accounts.users.get(key_file.user)
         for key in key_file.keys:
-            named = gate_principal(key.command) if key.command else None
-            if named and named not in nw.config.principals:
-                findings.append(
-                    UNKNOWN_PRINCIPAL.finding(
-                        evidence=f"{key_file.user}: {key.short}: --principal {named}",
-                        file=key_file.path,
-                        line=key.line,
-                        fix=f"[principals.{named}]   # in {nw.path}, or remove the key",
-                    )
+            gate = gatecmd.parse(key.command) if key.command is not None else None
+            if gate is not None:
+                who = f"{key_file.user}: {key.short}"
+                found.append((key_file.path, key.line, who, user.home if user else "/", gate))
+    if facts.sshd is not None:
+        for line in facts.sshd.lines:
+            if line.keyword != "forcecommand":
+                continue
+            gate = gatecmd.parse(" ".join(line.args))
+            if gate is not None:
+                found.append((line.file, line.line, "ForceCommand", "/", gate))
+    return found
+
+
+def _absolute(path: str | None) -> bool:
+    return path is None or path.startswith("/")
+
+
+def check(facts: Facts) -> list[Finding]:
+    findings: list[Finding] = []
+    main = facts.nixwarden
+    if main is not None:
+        findings += _config_findings(facts, main, "")
+    references: dict[str, tuple[str, int]] = {}
+    lines = _gate_lines(facts)
+    for file, line, who, home, gate in lines:
+        if gate.problem is not None:
+            findings.append(
+                GATE_LINE_INVALID.finding(evidence=f"{who}: {gate.problem}", file=file, line=line)
+            )
+            continue
+        if gate.principal is None or (who == "ForceCommand" and not _absolute(gate.config)):
+            continue
+        path = gatecmd.config_path(gate, home)
+        references.setdefault(path, (file, line))
+        nw = facts.gate_configs.get(path)
+        if nw is None or nw.config is None:
+            continue  # not read (a cut, reported) or does not load (reported below)
+        if gate.principal not in nw.config.principals:
+            findings.append(
+                UNKNOWN_PRINCIPAL.finding(
+                    evidence=f"{who}: --principal {gate.principal} (not in {path})",
+                    file=file,
+                    line=line,
+                    fix=f"[principals.{gate.principal}]   # in {path}, or remove the key",
                 )
+            )
+    for path, (file, line) in references.items():
+        nw = facts.gate_configs.get(path)
+        if nw is None or nw is main:
+            continue
+        findings += _config_findings(facts, nw, f" (the gate line at {file}:{line} reads it)")
     return findings

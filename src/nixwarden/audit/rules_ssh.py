@@ -8,11 +8,10 @@ or a user an sshd `Match` block forces to a Nix command.
 
 from __future__ import annotations
 
-import shlex
-
+from nixwarden.audit import gatecmd
 from nixwarden.audit.facts import Facts
 from nixwarden.audit.model import Finding, Rule, Severity
-from nixwarden.audit.sshd import Line, match_block, value
+from nixwarden.audit.sshd import Criterion, Line, match_block, value
 
 FAMILY = "ssh"
 
@@ -48,24 +47,9 @@ RULES = (KEY_UNRESTRICTED, SSHD_FORWARDING, SSH_INVALID)
 NIX_COMMANDS = ("nix-daemon", "nix-store", "nixwarden")
 
 
-def gate_principal(command: str) -> str | None:
-    """The --principal of a `nixwarden gate` command line, '' if none is given, else None."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
-    for index, word in enumerate(words):
-        if word.rsplit("/", 1)[-1] == "nixwarden" and index + 1 < len(words):
-            if words[index + 1] != "gate":
-                return None
-            rest = words[index + 2 :]
-            for position, arg in enumerate(rest):
-                if arg == "--principal" and position + 1 < len(rest):
-                    return rest[position + 1]
-                if arg.startswith("--principal="):
-                    return arg.split("=", 1)[1]
-            return ""
-    return None
+def runs_gate(command: str | None) -> bool:
+    """Whether a command= or ForceCommand runs nixwarden's gate (in any form it is written)."""
+    return command is not None and gatecmd.parse(command) is not None
 
 
 def builder_users(facts: Facts) -> dict[str, str]:
@@ -91,20 +75,22 @@ def builder_users(facts: Facts) -> dict[str, str]:
             add(name, "a nixwarden principal")
     for key_file in facts.key_files:
         for key in key_file.keys:
-            if key.command and gate_principal(key.command) is not None:
+            if runs_gate(key.command):
                 add(key_file.user, "runs nixwarden gate")
     if facts.sshd:
+        forcing: dict[tuple[Criterion, ...], None] = {}
         for line in facts.sshd.lines:
             command = " ".join(line.args)
             if (
                 line.keyword == "forcecommand"
                 and line.match is not None
-                and any(word in command for word in NIX_COMMANDS)
+                and (runs_gate(command) or any(word in command for word in NIX_COMMANDS))
             ):
-                for user in users:
-                    groups = facts.accounts.groups_of(user)
-                    if match_block(line.match, user, groups) is True:
-                        add(user, "forced to a Nix command by sshd")
+                forcing[line.match] = None
+        for criteria in forcing:  # each distinct Match once, however often it repeats
+            for user in users:
+                if match_block(criteria, user, facts.accounts.groups_of(user)) is True:
+                    add(user, "forced to a Nix command by sshd")
     return result
 
 
@@ -117,9 +103,13 @@ def _decided(facts: Facts, user: str, *, unknown_matches: bool) -> dict[str, Lin
 
 def force_command(facts: Facts, user: str) -> str | None:
     """The ForceCommand every connection of `user` gets, if any."""
+    if facts.sshd is None:
+        return None
+    groups = facts.accounts.groups_of(user)
     values = []
     for unknown in (False, True):
-        command, line = value(_decided(facts, user, unknown_matches=unknown), "forcecommand")
+        line = facts.sshd.decide("forcecommand", user, groups, unknown_matches=unknown)
+        command = " ".join(line.args) if line else ""
         if line is None or not command or command.lower() == "none":
             return None
         values.append(command)
@@ -140,6 +130,12 @@ def _keys(facts: Facts, builders: dict[str, str]) -> list[Finding]:
                 reopened = key.reopened
                 if reopened:
                     missing.append(f"`restrict` undone by {','.join(reopened)}")
+                gate = gatecmd.parse(key.command) if key.command is not None else None
+                if gate is not None and gate.shell is not None:
+                    missing.append(
+                        f"command= runs the gate inside shell syntax ({gate.shell!r}), "
+                        "so it can run more than the gate"
+                    )
                 if not missing:
                     continue
                 findings.append(
