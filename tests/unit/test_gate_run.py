@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pwd
 import re
 import socket
 from collections.abc import Iterator
@@ -59,6 +60,10 @@ def syslog_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
 
 
 def write_config(tmp_path: Path, extra: str = "", audit_log: str | None = None) -> Path:
+    # The session state root makes for each gate user (nixwarden.sessions), for this one.
+    sessions = tmp_path / "sessions"
+    sessions.mkdir(mode=0o711, exist_ok=True)
+    (sessions / pwd.getpwuid(os.geteuid()).pw_name).mkdir(mode=0o700, exist_ok=True)
     config = tmp_path / "config.toml"
     log = audit_log or str(tmp_path / "audit.jsonl")
     config.write_text(
