@@ -254,3 +254,24 @@ def users_state(names: Sequence[str], groups: Sequence[str]) -> dict[str, object
         except KeyError:
             state[f"group {group}"] = None
     return state
+
+
+def differences(got: object, want: object, where: str = "") -> list[str]:
+    """Where two states differ, for an assertion message a person can read."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        found = []
+        for key in sorted(set(got) | set(want), key=str):
+            found += differences(got.get(key), want.get(key), f"{where}/{key}")
+        return found
+    if isinstance(got, tuple | list) and isinstance(want, tuple | list) and len(got) == len(want):
+        found = []
+        for index, (a, b) in enumerate(zip(got, want, strict=True)):
+            found += differences(a, b, f"{where}[{index}]")
+        return found
+    return [] if got == want else [f"{where}: {got!r:.300} != {want!r:.300}"]
+
+
+def same(got: object, want: object) -> None:
+    found = differences(got, want)
+    if found:
+        raise AssertionError("\n".join(found[:20]))

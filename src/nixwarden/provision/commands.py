@@ -20,16 +20,17 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import nixwarden
-from nixwarden import sessions
+from nixwarden import process, sessions
 from nixwarden.audit import sshd as sshd_config
+from nixwarden.audit.model import GlobResult
 from nixwarden.display import escape
 from nixwarden.errors import CommandFailed, InvalidInput, Refused
 from nixwarden.gate import keyline
 from nixwarden.nix import commands as nix_commands
-from nixwarden.provision import builder_plan, client_plan, execute, observe, steps
+from nixwarden.provision import builder_plan, client_plan, execute, handshake, observe, steps
 from nixwarden.provision.execute import Executor, Hook
 from nixwarden.provision.layout import BuilderLayout, ClientLayout
-from nixwarden.provision.system import run
+from nixwarden.provision.system import program, run
 from nixwarden.sshkeys import weak_key_problem
 
 MAX_KEY_FILE = 64 << 10
@@ -84,7 +85,9 @@ def host_key(value: str) -> tuple[str, str]:
 # --- builder ---------------------------------------------------------------------------------
 
 
-def _sshd_glob(layout: BuilderLayout, candidate: bytes) -> tuple[object, object]:
+def _sshd_glob(
+    layout: BuilderLayout, candidate: bytes
+) -> tuple[sshd_config.Reader, sshd_config.Globber]:
     def read(path: str) -> bytes:
         if os.path.normpath(path) == layout.sshd_dropin:
             return candidate
@@ -93,11 +96,11 @@ def _sshd_glob(layout: BuilderLayout, candidate: bytes) -> tuple[object, object]
             raise FileNotFoundError(path)
         return data
 
-    def expand(pattern: str) -> list[str]:
-        found = set(glob.glob(pattern))
+    def expand(pattern: str) -> GlobResult:
+        found = set(glob.glob(pattern)[: sshd_config.MAX_FILES])
         if fnmatch.fnmatchcase(layout.sshd_dropin, pattern):
             found.add(layout.sshd_dropin)
-        return sorted(found)
+        return GlobResult(tuple(sorted(found)))
 
     return read, expand
 
@@ -109,7 +112,7 @@ def check_dropin_included(layout: BuilderLayout, candidate: bytes) -> None:
     if main is None:
         raise Refused(f"{layout.sshd_config}: no such file (--sshd-config names sshd's own)")
     read, expand = _sshd_glob(layout, candidate)
-    parsed = sshd_config.parse(main, layout.sshd_config, read, expand)  # type: ignore[arg-type]
+    parsed = sshd_config.parse(main, layout.sshd_config, read, expand)
     decided = parsed.effective(CHECK_USER, [layout.gate_group], unknown_matches=False)
     wrong = []
     for keyword, expected in builder_plan.expected_sshd(layout):
@@ -400,6 +403,29 @@ def store_url(found: client_plan.Configured) -> str:
     return f"{found.uri}?{query}" if query else found.uri
 
 
+def greeting(layout: ClientLayout, name: str, protocol: str) -> handshake.Greeting:
+    """The store's first words through the gate (ssh with the Host block add-builder wrote):
+    its protocol version and, from a daemon, its Nix version."""
+    if protocol == "ssh-ng":
+        command, hello, parse = (
+            "nix-daemon --stdio",
+            handshake.worker_hello(),
+            handshake.parse_worker,
+        )
+    else:
+        command, hello, parse = "nix-store --serve", handshake.serve_hello(), handshake.parse_serve
+    config = [] if layout.uses_default_ssh_config else ["-F", layout.ssh_config]
+    argv = [program("ssh"), *config, "-x", "-T", "-o", "BatchMode=yes", "--", name, command]
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8"}
+    result = process.run(argv, env=env, check=False, input=hello, timeout=60)
+    if not result.stdout:
+        detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise CommandFailed(
+            f"ssh {name} {command}: {escape(detail[-1]) if detail else 'no answer'}"
+        )
+    return parse(result.stdout[: 1 << 16])
+
+
 def check_builder(layout: ClientLayout, name: str, *, out: TextIO) -> int:
     world = observe.client_world(layout)
     found = client_plan.configured(layout, world, name)
@@ -411,9 +437,10 @@ def check_builder(layout: ClientLayout, name: str, *, out: TextIO) -> int:
     latency = (time.monotonic() - started) * 1000
     protocol = found.uri.split("://", 1)[0]
     served = "nix-daemon --stdio" if protocol == "ssh-ng" else "nix-store --serve"
-    version = answer.get("Version", f"not reported over {protocol}://")
+    hello = greeting(layout, name, protocol)
+    version = answer.get("Version") or hello.nix_version or f"not reported over {protocol}://"
     print(f"builder {name}: {found.uri}", file=out)
-    print(f"  protocol: {protocol} ({served})", file=out)
+    print(f"  protocol: {protocol} ({served}, protocol {hello.protocol})", file=out)
     print(f"  version:  {version}", file=out)
-    print(f"  latency:  {latency:.0f} ms (connection, authentication and handshake)", file=out)
+    print(f"  latency:  {latency:.0f} ms (nix store ping: connection, login, handshake)", file=out)
     return 0

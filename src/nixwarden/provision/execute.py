@@ -512,17 +512,21 @@ def _audit_log(path: str, ids: tuple[int, int], mode: int, mark: Hook) -> None:
 
 
 def _remove_user(name: str) -> None:
-    # No key of it is left (revoke removes those first), so no session starts anew; the
-    # ones running end here, then the user goes with its home.
-    for _attempt in range(5):
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            return
-        if entry.pw_uid == 0:
-            raise Refused(f"unix user {name} is root; not removing it")
+    """No key of the user is left (revoke removes those first), so no session starts anew;
+    the running ones are killed, then the user goes with its home. `userdel` refuses a
+    user that still has processes, zombies included, which nothing can kill: once every
+    live one was, `--force` removes it all the same."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return
+    if entry.pw_uid == 0:
+        raise Refused(f"unix user {name} is root; not removing it")
+    process.kill_all_of(entry.pw_uid)
+    run("userdel", "--remove", name, check=False)
+    if user_exists(name):  # exit 8: "currently used by a process"
         process.kill_all_of(entry.pw_uid)
-        run("userdel", "--remove", name, check=False)
+        run("userdel", "--force", "--remove", name, ok=(0, 12))  # 12: its home was gone
     if user_exists(name):
         raise CommandFailed(f"userdel --remove {name}: the user is still there")
 
