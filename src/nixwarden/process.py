@@ -6,6 +6,7 @@ explicit decision on whether failure raises. Nothing here ever uses a shell.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from nixwarden.errors import CommandFailed
@@ -151,3 +152,69 @@ def kill_all_of(uid: int, *, rounds: int = 3) -> None:
         finally:
             os._exit(status)
     os.waitpid(pid, 0)
+
+
+def converse(
+    argv: Argv,
+    *,
+    env: Mapping[str, str],
+    send: bytes,
+    enough: Callable[[bytes], bool],
+    timeout: float,
+    limit: int = 1 << 16,
+) -> tuple[bytes, bytes]:
+    """Start argv, write `send` to it, and read its output until `enough(output)` says so (or
+    it ends, `limit` bytes are read, or `timeout` passes); then close its input and stop it.
+    For a protocol's first exchange, where closing the input early would end the peer
+    before it has answered. Returns (stdout so far, stderr's last bytes)."""
+    import selectors  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    try:
+        child = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as error:
+        raise CommandFailed(f"{argv[0]}: not found") from error
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    output = bytearray()
+    errors = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        child.stdin.write(send)
+        child.stdin.flush()
+        with selectors.DefaultSelector() as selector:
+            selector.register(child.stdout, selectors.EVENT_READ)
+            selector.register(child.stderr, selectors.EVENT_READ)
+            open_streams = 2
+            while open_streams and not enough(bytes(output)) and len(output) < limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommandFailed(f"{_describe(argv)}: no answer after {timeout} s")
+                for key, _events in selector.select(left):
+                    chunk = os.read(key.fd, 4096)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        open_streams -= 1
+                    elif key.fileobj is child.stdout:
+                        output += chunk
+                    else:
+                        errors = (errors + chunk)[-4096:]
+    except BrokenPipeError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+        child.stderr.close()
+    return bytes(output), bytes(errors)

@@ -164,11 +164,13 @@ def test_each_command_twice_changes_nothing_the_second_time(bed: ProvisionBed) -
     before = state()
     bed.builder("status")
     bed.builder("status", "--json")
-    assert state() == before
+    same(state(), before)
     twice("add-builder", *bed.add_builder_argv("b1", principal, identity), client=True)
-    before = state()
+    # check-builder logs in (the tenant's session state and store are used), and changes
+    # none of the client's files.
+    before = tree_state(bed.client_root, mtimes=True)
     bed.client("check-builder", "b1")
-    assert state() == before
+    same(tree_state(bed.client_root, mtimes=True), before)
     twice("remove-builder", "b1", client=True)
     twice("revoke", "--principal", principal)
     twice("revoke", "--principal", principal, "--remove-user")
@@ -187,16 +189,14 @@ def test_the_audit_finds_nothing_about_what_init_and_enroll_set_up(bed: Provisio
     assert result.returncode in (0, 1), result.stderr.decode()
     findings = json.loads(result.stdout)["findings"]
     # nixwarden's own settings, the drop-in and keys under the root, our users and groups;
-    # not the test daemon's nix.conf, nor other test users under this sshd (not ours).
+    # not the test daemon's nix.conf, nor other tests' users (and their configs) that this
+    # sshd's config is evaluated for as well.
     ours = (str(bed.root), tenant, host, bed.gate_group, bed.log_group)
     concerning = [
         finding
         for finding in findings
         if finding["severity"] in ("critical", "high", "medium")
-        and (
-            finding["rule"].startswith("nixwarden-")
-            or any(word in f"{finding.get('file')} {finding['evidence']}" for word in ours)
-        )
+        and any(word in f"{finding.get('file')} {finding['evidence']}" for word in ours)
     ]
     assert concerning == [], json.dumps(concerning, indent=1)
 
@@ -298,3 +298,66 @@ def test_enroll_before_init_is_refused(bed: ProvisionBed) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert b"run nixwarden builder init first" in result.stderr
+
+
+def test_a_user_points_their_own_nix_at_a_builder(bed: ProvisionBed, users: harness.Users) -> None:
+    """Not root: the user's own ~/.ssh/config, ~/.ssh/known_hosts and ~/.config/nix/machines,
+    theirs and private, and nothing of the system's."""
+    person = users.create(groups=())
+    identity = bed.sshd.client_key("person")
+    identity.chmod(0o644)  # the user reads the path only; nothing logs in here
+    argv = bed.add_builder_argv("b1", "nwtnobody", identity)
+    as_person = [
+        "setpriv", f"--reuid={person.uid}", f"--regid={person.gid}", "--init-groups",
+        harness.NIXWARDEN, "client", "add-builder", *argv,
+    ]  # fmt: skip
+    env = harness.base_env(HOME=str(person.home))
+    harness.run(as_person, env=env)
+    again = harness.run(as_person, env=env)
+    assert again.stdout == b"nothing to do\n"
+    for relative, mode in ((".ssh/config", 0o600), (".ssh/known_hosts", 0o600),
+                           (".config/nix/machines", 0o644)):  # fmt: skip
+        path = person.home / relative
+        info = path.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (person.uid, mode), relative
+    assert (person.home / ".ssh").stat().st_mode & 0o777 == 0o700
+    config = (person.home / ".ssh/config").read_text()
+    assert config.startswith("# nixwarden: begin builder b1\nHost b1\n")
+    assert f"UserKnownHostsFile {person.home}/.ssh/known_hosts" in config
+    machines = (person.home / ".config/nix/machines").read_text()
+    assert f"ssh-ng://b1 {SYSTEM} {identity} 1 1 - - " in machines
+
+
+def test_make_install_gives_every_gate_user_an_interpreter(users: harness.Users) -> None:
+    """`make install`'s script at a prefix of the test's: an isolated venv, the runtime lock,
+    nixwarden linked into the bin directory, usable by another user, refused by nobody."""
+    from nixwarden.provision import commands  # noqa: PLC0415
+
+    base = harness.private_dir("nwt-install")
+    try:
+        prefix, bindir = base / "opt", base / "bin"
+        script = Path(__file__).resolve().parents[2] / "scripts" / "install.sh"
+        harness.run([str(script), str(prefix), str(bindir)], env=harness.base_env(), timeout=900)
+        assert (bindir / "nixwarden").resolve() == (prefix / "bin" / "nixwarden").resolve()
+        assert harness.run([str(bindir / "nixwarden"), "--version"]).stdout.startswith(
+            b"nixwarden "
+        )
+        site = next(prefix.glob("lib/python3*/site-packages/nixwarden"))
+        launcher = prefix / "bin" / "nixwarden-gate"
+        python = prefix / "bin" / "python3"
+        assert commands.gate_command_problem([str(python), str(launcher), str(site)]) is None
+        somebody = users.create(groups=())
+        result = harness.run(
+            ["setpriv", f"--reuid={somebody.uid}", f"--regid={somebody.gid}", "--init-groups",
+             str(python), "-I", str(launcher), "--help"],
+        )  # fmt: skip
+        assert result.stdout.startswith(b"usage: nixwarden gate")
+        # The repository's own venv, under a home only its owner may enter, would be refused.
+        private = base / "home"
+        private.mkdir(mode=0o700)
+        assert "not usable by other users" in str(
+            commands.gate_command_problem([str(private / "python3")])
+            or commands.gate_command_problem([str(private)])
+        )
+    finally:
+        harness.run(["rm", "-rf", str(base)])

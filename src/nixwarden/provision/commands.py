@@ -417,13 +417,19 @@ def greeting(layout: ClientLayout, name: str, protocol: str) -> handshake.Greeti
     config = [] if layout.uses_default_ssh_config else ["-F", layout.ssh_config]
     argv = [program("ssh"), *config, "-x", "-T", "-o", "BatchMode=yes", "--", name, command]
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C.UTF-8"}
-    result = process.run(argv, env=env, check=False, input=hello, timeout=60)
-    if not result.stdout:
-        detail = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    output, errors = process.converse(
+        argv,
+        env=env,
+        send=hello,
+        enough=lambda data: handshake.complete(data, parse),
+        timeout=60,
+    )
+    if not output:
+        detail = errors.decode("utf-8", "replace").strip().splitlines()
         raise CommandFailed(
             f"ssh {name} {command}: {escape(detail[-1]) if detail else 'no answer'}"
         )
-    return parse(result.stdout[: 1 << 16])
+    return parse(output)
 
 
 def check_builder(layout: ClientLayout, name: str, *, out: TextIO) -> int:

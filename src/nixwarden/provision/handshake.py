@@ -12,6 +12,7 @@ serve-protocol.hh, daemon.cc.)
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nixwarden.display import escape_bytes
@@ -92,6 +93,15 @@ def parse_worker(data: bytes) -> Greeting:
             raise FormatError(f"the daemon answered the greeting with message {kind:#x}")
         reader.string()
     raise FormatError("the daemon sent too many messages after its greeting")
+
+
+def complete(data: bytes, parse: Callable[[bytes], Greeting]) -> bool:
+    """Whether `data` holds a whole greeting (or is already wrong): no need to read more."""
+    try:
+        parse(data)
+    except FormatError as error:
+        return "cut short" not in str(error)
+    return True
 
 
 def parse_serve(data: bytes) -> Greeting:
