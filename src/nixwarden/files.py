@@ -94,6 +94,20 @@ def write_atomic_at(
             os.unlink(temporary, dir_fd=directory)
 
 
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes from `fd` (a caller reading one more than it accepts learns that
+    a file is too large without reading all of it)."""
+    chunks = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def remove_at(directory: int, name: str) -> bool:
     """Unlink `name` (never following it) and make that durable; False if it was not there."""
     try:

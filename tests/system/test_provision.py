@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from testbed import harness
-from testbed.gate_setup import ClientStore
+from testbed.gate_setup import ClientStore, chain_expression, dep_expression
 from testbed.provision_setup import ProvisionBed, provision_bed, same, tree_state, users_state
 
 SYSTEM = f"{platform.machine()}-linux"
@@ -25,16 +25,6 @@ SYSTEM = f"{platform.machine()}-linux"
 def bed(nix_daemon: harness.NixDaemon) -> Iterator[ProvisionBed]:
     with provision_bed() as made:
         yield made
-
-
-def chain_expression(tag: str) -> str:
-    """An input-addressed derivation whose input is built on the client first."""
-    return (
-        f'let dep = derivation {{ name = "nwt-dep-{tag}"; system = "{SYSTEM}"; '
-        f'builder = "/bin/sh"; args = [ "-c" "echo dep {tag} > $out" ]; }}; in '
-        f'derivation {{ name = "nwt-top-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
-        f'args = [ "-c" "read line < ${{dep}}; echo \\"top on $line\\" > $out" ]; }}'
-    )
 
 
 def fixed_output_expression(tag: str) -> str:
@@ -99,8 +89,7 @@ def test_init_enroll_and_remote_builds_over_both_protocols(
         machines = add_builder(bed, f"t-{protocol}", tenant, tenant_key, protocol)
         tag = secrets.token_hex(6)
         expression = chain_expression(tag)
-        dep = expression.split(" in ", 1)[0].removeprefix("let dep = ").rstrip(";")
-        out = build(bed, client, machines, expression, local=dep)
+        out = build(bed, client, machines, expression, local=dep_expression(expression))
         name = out.removeprefix("/nix/store/")
         assert (client.root / "store" / name).read_text() == f"top on dep {tag}\n"
         store = bed.root / "var/lib/nixwarden/tenants" / tenant / "nix" / "store"
@@ -176,10 +165,8 @@ def test_each_command_twice_changes_nothing_the_second_time(bed: ProvisionBed) -
     twice("revoke", "--principal", principal, "--remove-user")
 
 
-def test_the_audit_finds_nothing_about_what_init_and_enroll_set_up(bed: ProvisionBed) -> None:
-    bed.builder("init")
-    tenant, _ = enroll(bed, "--protocols", "ssh-ng,ssh", "--write")
-    host, _ = enroll(bed, "--store", "host")
+def audit(bed: ProvisionBed) -> list[dict[str, object]]:
+    """`nixwarden audit` of this builder: its config, the testbed's sshd, the daemon's nix.conf."""
     result = bed.nixwarden(
         "audit", "--format", "json",
         "--config", str(bed.config), "--sshd-config", str(bed.sshd.config),
@@ -187,7 +174,15 @@ def test_the_audit_finds_nothing_about_what_init_and_enroll_set_up(bed: Provisio
         check=False,
     )  # fmt: skip
     assert result.returncode in (0, 1), result.stderr.decode()
-    findings = json.loads(result.stdout)["findings"]
+    findings: list[dict[str, object]] = json.loads(result.stdout)["findings"]
+    return findings
+
+
+def test_the_audit_finds_nothing_about_what_init_and_enroll_set_up(bed: ProvisionBed) -> None:
+    bed.builder("init")
+    tenant, _ = enroll(bed, "--protocols", "ssh-ng,ssh", "--write")
+    host, _ = enroll(bed, "--store", "host")
+    findings = audit(bed)
     # nixwarden's own settings, the drop-in and keys under the root, our users and groups;
     # not the test daemon's nix.conf, nor other tests' users (and their configs) that this
     # sshd's config is evaluated for as well.
@@ -205,15 +200,9 @@ def test_the_audit_finds_nothing_about_what_init_and_enroll_set_up(bed: Provisio
     keys = bed.root / "etc/nixwarden/authorized_keys" / tenant
     loose = bed.sshd.client_key("loose").with_suffix(".pub").read_text()
     keys.write_text(keys.read_text() + loose)
-    again = bed.nixwarden(
-        "audit", "--format", "json",
-        "--config", str(bed.config), "--sshd-config", str(bed.sshd.config),
-        "--nix-conf", str(bed.daemon_nix_conf),
-        check=False,
-    )  # fmt: skip
     flagged = [
         finding
-        for finding in json.loads(again.stdout)["findings"]
+        for finding in audit(bed)
         if finding["rule"] == "ssh-key-unrestricted" and tenant in finding["evidence"]
     ]
     assert flagged and flagged[0]["file"] == str(keys)

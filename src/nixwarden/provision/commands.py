@@ -188,11 +188,17 @@ def pending_init(layout: BuilderLayout, world: builder_plan.BuilderWorld) -> lis
     ]
 
 
+def _world_for(
+    layout: BuilderLayout, request: builder_plan.Enrollment | builder_plan.Revocation
+) -> builder_plan.BuilderWorld:
+    """The machine as it is, with the unix users the request may be about."""
+    return observe.builder_world(layout, [n for n in (request.user, request.principal) if n])
+
+
 def enroll_plan(
     layout: BuilderLayout, request: builder_plan.Enrollment
 ) -> tuple[builder_plan.BuilderWorld, list[steps.Step]]:
-    names = [name for name in (request.user, request.principal) if name]
-    world = observe.builder_world(layout, names)
+    world = _world_for(layout, request)
     return world, builder_plan.enroll_plan(layout, world, request)
 
 
@@ -218,9 +224,7 @@ def enroll(
 
 
 def revoke_plan(layout: BuilderLayout, request: builder_plan.Revocation) -> list[steps.Step]:
-    names = [name for name in (request.user, request.principal) if name]
-    world = observe.builder_world(layout, names)
-    return builder_plan.revoke_plan(layout, world, request)
+    return builder_plan.revoke_plan(layout, _world_for(layout, request), request)
 
 
 def revoke(

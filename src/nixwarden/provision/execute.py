@@ -160,21 +160,21 @@ def provisioning_lock(path: str, wait: float = 120.0) -> Iterator[None]:
 
 
 def uid_of(name: str | None) -> int:
-    if name is None:
-        return os.geteuid()
-    try:
-        return pwd.getpwnam(name).pw_uid
-    except KeyError:
-        raise Refused(f"no unix user {escape(name)}") from None
+    return os.geteuid() if name is None else _lookup(pwd.getpwnam, name, "unix user")
 
 
 def gid_of(name: str | None) -> int:
-    if name is None:
-        return os.getegid()
+    return os.getegid() if name is None else _lookup(grp.getgrnam, name, "group")
+
+
+def _lookup(
+    find: Callable[[str], pwd.struct_passwd | grp.struct_group], name: str, what: str
+) -> int:
     try:
-        return grp.getgrnam(name).gr_gid
+        entry = find(name)
     except KeyError:
-        raise Refused(f"no group {escape(name)}") from None
+        raise Refused(f"no {what} {escape(name)}") from None
+    return entry.pw_uid if isinstance(entry, pwd.struct_passwd) else entry.gr_gid
 
 
 def _ids(owner: str | None, group: str | None) -> tuple[int, int] | None:
@@ -242,45 +242,40 @@ def read_file(path: str, limit: int = MAX_COMPARED) -> bytes | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        chunks = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
+        return files.read_at_most(fd, limit + 1)
     finally:
         os.close(fd)
+
+
+def _is(
+    path: str, kind: Callable[[int], bool], attributes: tuple[int, str | None, str | None] | None
+) -> bool:
+    """`path` exists as that kind (never followed), with (mode, owner, group) if given."""
+    info = _lstat(path)
+    if info is None or not kind(info.st_mode):
+        return False
+    if attributes is None:
+        return True
+    mode, owner, group = attributes
+    return _attributes_match(info, mode, _ids(owner, group))
 
 
 def is_done(step: steps.Step) -> bool:
     match step:
         case steps.Directory(path, mode, owner, group, exact):
-            info = _lstat(path)
-            return (
-                info is not None
-                and stat.S_ISDIR(info.st_mode)
-                and (not exact or _attributes_match(info, mode, _ids(owner, group)))
-            )
+            return _is(path, stat.S_ISDIR, (mode, owner, group) if exact else None)
         case steps.File(path, content, mode, owner, group):
-            info = _lstat(path)
             return (
-                info is not None
-                and stat.S_ISREG(info.st_mode)
-                and _attributes_match(info, mode, _ids(owner, group))
+                _is(path, stat.S_ISREG, (mode, owner, group))
                 and read_file(path, len(content)) == content
             )
         case steps.Absent(path):
             return _lstat(path) is None
         case steps.AuditLog(path, group, mode):
-            info = _lstat(path)
-            if info is None or not stat.S_ISREG(info.st_mode):
-                return False
-            if not _attributes_match(info, mode, _ids(steps.ROOT, group)):
-                return False
-            return append_only(path) is not False
+            return (
+                _is(path, stat.S_ISREG, (mode, steps.ROOT, group))
+                and append_only(path) is not False
+            )
         case steps.Group(name):
             try:
                 grp.getgrnam(name)
@@ -306,12 +301,7 @@ def is_done(step: steps.Step) -> bool:
             root = config_module.load(config_path, from_environment=False).tenants.root
             return _lstat(os.path.join(root, principal)) is None
         case steps.SessionDirectory(_tmpfiles, path, mode, owner, group):
-            info = _lstat(path)
-            return (
-                info is not None
-                and stat.S_ISDIR(info.st_mode)
-                and _attributes_match(info, mode, _ids(owner, group))
-            )
+            return _is(path, stat.S_ISDIR, (mode, owner, group))
         case steps.SessionDirectoryAbsent(path):
             return _lstat(path) is None
         case steps.Compiled(path, content):
