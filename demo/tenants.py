@@ -17,8 +17,8 @@ SYSTEM = f"{platform.machine()}-linux"
 
 def run(demo: Demo, builder: GatedBuilder, client: ClientStore) -> None:
     root = demo.scratch / "tenants"
-    root.mkdir(mode=0o1733)
-    root.chmod(0o1733)
+    root.mkdir(mode=0o711)  # root's: `tenant create` makes each tenant's directory in it
+    root.chmod(0o711)
     builder.tenants["root"] = str(root)
     alice = builder.add("alice", groups=(), protocols=["ssh-ng", "ssh"], write=True)
     bob = builder.add("bob", store="host")

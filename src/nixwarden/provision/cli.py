@@ -87,7 +87,10 @@ def builder_main(argv: list[str]) -> int:
     enroll.add_argument("--store", choices=("tenant", "host"), help="default: tenant")
     enroll.add_argument("--protocols", help="ssh-ng (default), ssh, or both: ssh-ng,ssh")
     enroll.add_argument(
-        "--write", action="store_true", default=None, help="nix-store --serve --write"
+        "--write",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="allow nix-store --serve --write (--no-write takes it away)",
     )
     enroll.add_argument("--user", help="the unix user (default: the principal's name)")
     enroll.add_argument("--role", choices=builder_plan.ROLES, help="build (default) or deploy")
