@@ -418,8 +418,10 @@ def test_add_builder_killed_anywhere_converges(bed: ProvisionBed) -> None:
     layout = bed.client_layout()
     loop = Loop(
         reset=lambda: _client_start(bed),
+        # The host key check (ssh-keyscan, read-only) runs in the CLI runs; in-process it
+        # is left out, to keep the loop fast.
         action=lambda hook: commands.add_builder(
-            layout, entry, check=True, out=_quiet(), hook=hook
+            layout, entry, check=False, out=_quiet(), hook=hook
         ),
         cli=["client", "add-builder", *argv, *bed.client_options()],
         check=lambda _login: _machines_line_only_when_complete(bed, entry),
