@@ -23,7 +23,7 @@ from nixwarden.errors import InvalidInput, Refused
 from nixwarden.gate import keyline
 from nixwarden.provision import blocks, steps
 from nixwarden.provision.layout import BuilderLayout
-from nixwarden.sessions import user_directory
+from nixwarden.sessions import tmpfiles_line, user_directory
 
 USER_COMMENT = "nixwarden principal {}"
 KEYS_HEADER = "# nixwarden: keys of principal {} (builder enroll adds them, revoke removes them)"
@@ -380,7 +380,10 @@ def enroll_plan(
         _tmpfiles_text(world, layout),
         layout.tmpfiles,
         f"user {user_name}",
-        [f"# principal {request.principal}", *_tmpfiles_lines([session])],
+        [
+            f"# principal {request.principal}",
+            tmpfiles_line(config.gate.state_dir, user_name, primary),  # as the gate's fix says
+        ],
     )
     plan += [
         steps.File(layout.tmpfiles, tmpfiles.encode(), 0o644),
