@@ -41,6 +41,7 @@ GATE = "/usr/bin/python3 -I /usr/lib/nixwarden/bin/nixwarden-gate"
 @dataclass(frozen=True)
 class Measured:
     seconds: float
+    cpu_seconds: float  # user + system: what a loaded, shared machine distorts least
     max_rss_kib: int
     exit_code: int
 
@@ -49,7 +50,7 @@ def _run(argv: list[str]) -> Measured:
     with tempfile.NamedTemporaryFile("r", prefix="nwt-bench-rss-") as report:
         start = time.perf_counter()
         result = subprocess.run(
-            [TIME, "-f", "%M", "-o", report.name, *argv],
+            [TIME, "-f", "%M %U %S", "-o", report.name, *argv],
             env=ENV,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -58,25 +59,23 @@ def _run(argv: list[str]) -> Measured:
             timeout=600,
         )
         elapsed = time.perf_counter() - start
-        return Measured(elapsed, int(report.read().split()[-1]), result.returncode)
+        rss, user, system = report.read().split()[-3:]
+        return Measured(elapsed, float(user) + float(system), int(rss), result.returncode)
 
 
 def _median(argv: list[str], rounds: int) -> Measured:
     runs = [_run(argv) for _ in range(rounds)]
     return Measured(
         statistics.median(r.seconds for r in runs),
+        statistics.median(r.cpu_seconds for r in runs),
         max(r.max_rss_kib for r in runs),
         runs[-1].exit_code,
     )
 
 
-def _write(root: Path, path: str, content: str | bytes) -> None:
-    target = root / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        target.write_bytes(content)
-    else:
-        target.write_text(content)
+def _write(root: Path, path: str, content: str) -> None:
+    (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / path.lstrip("/")).write_text(content)
 
 
 def _ed25519(index: int) -> str:
@@ -141,7 +140,7 @@ def glob_loop_tree(root: Path) -> None:
 
 def token_tree(root: Path) -> None:
     _write(root, "/etc/passwd", "root:x:0:0::/root:/bin/sh\n")
-    _write(root, "/etc/ssh/sshd_config", b"Banner " + b"a" * 6_000_000 + b"\n")
+    _write(root, "/etc/ssh/sshd_config", "Banner " + "a" * 6_000_000 + "\n")
 
 
 def include_lines_tree(root: Path) -> None:
@@ -167,8 +166,10 @@ def _sshd_reference(base: Path, root: Path) -> Measured | None:
 
 def _row(label: str, measured: Measured, floor: Measured, exit_code: str = "") -> str:
     wall = f"{measured.seconds * 1000:7.0f}ms"
-    ratio = f"{measured.seconds / floor.seconds:8.1f}x"
-    return f"{label:<36} {wall} {ratio} {measured.max_rss_kib / 1024:7.1f}Mi {exit_code:>5}"
+    cpu = f"{measured.cpu_seconds * 1000:7.0f}ms"
+    ratio = f"{measured.seconds / floor.seconds:7.1f}x"
+    peak = f"{measured.max_rss_kib / 1024:7.1f}Mi"
+    return f"{label:<36} {wall} {cpu} {ratio} {peak} {exit_code:>5}"
 
 
 def run() -> None:
@@ -193,9 +194,10 @@ def run() -> None:
         shutil.rmtree(base, ignore_errors=True)
     print(
         f"nixwarden audit --root, median of {ROUNDS} (hostile trees: one run); "
-        f"{os.cpu_count()} cores; ratios against the bare interpreter start"
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; ratio: wall against the bare "
+        "interpreter start"
     )
-    print(f"{'tree':<36} {'wall':>9} {'ratio':>9} {'peak':>9} {'exit':>5}")
+    print(f"{'tree':<36} {'wall':>9} {'cpu':>9} {'ratio':>8} {'peak':>9} {'exit':>5}")
     print(_row("python3 -I -c pass", floor, floor))
     print(_row("nixwarden --version", imports, floor))
     if sshd is not None:

@@ -17,16 +17,23 @@ SYSTEM = f"{platform.machine()}-linux"
 
 def run(demo: Demo, builder: GatedBuilder, client: ClientStore) -> None:
     root = demo.scratch / "tenants"
-    root.mkdir(mode=0o711)  # root's: `tenant create` makes each tenant's directory in it
-    root.chmod(0o711)
     builder.tenants["root"] = str(root)
-    alice = builder.add("alice", groups=(), protocols=["ssh-ng", "ssh"], write=True)
+    alice = builder.add(
+        "alice", groups=(), protocols=["ssh-ng", "ssh"], write=True, create_tenant=False
+    )
     bob = builder.add("bob", store="host")
     demo.say(
         f"principal 'alice' (store = \"tenant\") is unix user {alice.user.name}: not in\n"
         f"trusted-users, not even in nix-users. 'bob' (store = \"host\") is {bob.user.name},\n"
         "in nix-users but not trusted: what a careful builder gives people today."
     )
+    demo.step(
+        "root creates alice's tenant directory, owned by her unix user (nobody else may\n"
+        "# create one: the root that holds them is root's, mode 0711)",
+        [NIXWARDEN, "tenant", "create", "alice", "--user", alice.user.name,
+         "--config", str(builder.config)],
+    )  # fmt: skip
+    demo.step("the tenants", ["ls", "-la", str(root)])
     demo.step(
         "the host daemon's trust settings", ["cat", f"{harness.STATE}/nix-daemon-conf/nix.conf"]
     )
@@ -71,9 +78,16 @@ def run(demo: Demo, builder: GatedBuilder, client: ClientStore) -> None:
     demo.step("and not in the host store", ["nix-store", "--check-validity", out], expect_exit=1)
     if Path(out).exists():
         raise AssertionError("the tenant's output reached the host store")
+    listing = [NIXWARDEN, "tenant", "--config", str(builder.config), "list", "--time-limit", "5"]
+    demo.step("the tenant stores, measured inside each tenant's sandbox, as its user", listing)
+    database = root / "alice" / "nix" / "var" / "nix" / "db" / "db.sqlite"
+    as_alice = ["setpriv", f"--reuid={alice.user.uid}", f"--regid={alice.user.gid}",
+                "--clear-groups"]  # fmt: skip
     demo.step(
-        "the tenant stores",
-        [NIXWARDEN, "tenant", "--config", str(builder.config), "list"],
+        "alice's database swapped for a symlink to /etc/shadow, as a build of hers could",
+        [*as_alice, "sh", "-c", f"mv {database} {database}.real && ln -s /etc/shadow {database}"],
     )
+    demo.step("root's listing never opens it as root, and says nothing of /etc/shadow", listing)
+    demo.step("put back", [*as_alice, "mv", f"{database}.real", str(database)])
     # Store files are read-only by design; let the demo's clean-up remove them.
     subprocess.run(["/usr/bin/chmod", "-R", "u+w", str(root)], check=False)

@@ -69,8 +69,9 @@ if [[ $mode == check ]]; then
                     || problems+=("daemon $name is not installed") ;;
         esac
     done < <(sed -nE 's/^[[:space:]]*# (group|user|directory|daemon): /\1 /p' "$self")
-    if [[ ! -x "$venv/bin/nixwarden" ]] || ! cmp -s "$here/requirements.lock" "$venv/.lock-stamp"; then
-        problems+=(".venv is not installed from requirements.lock")
+    if [[ ! -x "$venv/bin/nixwarden" ]] \
+        || ! cat "$here/requirements.lock" "$here/pyproject.toml" | cmp -s - "$venv/.lock-stamp"; then
+        problems+=(".venv is not installed from requirements.lock and pyproject.toml")
     fi
     for problem in "${problems[@]}"; do
         echo "bootstrap --check: $problem (run make deps as root)" >&2
@@ -126,9 +127,10 @@ stamp="$venv/.lock-stamp"
 if [[ ! -x "$venv/bin/python" ]]; then
     "$python" -m venv "$venv"
 fi
-if [[ ! -f "$stamp" ]] || ! cmp -s "$here/requirements.lock" "$stamp"; then
+# pyproject.toml too: it names the launchers pip installs into the venv's bin/.
+if [[ ! -f "$stamp" ]] || ! cat "$here/requirements.lock" "$here/pyproject.toml" | cmp -s - "$stamp"; then
     echo "bootstrap: installing Python dependencies from requirements.lock" >&2
     "$venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$here/requirements.lock"
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$here"
-    cp "$here/requirements.lock" "$stamp"
+    cat "$here/requirements.lock" "$here/pyproject.toml" > "$stamp"
 fi

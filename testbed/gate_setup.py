@@ -38,6 +38,8 @@ def toml_value(value: object) -> str:
             return "true" if value else "false"
         case int():
             return str(value)
+        case float():
+            return repr(value)  # 0.5, 2.0: TOML floats
         case str():
             return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
         case list() | tuple():

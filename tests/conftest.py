@@ -39,3 +39,27 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         return (yield)
     except TestbedError as error:
         _judge(error)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove pytest's leftover temporary trees without recursion.
+
+    Some tests build trees deeper than Python's recursion limit (a 1,500-level directory
+    chain for the audit's bounds); pytest removes old temporary directories with the
+    recursive shutil.rmtree, which then fails the whole run with RecursionError. `rm -rf`
+    removes them iteratively first. (The recursion limit is left alone on purpose: tests
+    of our own nesting bounds must still meet it.)
+    """
+    import getpass  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    base = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+    if not base.is_dir():
+        return
+    # What pytest failed to delete it renamed garbage-*: dead for sure, unlike a numbered
+    # directory, which another pytest run may be using right now.
+    stale = list(base.glob("garbage-*"))
+    if stale:
+        subprocess.run(["rm", "-rf", "--", *map(str, stale)], check=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import import_module
 
 from nixwarden.errors import EXIT_REFUSED, EXIT_USAGE, NixwardenError
 
@@ -81,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nixwarden: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        module = import_module(entry[0])
+        # __import__, not importlib.import_module: `importlib` is not loaded at start-up.
+        module = __import__(entry[0], fromlist=["main"])
         result: int = module.main(command, rest)
         return result
     except NixwardenError as error:

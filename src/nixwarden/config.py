@@ -19,7 +19,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,10 @@ class GateSettings:
 class TenantSettings:
     root: str = "/var/lib/nixwarden/tenants"
     bwrap: str = "/usr/bin/bwrap"
+    # Where the cgroup hierarchies are mounted, and the name of nixwarden's cgroup in each
+    # (tenants.limits): <cgroup_root>/<controller>/<cgroup_name>/<principal>/slot<n>.
+    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_name: str = "nixwarden"
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,11 @@ class Principal:
     nice: int = 10
     session_timeout: int = 3600
     disk_quota: int | None = None
+    # Kernel-enforced limits of each session (tenants.limits): bytes, cores, tasks.
+    memory: int | None = None
+    cpu: float | None = None
+    tasks: int | None = None
+    limits: str = "enforce"
 
 
 @dataclass(frozen=True)
@@ -257,26 +266,30 @@ def _string_end(text: str, start: int) -> tuple[int, int]:
 
 def parse_size(text: str | int) -> int:
     """`10G`, `512MiB`, `4096` → bytes (ASCII digits only)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError("must not be negative")
-        return text
-    match = _SIZE.fullmatch(str(text))
-    if not match:
-        raise ValueError("expected a size such as 4096, 512M or 10G")
-    return int(match[1]) * _SIZE_UNITS[match[2].upper()]
+    return _quantity(text, _SIZE, _SIZE_UNITS, "a size such as 4096, 512M or 10G", str.upper)
 
 
 def parse_duration(text: str | int) -> int:
     """`90`, `90s`, `30m`, `2h`, `1d` → seconds (ASCII digits only)."""
+    return _quantity(text, _DURATION, _DURATION_UNITS, "a duration such as 90, 30m or 2h", str)
+
+
+def _quantity(
+    text: str | int,
+    pattern: re.Pattern[str],
+    units: Mapping[str, int],
+    expected: str,
+    unit_key: Callable[[str], str],
+) -> int:
+    """A number, or digits and a unit that `pattern` splits and `units` multiplies."""
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError("must not be negative")
         return text
-    match = _DURATION.fullmatch(str(text))
+    match = pattern.fullmatch(str(text))
     if not match:
-        raise ValueError("expected a duration such as 90, 30m or 2h")
-    return int(match[1]) * _DURATION_UNITS[match[2]]
+        raise ValueError(f"expected {expected}")
+    return int(match[1]) * units[unit_key(match[2])]
 
 
 class _Reader:
@@ -373,6 +386,16 @@ class _Reader:
         return result
 
 
+def _cores(reader: _Reader, key: str, value: object) -> float:
+    """A cap in cores: 0.5 is half of one core's time, 2 is two cores'."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise reader.fail(key, f"expected a number of cores such as 0.5 or 2, got {_kind(value)}")
+    cores = float(value)
+    if not MIN_CPU <= cores <= MAX_CPU:  # also refuses nan and inf
+        raise reader.fail(key, f"expected {MIN_CPU} to {MAX_CPU:g} cores, got {_shown(value)}")
+    return cores
+
+
 def _kind(value: object) -> str:
     match value:
         case bool():
@@ -404,8 +427,17 @@ def _gate(reader: _Reader, table: Mapping[str, Any]) -> GateSettings:
 
 
 def _tenants(reader: _Reader, table: Mapping[str, Any]) -> TenantSettings:
-    reader.only_keys("tenants", table, ("root", "bwrap"))
-    values = {key: reader.absolute_path(f"tenants.{key}", table[key]) for key in table}
+    reader.only_keys("tenants", table, ("root", "bwrap", "cgroup_root", "cgroup_name"))
+    values = {
+        key: reader.absolute_path(f"tenants.{key}", table[key])
+        for key in table
+        if key != "cgroup_name"
+    }
+    if "cgroup_name" in table:
+        name = reader.string("tenants.cgroup_name", table["cgroup_name"])
+        if not PRINCIPAL_NAME.fullmatch(name):
+            raise reader.fail("tenants.cgroup_name", "expected 1-32 of a-z, 0-9, '_' and '-'")
+        values["cgroup_name"] = name
     return TenantSettings(**values)
 
 
@@ -423,6 +455,10 @@ _PRINCIPAL_KEYS = (
     "nice",
     "session_timeout",
     "disk_quota",
+    "memory",
+    "cpu",
+    "tasks",
+    "limits",
 )
 _TENANT_ONLY = (
     "network",
@@ -433,7 +469,15 @@ _TENANT_ONLY = (
     "nice",
     "session_timeout",
     "disk_quota",
+    "memory",
+    "cpu",
+    "tasks",
+    "limits",
 )
+LIMIT_MODES = ("enforce", "best-effort")
+MIN_MEMORY = 32 << 20  # below this not even the sandbox and Nix start
+MAX_CPU = 1024.0
+MIN_CPU = 0.01  # 1 ms of each 100 ms CFS period
 
 
 def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principal:
@@ -485,6 +529,16 @@ def _principal(reader: _Reader, name: str, table: Mapping[str, Any]) -> Principa
         values["disk_quota"] = reader.converted(
             key("disk_quota"), table["disk_quota"], parse_size, MAX_SIZE
         )
+    if "memory" in table:
+        values["memory"] = reader.converted(key("memory"), table["memory"], parse_size, MAX_SIZE)
+        if values["memory"] < MIN_MEMORY:
+            raise reader.fail(key("memory"), f"at least {MIN_MEMORY >> 20}M")
+    if "cpu" in table:
+        values["cpu"] = _cores(reader, key("cpu"), table["cpu"])
+    if "tasks" in table:
+        values["tasks"] = reader.integer(key("tasks"), table["tasks"], 8, 1 << 22)
+    if "limits" in table:
+        values["limits"] = reader.choice(key("limits"), table["limits"], LIMIT_MODES)
 
     principal = Principal(**values)
     if principal.write and "ssh" not in principal.protocols:

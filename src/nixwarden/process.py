@@ -6,17 +6,19 @@ explicit decision on whether failure raises. Nothing here ever uses a shell.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from nixwarden.errors import CommandFailed
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
 if TYPE_CHECKING:
+    import signal as _signal
     import subprocess
     from collections.abc import Callable, Mapping, Sequence
 
     Argv = Sequence[str]
+else:
+    import _signal  # signal's C core, loaded at start-up; `signal` imports enum to wrap it
 
 
 def _describe(argv: Argv) -> str:
@@ -82,44 +84,72 @@ def supervise(
     child itself when that names no process), so the child decides what a SIGTERM or a
     Ctrl-C means. The child is in a new session, so a terminal's signals reach only us.
     The result is `subprocess`'s returncode: negative when a signal killed the child.
-    """
-    import contextlib  # noqa: PLC0415 - kept off the gate's start-up path
-    import signal  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
 
-    child: list[subprocess.Popen[bytes]] = []
+    `confine run` waits here for every confined program, so this uses `os.posix_spawn`
+    and the C core of `signal`, not `subprocess` and `signal` (with their imports, about
+    as long as the rest of a cached `confine run`). The child gets what `subprocess`
+    would give it: no descriptors but 0, 1, 2 and `pass_fds`, and the default action
+    for SIGPIPE and SIGXFSZ, which Python ignores.
+    """
+    if not argv or not os.path.isabs(argv[0]):
+        raise CommandFailed(f"refusing to run a relative program: {argv[:1]!r}")
+    child: list[int] = []
     pending: list[int] = []  # signals that came before the child existed
 
     def relay(signum: int, _frame: object) -> None:
         if not child:
             pending.append(signum)
             return
-        pid = child[0].pid
-        for target in targets(pid) or (pid,):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+        for target in targets(child[0]) or (child[0],):
+            try:  # noqa: SIM105 - no contextlib on the start-up path
                 os.kill(target, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
 
-    previous = {signum: signal.signal(signum, relay) for signum in forward}
+    previous = {signum: _signal.signal(signum, relay) for signum in forward}
     try:
+        _inherit_only(pass_fds)
         try:
             child.append(
-                subprocess.Popen(
+                os.posix_spawn(
+                    argv[0],
                     list(argv),
-                    env=dict(env),
-                    pass_fds=tuple(pass_fds),
-                    start_new_session=True,
+                    dict(env),
+                    setsid=True,
+                    setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ),
                 )
             )
         except FileNotFoundError as error:
             raise CommandFailed(f"{argv[0]}: not found") from error
         if on_start is not None:
-            on_start(child[0].pid)
+            on_start(child[0])
         while pending:
             relay(pending.pop(0), None)
-        return child[0].wait()
+        _, status = os.waitpid(child[0], 0)  # retried after each relayed signal (PEP 475)
+        return os.waitstatus_to_exitcode(status)
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
+
+
+def _inherit_only(pass_fds: Sequence[int]) -> None:
+    """Let a spawned child inherit descriptors 0, 1, 2 and `pass_fds`, and no others.
+
+    Python opens its own descriptors close-on-exec, but one inherited from whoever
+    started us may not be; what `subprocess`'s `close_fds` does in the child, this does
+    here, before the spawn, by marking each of them close-on-exec.
+    """
+    try:
+        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc: every descriptor there may be
+        open_fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 1 << 16)))
+    for fd in open_fds:
+        if fd > 2:
+            try:  # noqa: SIM105 - no contextlib on the start-up path
+                os.set_inheritable(fd, fd in pass_fds)
+            except OSError:
+                pass  # closed meanwhile (the listing's own descriptor), or never open
+
 
 
 def kill_all_of(uid: int, *, rounds: int = 3) -> None:
@@ -167,6 +197,7 @@ def converse(
     it ends, `limit` bytes are read, or `timeout` passes); then close its input and stop it.
     For a protocol's first exchange, where closing the input early would end the peer
     before it has answered. Returns (stdout so far, stderr's last bytes)."""
+    import contextlib  # noqa: PLC0415 - kept off the gate's start-up path
     import selectors  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     import time  # noqa: PLC0415

@@ -64,13 +64,18 @@ def tmpfiles_line(state_dir: str, user: str, group: str) -> str:
 def acquire(state_dir: str, principal: str, max_sessions: int) -> int:
     """Lock a free slot of this unix user's and return its descriptor (inheritable), or raise
     `SessionsFull`."""
+    return acquire_numbered(state_dir, principal, max_sessions)[0]
+
+
+def acquire_numbered(state_dir: str, principal: str, max_sessions: int) -> tuple[int, int]:
+    """`acquire`, with the slot's number (a tenant session's cgroups are per slot)."""
     directory = _own_directory(state_dir)
     try:
         for slot in range(max_sessions):
             fd = _open_slot(directory, f"{principal}.{slot}.lock", create=True)
             if _try_lock(fd, fcntl.LOCK_EX):
                 os.set_inheritable(fd, True)
-                return fd
+                return fd, slot
             os.close(fd)
     finally:
         os.close(directory)
@@ -329,13 +334,9 @@ def _group_name(user: str) -> str:
     import pwd  # noqa: PLC0415
 
     try:
-        gid = pwd.getpwnam(user).pw_gid
+        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
     except KeyError:
         return user
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def _install(path: str, user: str) -> str:

@@ -33,7 +33,7 @@ def _db(base: Path) -> Path:
     return directory / "db.sqlite"
 
 
-def _schema(path: Path, script: str) -> None:
+def write_schema(path: Path, script: str) -> None:
     connection = sqlite3.connect(path)
     try:
         connection.executescript(script)
@@ -55,7 +55,7 @@ def db_symlink_host_db(base: Path) -> None:
 
 
 def db_recursive_view(base: Path) -> None:
-    _schema(
+    write_schema(
         _db(base),
         "CREATE VIEW ValidPaths AS WITH RECURSIVE r(n) AS "
         "(SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n AS id, n AS narSize FROM r;",
@@ -63,7 +63,7 @@ def db_recursive_view(base: Path) -> None:
 
 
 def db_negative_size(base: Path) -> None:
-    _schema(
+    write_schema(
         _db(base),
         "CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT, narSize INTEGER);"
         "INSERT INTO ValidPaths (path, narSize) VALUES ('/nix/store/a', -5000000);",
@@ -89,17 +89,22 @@ def etc_fifo(base: Path) -> None:
     os.mkfifo(conf)
 
 
-def deep_tree(base: Path) -> None:
-    fd = os.open(base / "nix", os.O_RDONLY | os.O_DIRECTORY)
+def nest(top: Path, depth: int) -> None:
+    """`depth` directories, each in the last, made by descriptor: the path outgrows PATH_MAX."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for _ in range(DEEP):
+        for _ in range(depth):
             os.mkdir("d", dir_fd=fd)
             child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = child
-        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
     finally:
         os.close(fd)
+
+
+def deep_tree(base: Path) -> None:
+    nest(base / "nix", DEEP)
 
 
 def hoard_outside_store(base: Path) -> None:
@@ -117,6 +122,7 @@ def tmp_litter(base: Path) -> None:
     os.mkfifo(base / "tmp" / "fifo")
     (deep / "er").chmod(0o500)
     deep.chmod(0o000)
+    (base / "tmp").chmod(0o000)  # from inside, where the tenant owns its /tmp
 
 
 STATES: dict[str, State] = {
@@ -154,6 +160,7 @@ STATES: dict[str, State] = {
         hoard_outside_store,
     ),
     "tenant_tmp_litter": State(
-        "20 MiB, a FIFO, a symlink out and unreadable directories left in /tmp", tmp_litter
+        "20 MiB, a FIFO, a symlink out and unreadable directories in an unreadable /tmp",
+        tmp_litter,
     ),
 }

@@ -16,6 +16,13 @@ from testbed import confine_store, harness
 from testbed.confine_store import Programs, nix_store_closure
 
 NIXWARDEN = harness.NIXWARDEN
+# The harness's environment, with plans cached in the test's own directory, not root's.
+ENV = dict(confine_store.ENV)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_plan_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    ENV["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("plan-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +33,7 @@ def programs(nix_daemon: harness.NixDaemon) -> Programs:
 def confine(
     *args: str, check: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    return harness.run(
-        [NIXWARDEN, "confine", "run", *args], env=env or confine_store.ENV, check=check
-    )
+    return harness.run([NIXWARDEN, "confine", "run", *args], env=env or ENV, check=check)
 
 
 def sh(programs: Programs, script: str, *options: str) -> subprocess.CompletedProcess[bytes]:
@@ -143,7 +148,7 @@ def test_signals_reach_the_program(programs: Programs, signum: signal.Signals, m
     )  # no /proc in chroot-only: busybox runs its applets by path only
     process = subprocess.Popen(
         [NIXWARDEN, "confine", "run", "--mode", mode, "--", f"{programs.app}/bin/sh", "-c", script],
-        env=confine_store.ENV,
+        env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -160,7 +165,7 @@ def test_signals_reach_the_program(programs: Programs, signum: signal.Signals, m
 
 
 def test_environment_is_cleared(programs: Programs) -> None:
-    env = dict(confine_store.ENV, NWT_SECRET="leak")
+    env = dict(ENV, NWT_SECRET="leak")
     result = confine(
         "--setenv",
         "GREETING=hi there",
@@ -211,7 +216,7 @@ def test_new_session(programs: Programs) -> None:
             "-c",
             f"echo $$; {programs.bb} sleep 5",
         ],
-        env=confine_store.ENV,
+        env=ENV,
         stdout=subprocess.PIPE,
     )
     try:
@@ -251,7 +256,7 @@ def test_print_argv_is_what_runs(programs: Programs) -> None:
         "ls /nix/store",
     ]
     assert "--clearenv" in argv and "--unshare-net" in argv and argv.count("--remount-ro") == 1
-    direct = harness.run(argv, env=confine_store.ENV)
+    direct = harness.run(argv, env=ENV)
     assert {f"/nix/store/{n}" for n in out(direct).split()} == nix_store_closure(programs.app)
 
 
@@ -268,3 +273,30 @@ def test_bin_sh_from_the_store_brings_its_closure(programs: Programs, tmp_path: 
     bin_sh = binsh.from_host(str(tmp_path / "sh"))
     assert bin_sh.source == programs.bb and bin_sh.host_files == ()
     assert bin_sh.store_roots == (programs.busybox,)
+
+
+def test_no_descriptor_of_ours_reaches_the_program(programs: Programs) -> None:
+    """A descriptor nixwarden inherited (open on /etc/hostname) is not passed on: the
+    program sees its standard streams and the one `ls` opens itself."""
+    fd = os.open("/etc/hostname", os.O_RDONLY)
+    try:
+        for _ in range(2):  # a fresh plan, then (the store permitting) a cached one
+            result = subprocess.run(
+                [
+                    NIXWARDEN,
+                    "confine",
+                    "run",
+                    "--",
+                    f"{programs.app}/bin/sh",
+                    "-c",
+                    "ls /proc/self/fd",
+                ],
+                env=ENV,
+                capture_output=True,
+                pass_fds=(fd,),
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert sorted(int(n) for n in result.stdout.split()) == [0, 1, 2, 3]
+    finally:
+        os.close(fd)

@@ -79,7 +79,7 @@ def test_state_lost_at_a_reboot_comes_back_with_tmpfiles(builder: GatedBuilder) 
         "&& systemd-tmpfiles --create /etc/tmpfiles.d/nixwarden.conf"
     )
     assert reason.endswith(fix), reason
-    assert fix.encode() in denied.stderr
+    assert b"server-side error" in denied.stderr and b"tmpfiles" not in denied.stderr
     # What systemd-tmpfiles-setup.service does at boot, from the lines already installed.
     harness.run(["systemd-tmpfiles", "--create", str(builder.tmpfiles)])
     assert harness.run(ping, env=env, check=False).returncode == 0

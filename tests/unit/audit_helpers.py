@@ -5,6 +5,7 @@ A case's AUDIT-CASE file holds what git cannot (or should not) keep, one line ea
   daemon-env NAME=VALUE       the running daemon's environment
   daemon-uid N                the running daemon's uid
   repeat PATH COUNT TEXT      append TEXT COUNT times to PATH (big files stay out of git)
+  numbered PATH COUNT TEXT    append TEXT COUNT times, `{n}` in it replaced by 0, 1, 2…
   write PATH TEXT             create PATH (its name may hold any character) with TEXT
   files DIR COUNT TEXT        create COUNT files DIR/00000.conf… holding TEXT
   fifo PATH                   create a FIFO
@@ -30,7 +31,7 @@ BASE = CORPUS / "_base"
 CASE_FILE = "AUDIT-CASE"
 
 
-BUILD_DIRECTIVES = ("repeat", "write", "files", "fifo", "symlink", "nest")
+BUILD_DIRECTIVES = ("repeat", "numbered", "write", "files", "fifo", "symlink", "nest")
 
 
 def _unescape(text: str) -> str:
@@ -41,6 +42,16 @@ def _inside(root: Path, path: str) -> Path:
     target = root / _unescape(path).lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
+
+
+def write(root: Path, path: str, content: str | bytes) -> None:
+    """A file of a system tree, at its path inside `root`."""
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content)
 
 
 def build_tree(case: Path, into: Path) -> Path:
@@ -57,6 +68,11 @@ def build_tree(case: Path, into: Path) -> Path:
             case "repeat":
                 with _inside(root, words[1]).open("ab") as handle:
                     handle.write(_unescape(" ".join(words[3:])).encode() * int(words[2]))
+            case "numbered":
+                text = _unescape(" ".join(words[3:]))
+                with _inside(root, words[1]).open("ab") as handle:
+                    for index in range(int(words[2])):
+                        handle.write(text.replace("{n}", str(index)).encode())
             case "write":
                 _inside(root, words[1]).write_bytes(_unescape(" ".join(words[2:])).encode())
             case "files":

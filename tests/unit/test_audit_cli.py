@@ -14,6 +14,7 @@ from nixwarden import cli
 from nixwarden.audit import render
 from nixwarden.audit.catalog import RULES
 from nixwarden.audit.model import Finding, Severity
+from tests.unit.audit_helpers import write
 
 REPO = Path(__file__).resolve().parents[2]
 # The OASIS schema, kept with the tests (see tests/schemas/README.md for source and licence).
@@ -22,15 +23,6 @@ KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJO7YFVqOMh6ip3C9G5DSc6VCDHnrth/0gVEzjHJwCmY "
     "builder@example"
 )
-
-
-def write(root: Path, path: str, content: str | bytes) -> None:
-    target = root / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        target.write_bytes(content)
-    else:
-        target.write_text(content)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from nixwarden import cli
 from nixwarden.audit import gatecmd
 from nixwarden.gate import keyline
+from tests.unit.audit_helpers import write
 
 KEY = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJO7YFVqOMh6ip3C9G5DSc6VCDHnrth/0gVEzjHJwCmY "
@@ -24,12 +25,6 @@ OTHER = (
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQbHF8Kz+OXVg0M9/NuYN2XgOfq8+Hc+yFwfHUVZbXi other@example"
 )
 POLICY = "/etc/nixwarden/policy.toml"
-
-
-def write(root: Path, path: str, content: str) -> None:
-    target = root / path.lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(content)
 
 
 def tree(tmp_path: Path, lines: list[str]) -> Path:

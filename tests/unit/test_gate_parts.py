@@ -105,3 +105,23 @@ def test_paths_the_login_shell_would_interpret_are_refused(path: str) -> None:
     key = keyline.parse_public_key(f"ssh-ed25519 {ED25519_BLOB}", "k.pub")
     with pytest.raises(InvalidInput, match="must be absolute"):
         keyline.render([path, "gate"], "alice", "/etc/nixwarden/config.toml", key)
+
+
+def test_key_line_renders_the_fallback_gate_command() -> None:
+    """Without the lean launcher beside it, the line runs `nixwarden gate`."""
+    from nixwarden.gate import keyline  # noqa: PLC0415
+
+    command = keyline.gate_command(
+        "/opt/nixwarden/bin/nixwarden-missing-dir/nixwarden", "/usr/bin/python3"
+    )
+    assert command[-1] == "gate"
+    blob = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    line = keyline.render(command, "alice", "/etc/nixwarden/config.toml", ("ssh-ed25519", blob, ""))
+    assert "nixwarden gate --principal alice --config /etc/nixwarden/config.toml" in line
+    with pytest.raises(InvalidInput):
+        keyline.render(
+            ["/usr/bin/python3", "-I", "rel/nixwarden", "gate"],
+            "alice",
+            "/etc/nixwarden/config.toml",
+            ("ssh-ed25519", blob, ""),
+        )

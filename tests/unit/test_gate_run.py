@@ -60,10 +60,9 @@ def syslog_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
 
 
 def write_config(tmp_path: Path, extra: str = "", audit_log: str | None = None) -> Path:
-    # The session state root makes for each gate user (nixwarden.sessions), for this one.
-    sessions = tmp_path / "sessions"
-    sessions.mkdir(mode=0o711, exist_ok=True)
-    (sessions / pwd.getpwuid(os.geteuid()).pw_name).mkdir(mode=0o700, exist_ok=True)
+    # The session state tmpfiles.d makes: root's sessions/, and this user's own directory.
+    (tmp_path / "sessions").mkdir(mode=0o711, exist_ok=True)
+    (tmp_path / "sessions" / pwd.getpwuid(os.geteuid()).pw_name).mkdir(mode=0o700, exist_ok=True)
     config = tmp_path / "config.toml"
     log = audit_log or str(tmp_path / "audit.jsonl")
     config.write_text(
@@ -129,7 +128,7 @@ def test_internal_error_is_logged_in_detail_and_generic_for_the_client(
     def broken(*_args: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(run.sessions, "acquire", broken)
+    monkeypatch.setattr(run.sessions, "acquire_numbered", broken)
     with pytest.raises(run.GateDenied) as denied:
         run.serve("alice", str(config), ENV)
     assert str(denied.value) == "principal alice: server-side error; see the server's log"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nixwarden.errors import CommandFailed
 from nixwarden.nix import db
@@ -138,3 +141,8 @@ def test_closure_reads_the_database_only_for_the_default_store(
     from nixwarden.nix import closure as nix_closure  # noqa: PLC0415
 
     assert (nix_closure._store_elsewhere(environ) is None) == reads_database
+
+
+@given(st.lists(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=20)))
+def test_roots_are_passed_as_a_json_array(values: list[str]) -> None:
+    assert json.loads(db.json_strings(values)) == values

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import resource
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,19 +15,7 @@ from hypothesis import strategies as st
 
 from nixwarden.tenants import probe, tree
 from nixwarden.tenants.usage import TenantUsage, UsageUnknown, parse_report
-
-
-def descend(top: Path, depth: int) -> Path:
-    """`depth` nested directories below `top`, made by descriptor (the path outgrows PATH_MAX)."""
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(depth):
-        os.mkdir("d", dir_fd=fd)
-        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = child
-    os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-    os.close(fd)
-    return top
+from tests.corpus.tenant_states import db_recursive_view, nest, write_schema
 
 
 @pytest.fixture
@@ -64,7 +51,7 @@ def test_disk_usage_is_du(tmp_path: Path) -> None:
 def test_deep_trees_are_walked_and_removed_with_two_descriptors(
     tmp_path: Path, few_descriptors: None
 ) -> None:
-    descend(tmp_path, 3000)
+    nest(tmp_path, 3000)
     fd = opened(tmp_path)
     try:
         assert tree.disk_usage(fd) >= 3000 * 512
@@ -108,7 +95,7 @@ def test_a_tree_changed_under_the_walk_is_refused(tmp_path: Path) -> None:
 
 
 def test_walks_end_at_their_deadline(tmp_path: Path) -> None:
-    descend(tmp_path, 50)
+    nest(tmp_path, 50)
     fd = opened(tmp_path)
     try:
         with pytest.raises(tree.TimedOut):
@@ -121,19 +108,18 @@ def test_walks_end_at_their_deadline(tmp_path: Path) -> None:
 
 @pytest.fixture
 def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "db.sqlite"
+    path = tmp_path / "nix" / "var" / "nix" / "db" / "db.sqlite"  # where tenant_states put it
+    path.parent.mkdir(parents=True)
     monkeypatch.setattr(probe, "DATABASE", str(path))
     return path
 
 
 def test_store_counts_of_a_nix_database(database: Path) -> None:
-    connection = sqlite3.connect(database)
-    connection.executescript(
+    write_schema(
+        database,
         "CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT, narSize INTEGER);"
-        "INSERT INTO ValidPaths (path, narSize) VALUES ('/nix/store/a', 10), ('/nix/store/b', 5);"
+        "INSERT INTO ValidPaths (path, narSize) VALUES ('/nix/store/a', 10), ('/nix/store/b', 5);",
     )
-    connection.commit()
-    connection.close()
     assert probe._store_counts(time.monotonic() + 10) == (2, 15)
 
 
@@ -154,13 +140,8 @@ def test_a_database_that_is_not_a_file_is_refused_at_once(database: Path, kind: 
         probe._store_counts(time.monotonic() + 10)
 
 
-def test_an_endless_view_is_interrupted_at_the_deadline(database: Path) -> None:
-    connection = sqlite3.connect(database)
-    connection.executescript(
-        "CREATE VIEW ValidPaths AS WITH RECURSIVE r(n) AS "
-        "(SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT n AS id, n AS narSize FROM r;"
-    )
-    connection.close()
+def test_an_endless_view_is_interrupted_at_the_deadline(database: Path, tmp_path: Path) -> None:
+    db_recursive_view(tmp_path)
     started = time.monotonic()
     with pytest.raises(probe._Failed, match="timeout"):
         probe._store_counts(started + 0.5)

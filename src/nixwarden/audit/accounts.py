@@ -62,6 +62,15 @@ def parse_group(data: bytes) -> dict[str, GroupEntry]:
     return groups
 
 
+@dataclass
+class _Index:
+    user_name: dict[int, str] = field(default_factory=dict)
+    group_name: dict[int, str] = field(default_factory=dict)
+    users_of_gid: dict[int, list[str]] = field(default_factory=dict)
+    groups_of_gid: dict[int, list[str]] = field(default_factory=dict)
+    groups_of_member: dict[str, set[str]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Accounts:
     users: Mapping[str, UserEntry] = field(default_factory=dict)
@@ -71,41 +80,18 @@ class Accounts:
     def parse(cls, passwd: bytes, group: bytes) -> Accounts:
         return cls(parse_passwd(passwd), parse_group(group))
 
-    # Indexes built once: the audit asks these for every user and every file it stats.
     @cached_property
-    def _groups_by_name_of_member(self) -> dict[str, set[str]]:
-        index: dict[str, set[str]] = {}
+    def _index(self) -> _Index:
+        """Built once: the audit asks these for every user and every file it stats."""
+        index = _Index()
         for group in self.groups.values():
+            index.group_name.setdefault(group.gid, group.name)
+            index.groups_of_gid.setdefault(group.gid, []).append(group.name)
             for member in group.members:
-                index.setdefault(member, set()).add(group.name)
-        return index
-
-    @cached_property
-    def _groups_by_gid(self) -> dict[int, list[str]]:
-        index: dict[int, list[str]] = {}
-        for group in self.groups.values():
-            index.setdefault(group.gid, []).append(group.name)
-        return index
-
-    @cached_property
-    def _users_by_gid(self) -> dict[int, list[str]]:
-        index: dict[int, list[str]] = {}
+                index.groups_of_member.setdefault(member, set()).add(group.name)
         for user in self.users.values():
-            index.setdefault(user.gid, []).append(user.name)
-        return index
-
-    @cached_property
-    def _name_of_uid(self) -> dict[int, str]:
-        index: dict[int, str] = {}
-        for entry in self.users.values():
-            index.setdefault(entry.uid, entry.name)
-        return index
-
-    @cached_property
-    def _name_of_gid(self) -> dict[int, str]:
-        index: dict[int, str] = {}
-        for entry in self.groups.values():
-            index.setdefault(entry.gid, entry.name)
+            index.user_name.setdefault(user.uid, user.name)
+            index.users_of_gid.setdefault(user.gid, []).append(user.name)
         return index
 
     def group_members(self, name: str) -> tuple[str, ...] | None:
@@ -113,18 +99,18 @@ class Accounts:
         entry = self.groups.get(name)
         if entry is None:
             return None
-        primary = self._users_by_gid.get(entry.gid, [])
+        primary = self._index.users_of_gid.get(entry.gid, [])
         return tuple(sorted(set(entry.members) | set(primary)))
 
     def groups_of(self, user: str) -> tuple[str, ...]:
         entry = self.users.get(user)
-        names = set(self._groups_by_name_of_member.get(user, ()))
+        names = set(self._index.groups_of_member.get(user, ()))
         if entry is not None:
-            names.update(self._groups_by_gid.get(entry.gid, ()))
+            names.update(self._index.groups_of_gid.get(entry.gid, ()))
         return tuple(sorted(names))
 
     def user_name(self, uid: int) -> str:
-        return self._name_of_uid.get(uid, str(uid))
+        return self._index.user_name.get(uid, str(uid))
 
     def group_name(self, gid: int) -> str:
-        return self._name_of_gid.get(gid, str(gid))
+        return self._index.group_name.get(gid, str(gid))

@@ -16,6 +16,7 @@ from nixwarden.audit import (
 from nixwarden.audit.facts import Facts
 from nixwarden.audit.model import Finding, Rule
 
+# rules_limits comes last: it reports the bounds the others reached while they ran.
 FAMILIES = (
     rules_nixconf,
     rules_machines,

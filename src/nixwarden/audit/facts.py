@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from nixwarden.audit.accounts import Accounts
 from nixwarden.audit.authorized_keys import AuthorizedKey, KeyProblem
@@ -40,6 +41,9 @@ class NixwardenFacts:
     error: str | None = None
     text: bytes = b""
     unread: bool = False
+    # principal -> why its memory/cpu/tasks limits cannot be enforced on this host
+    # (tenants.limits), from the audited system's cgroup hierarchies.
+    unenforceable: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,5 +71,12 @@ class Facts:
     # What the audit did not read because a bound was reached (reported by rules_limits).
     cuts: tuple[Cut, ...] = ()
 
+    @cached_property
+    def _key_files_by_user(self) -> dict[str, tuple[KeyFile, ...]]:
+        index: dict[str, list[KeyFile]] = {}
+        for key_file in self.key_files:
+            index.setdefault(key_file.user, []).append(key_file)
+        return {user: tuple(files) for user, files in index.items()}
+
     def keys_of(self, user: str) -> tuple[KeyFile, ...]:
-        return tuple(k for k in self.key_files if k.user == user)
+        return self._key_files_by_user.get(user, ())

@@ -13,7 +13,7 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nixwarden import config as nw_config
 from nixwarden.audit import authorized_keys, gatecmd, machines, nixconf, sshd
@@ -25,6 +25,7 @@ from nixwarden.display import escape
 from nixwarden.errors import InvalidInput, NixwardenError
 from nixwarden.nix import commands
 from nixwarden.nix.programs import find_nix_program
+from nixwarden.tenants import limits
 
 __all__ = ["Options", "System", "gather", "load_config"]
 
@@ -227,7 +228,7 @@ def _version(system: System) -> tuple[str | None, str]:
     return None, "no nix binary or package found in the tree"
 
 
-def load_config(data: bytes, path: str) -> NixwardenFacts:
+def load_config(data: bytes, path: str, system: System | None = None) -> NixwardenFacts:
     """nixwarden's configuration from bytes: loaded, or the reason it does not load.
 
     Whatever the parser raises becomes that reason, never a crash of the audit: a
@@ -244,7 +245,22 @@ def load_config(data: bytes, path: str) -> NixwardenFacts:
     except Exception as error:  # the parser's failure is the finding, not the audit's end
         reason = f"cannot be parsed ({type(error).__name__})"
         return NixwardenFacts(path=path, error=f"{path}: {reason}", text=data)
-    return NixwardenFacts(path=path, config=config, text=data)
+    unenforceable = _unenforceable(config, system) if system is not None else {}
+    return NixwardenFacts(path=path, config=config, text=data, unenforceable=unenforceable)
+
+
+def _unenforceable(config: nw_config.Config, system: System) -> dict[str, str]:
+    """principal → why its memory/cpu/tasks limits cannot be enforced on the audited system
+    (its cgroup hierarchies: the live host's, or those inside --root)."""
+    inside = system.resolve(config.tenants.cgroup_root)
+    host = os.path.join(system.root, inside.lstrip("/")) if inside else "/nonexistent"
+    tenants = replace(config.tenants, cgroup_root=host)
+    found: dict[str, str] = {}
+    for name, principal in config.principals.items():
+        why = limits.unenforceable(tenants, principal)
+        if principal.store == "tenant" and why is not None:
+            found[name] = escape(why.replace(host, config.tenants.cgroup_root))
+    return found
 
 
 def _nixwarden(system: System, options: Options, env: Mapping[str, str]) -> NixwardenFacts | None:
@@ -263,7 +279,7 @@ def _nixwarden(system: System, options: Options, env: Mapping[str, str]) -> Nixw
             return NixwardenFacts(path=path, unread=True)
         except OSError as error:
             raise _cannot_read(path, error) from None
-    return load_config(data, path)
+    return load_config(data, path, system)
 
 
 def _absolute(path: str | None) -> bool:
@@ -277,7 +293,7 @@ def _named_config(system: System, path: str) -> NixwardenFacts:
         return NixwardenFacts(path=path, unread=True)
     except OSError as error:
         return NixwardenFacts(path=path, error=f"{path}: cannot read: {error.strerror or error}")
-    return load_config(data, path)
+    return load_config(data, path, system)
 
 
 def _gate_configs(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from nixwarden.audit.model import Cut, CutKind, LimitReached
+from nixwarden.audit.model import Bound, Cut, CutKind, LimitReached
 from nixwarden.sshkeys import KEY_TYPES, key_data_problem
 
 Reader = Callable[[str], bytes]
@@ -102,13 +102,11 @@ class _State:
     files: list[str] = field(default_factory=list)
     stack: list[str] = field(default_factory=list)
     cuts: list[Cut] = field(default_factory=list)
-    seen: int = 0
-    stopped: bool = False
+    entries_seen: Bound = field(default_factory=lambda: Bound(MAX_ENTRIES, "machines entries"))
 
     def result(self) -> Machines:
-        return Machines(
-            tuple(self.entries), tuple(self.problems), tuple(self.files), tuple(self.cuts)
-        )
+        cuts = [*self.cuts, *([self.entries_seen.cut] if self.entries_seen.cut else [])]
+        return Machines(tuple(self.entries), tuple(self.problems), tuple(self.files), tuple(cuts))
 
 
 def _is_set(tokens: list[str], index: int) -> bool:
@@ -120,16 +118,10 @@ def _parse(state: _State, text: str, file: str, base_line: int) -> None:
     for offset, physical in enumerate(text.split("\n")):
         number = base_line + offset if base_line else offset + 1
         for entry in physical.split(";"):
-            if state.stopped:
-                return
             line = entry.strip().split("#", 1)[0].strip()
             if not line:
                 continue
-            state.seen += 1
-            if state.seen > MAX_ENTRIES:
-                state.stopped = True
-                detail = f"more than {MAX_ENTRIES} machines entries: the rest was not read"
-                state.cuts.append(Cut(CutKind.INPUT, file, number, detail))
+            if not state.entries_seen.step(file, number):
                 return
             if line.startswith("@"):
                 _at_file(state, line[1:].strip(), file, number)

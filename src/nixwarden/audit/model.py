@@ -162,3 +162,23 @@ class GlobResult:
 
     paths: tuple[str, ...]
     cut: str | None = None
+
+
+@dataclass
+class Bound:
+    """A count toward a limit (lines, entries): the first step past it becomes a `Cut`."""
+
+    limit: int
+    what: str  # plural, e.g. "lines of sshd configuration"
+    used: int = 0
+    cut: Cut | None = None
+
+    def step(self, file: str, line: int) -> bool:
+        """Count one more; False past the limit (the Cut recorded once, where it stopped)."""
+        self.used += 1
+        if self.used <= self.limit:
+            return True
+        if self.cut is None:
+            detail = f"more than {self.limit} {self.what}: the rest was not read"
+            self.cut = Cut(CutKind.INPUT, file, line, detail)
+        return False

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from nixwarden.audit.model import Cut, CutKind, LimitReached
+from nixwarden.audit.model import Bound, Cut, CutKind, LimitReached
 
 # Reads a file of the audited system; raises FileNotFoundError when it does not exist
 # and another OSError when it exists but cannot be read.
@@ -358,9 +358,8 @@ class _State:
     includes: list[tuple[str, str, int]] = field(default_factory=list)
     stack: list[str] = field(default_factory=list)
     cuts: list[Cut] = field(default_factory=list)
-    lines: int = 0
+    lines: Bound = field(default_factory=lambda: Bound(MAX_SETTINGS, "lines of Nix configuration"))
     files_skipped: int = 0
-    stopped: bool = False
 
 
 def _decode(data: bytes) -> str:
@@ -370,17 +369,13 @@ def _decode(data: bytes) -> str:
 def _apply_text(state: _State, text: str, path: str) -> None:
     own: list[Setting] = []
     for number, raw in enumerate(text.split("\n"), start=1):
-        if state.stopped:
+        if state.lines.cut is not None:
             break
         line = raw.split("#", 1)[0]
         tokens = split_tokens(line)
         if not tokens:
             continue
-        state.lines += 1
-        if state.lines > MAX_SETTINGS:
-            state.stopped = True
-            detail = f"Nix configuration longer than {MAX_SETTINGS} lines: the rest was not read"
-            state.cuts.append(Cut(CutKind.INPUT, path, number, detail))
+        if not state.lines.step(path, number):
             break
         shown = line.strip()[:120]
         if len(tokens) < 2:
@@ -488,12 +483,11 @@ def load(
 
 def _counted(state: _State) -> tuple[Cut, ...]:
     more = state.files_skipped - 1
-    return tuple(
-        Cut(cut.kind, cut.file, cut.line, f"{cut.detail} ({more} more)")
-        if more > 0 and "more than" in cut.detail and "files" in cut.detail
-        else cut
-        for cut in state.cuts
-    )
+    cuts = [
+        Cut(cut.kind, cut.file, cut.line, f"{cut.detail} ({more} more)") if more > 0 else cut
+        for cut in state.cuts  # only the file bound is recorded here
+    ]
+    return (*cuts, *([state.lines.cut] if state.lines.cut else []))
 
 
 def parse(data: bytes, path: str = "/etc/nix/nix.conf", read: Reader | None = None) -> NixConf:

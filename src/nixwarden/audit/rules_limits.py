@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from nixwarden.audit.facts import Facts
 from nixwarden.audit.model import CutKind, Finding, Rule, Severity
+from nixwarden.audit.sshd import MAX_EVALUATIONS
 
 FAMILY = "audit"
 MAX_PER_FILE = 100
@@ -49,10 +50,20 @@ RULES = (INPUT_CUT, GLOB_CUT, FINDINGS_CUT)
 
 
 def check(facts: Facts) -> list[Finding]:
+    """Runs after every other family (catalog.FAMILIES ends with this one), so it also
+    sees the bounds the other rules reached while they ran."""
     findings = []
     for cut in facts.cuts:
         rule = GLOB_CUT if cut.kind is CutKind.GLOB else INPUT_CUT
         findings.append(rule.finding(evidence=cut.detail, file=cut.file, line=cut.line))
+    if facts.sshd is not None and facts.sshd.evaluations_exhausted:
+        findings.append(
+            INPUT_CUT.finding(
+                evidence=f"more than {MAX_EVALUATIONS} Match blocks evaluated for users: the "
+                "rest were counted as applying to some connections and not to all",
+                file=facts.sshd_path,
+            )
+        )
     return findings
 
 

@@ -60,7 +60,24 @@ CONFIG_WRITABLE = Rule(
     "chown root:root /etc/nixwarden/config.toml && chmod 0644 /etc/nixwarden/config.toml",
     FAMILY,
 )
-RULES = (HOST_WRITE, CONFIG_INVALID, UNKNOWN_PRINCIPAL, CONFIG_WRITABLE, GATE_LINE_INVALID)
+LIMITS_UNENFORCEABLE = Rule(
+    "nixwarden-limits-unenforceable",
+    Severity.MEDIUM,
+    "a tenant principal's memory, cpu or tasks limits cannot be enforced on this host",
+    'With limits = "enforce" (the default) the gate refuses every session of the principal, '
+    'and with "best-effort" its sessions run without the limits (nixwarden enforces them '
+    "with cgroup v1 only: docs/tenants.md, Limits).",
+    "mount the cgroup v1 hierarchies, or remove the limits, or accept best effort",
+    FAMILY,
+)
+RULES = (
+    HOST_WRITE,
+    CONFIG_INVALID,
+    UNKNOWN_PRINCIPAL,
+    CONFIG_WRITABLE,
+    GATE_LINE_INVALID,
+    LIMITS_UNENFORCEABLE,
+)
 _TABLE = re.compile(
     r"""^[ \t]*\[[ \t]*principals\.(?:"([^"\n]*)"|([A-Za-z0-9_-]+))[ \t]*\]""", re.M
 )
@@ -96,16 +113,24 @@ def _config_findings(facts: Facts, nw: NixwardenFacts, named_by: str) -> list[Fi
         return findings
     table_lines: dict[str, int] | None = None
     for name, principal in sorted(nw.config.principals.items()):
+        flagged: list[tuple[Rule, str]] = []
         if principal.store == "host" and principal.write:
-            table_lines = _table_lines(nw.text) if table_lines is None else table_lines
-            findings.append(
-                HOST_WRITE.finding(
-                    evidence=f'principals.{name}: store = "host", write = true',
-                    setting=f"principals.{name}",
-                    file=nw.path,
-                    line=table_lines.get(name),
-                )
+            flagged.append((HOST_WRITE, f'principals.{name}: store = "host", write = true'))
+        why = nw.unenforceable.get(name)
+        if why is not None:
+            evidence = f"principals.{name} (limits = {principal.limits}): {why}"
+            flagged.append((LIMITS_UNENFORCEABLE, evidence))
+        if flagged and table_lines is None:
+            table_lines = _table_lines(nw.text)
+        findings += [
+            rule.finding(
+                evidence=evidence,
+                setting=f"principals.{name}",
+                file=nw.path,
+                line=(table_lines or {}).get(name),
             )
+            for rule, evidence in flagged
+        ]
     return findings
 
 

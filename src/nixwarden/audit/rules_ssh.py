@@ -11,7 +11,7 @@ from __future__ import annotations
 from nixwarden.audit import gatecmd
 from nixwarden.audit.facts import Facts
 from nixwarden.audit.model import Finding, Rule, Severity
-from nixwarden.audit.sshd import Criterion, Line, match_block, value
+from nixwarden.audit.sshd import Criterion, Line, value
 
 FAMILY = "ssh"
 
@@ -87,10 +87,13 @@ def builder_users(facts: Facts) -> dict[str, str]:
                 and (runs_gate(command) or any(word in command for word in NIX_COMMANDS))
             ):
                 forcing[line.match] = None
-        for criteria in forcing:  # each distinct Match once, however often it repeats
-            for user in users:
-                if match_block(criteria, user, facts.accounts.groups_of(user)) is True:
-                    add(user, "forced to a Nix command by sshd")
+        for user in users:
+            if not forcing or facts.sshd.evaluations_exhausted:
+                break  # reported by rules_limits
+            groups = facts.accounts.groups_of(user)
+            # Each distinct Match once, however often it repeats.
+            if any(facts.sshd.applies(criteria, user, groups) is True for criteria in forcing):
+                add(user, "forced to a Nix command by sshd")
     return result
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from nixwarden.audit.model import Cut, CutKind, GlobResult, LimitReached
+from nixwarden.audit.model import Bound, Cut, CutKind, GlobResult, LimitReached
 from nixwarden.audit.wildcard import sshd_match_list
 
 Reader = Callable[[str], bytes]
@@ -39,6 +39,7 @@ MAX_LINES = 20_000
 MAX_INCLUDES = 1_024
 MAX_BYTES = 8 << 20  # of configuration text, all files together
 MAX_PIECES = 200_000  # tokens and quoted strings, all lines together
+MAX_EVALUATIONS = 500_000  # Match blocks evaluated for a user, all users together
 
 # OpenSSH 9.x compiled-in defaults for the keywords the audit looks at.
 DEFAULTS = {
@@ -104,6 +105,27 @@ class SshdConfig:
             for keyword in global_.keys() | matched.keys()
         }
 
+    @cached_property
+    def _evaluations(self) -> list[int]:
+        """How many Match blocks were evaluated for a user (a mutable cell in a frozen value):
+        the audit asks for every user, so users times blocks is bounded by MAX_EVALUATIONS."""
+        return [0]
+
+    @property
+    def evaluations_exhausted(self) -> bool:
+        """Whether some Match block was left unevaluated (then counted as either way)."""
+        return self._evaluations[0] > MAX_EVALUATIONS
+
+    def applies(
+        self, criteria: tuple[Criterion, ...], user: str, groups: Sequence[str]
+    ) -> bool | None:
+        """match_block, counted: past MAX_EVALUATIONS a block is undecided, like a connection
+        criterion (it counts for "in some connection", not for "in every connection")."""
+        self._evaluations[0] += 1
+        if self._evaluations[0] > MAX_EVALUATIONS:
+            return None
+        return match_block(criteria, user, groups)
+
     def decide(
         self,
         keyword: str,
@@ -111,17 +133,23 @@ class SshdConfig:
         groups: Sequence[str],
         *,
         unknown_matches: bool,
-        memo: dict[tuple[Criterion, ...], bool | None] | None = None,
+        memo: dict[int, bool | None] | None = None,
     ) -> Line | None:
         """The line that decides `keyword` for this user (None: compiled-in default)."""
         global_, matched = self._index.get(keyword, (None, ()))
         memo = {} if memo is None else memo
         for line in matched:
             assert line.match is not None
-            if line.match in memo:
-                applies = memo[line.match]
+            if self._evaluations[0] >= MAX_EVALUATIONS:
+                # Every block visited counts: past the bound the rest are undecided.
+                self._evaluations[0] += 1
+                return line if unknown_matches else global_
+            key = id(line.match)  # one tuple per Match line, shared by its block
+            if key in memo:
+                self._evaluations[0] += 1
+                applies = memo[key]
             else:
-                applies = memo[line.match] = match_block(line.match, user, groups)
+                applies = memo[key] = self.applies(line.match, user, groups)
             if applies is True or (applies is None and unknown_matches):
                 return line
         return global_
@@ -130,7 +158,7 @@ class SshdConfig:
         self, user: str, groups: Sequence[str], *, unknown_matches: bool
     ) -> dict[str, Line | None]:
         """keyword → the deciding line (None: compiled-in default) for this user."""
-        memo: dict[tuple[Criterion, ...], bool | None] = {}
+        memo: dict[int, bool | None] = {}
         result: dict[str, Line | None] = {}
         for keyword in self._index:
             line = self.decide(keyword, user, groups, unknown_matches=unknown_matches, memo=memo)
@@ -251,7 +279,9 @@ class _State:
     match_line: tuple[str, int] | None = None
     stack: list[str] = field(default_factory=list)
     globs: dict[str, GlobResult] = field(default_factory=dict)
-    keyword_lines: int = 0
+    keyword_lines: Bound = field(
+        default_factory=lambda: Bound(MAX_LINES, "lines of sshd configuration")
+    )
     bytes_left: int = MAX_BYTES
     pieces_left: int = MAX_PIECES
     includes: int = 0
@@ -306,10 +336,9 @@ def _parse(state: _State, text: str, path: str, depth: int) -> None:
         stripped = raw.strip(" \t\r\n\f")
         if not stripped or stripped.startswith("#"):
             continue
-        if state.keyword_lines >= MAX_LINES:
-            _stop(state, path, number, f"sshd configuration longer than {MAX_LINES} lines")
+        if not state.keyword_lines.step(path, number):
+            state.stopped = True
             return
-        state.keyword_lines += 1
         head = _KEYWORD.match(stripped)
         assert head is not None
         keyword, rest = head[1], stripped[head.end() :]
@@ -445,6 +474,7 @@ def parse(
     state.files.append(path)
     state.stack.append(state.identify(path))
     _parse(state, data.decode("utf-8", "replace"), path, 0)
+    cuts = [*state.cuts, *([state.keyword_lines.cut] if state.keyword_lines.cut else [])]
     return SshdConfig(
-        tuple(state.lines), tuple(state.problems), tuple(state.files), _counted(state.cuts, state)
+        tuple(state.lines), tuple(state.problems), tuple(state.files), _counted(cuts, state)
     )

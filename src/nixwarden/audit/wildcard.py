@@ -17,6 +17,7 @@ expressions can be, on patterns such as `*a*a*a*a*b`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 # A token: a literal character (str of length 1), ANY (`?`), STAR (`*`), or a bracket
 # expression: (negated, characters, ranges).
@@ -72,20 +73,54 @@ def sshd_match(name: str, pattern: str) -> bool:
     return match_tokens(_sshd_tokens(pattern), name)
 
 
-def sshd_match_list(name: str, patterns: str) -> int:
-    """OpenSSH match_pattern_list: -1 a negated pattern matched, 1 a positive one, 0 none."""
-    found = 0
+# (negated, the literal name or None, the tokens when it has wildcards)
+_Compiled = tuple[tuple[bool, str | None, list[Token] | None], ...]
+
+
+@lru_cache(maxsize=1 << 16)  # more than the sshd lines the parser keeps
+def _sshd_list(patterns: str) -> _Compiled | None:
+    """A pattern list split and compiled once (None: a sub-pattern too long, no match)."""
+    result: list[tuple[bool, str | None, list[Token] | None]] = []
     for item in patterns.split(","):
         if not item:
             continue
         if len(item) >= SSHD_SUBPATTERN_MAX:
-            return 0
-        if item.startswith("!"):
-            if sshd_match(name, item[1:]):
-                return -1
-        elif sshd_match(name, item):
-            found = 1
-    return found
+            return None
+        negated = item.startswith("!")
+        body = item[1:] if negated else item
+        if "*" in body or "?" in body:
+            result.append((negated, None, _sshd_tokens(body)))
+        else:
+            result.append((negated, body, None))
+    return tuple(result)
+
+
+@lru_cache(maxsize=1 << 16)
+def sshd_list_matcher(patterns: str) -> Callable[[str], int]:
+    """sshd_match_list for one pattern list, compiled once: plain names become set lookups."""
+    compiled = _sshd_list(patterns)
+    if compiled is None:
+        return lambda name: 0
+    if all(tokens is None for _, _, tokens in compiled):
+        negative = frozenset(literal for negated, literal, _ in compiled if negated)
+        positive = frozenset(literal for negated, literal, _ in compiled if not negated)
+        return lambda name: -1 if name in negative else 1 if name in positive else 0
+
+    def matcher(name: str) -> int:
+        found = 0
+        for negated, literal, tokens in compiled:
+            if name == literal if tokens is None else match_tokens(tokens, name):
+                if negated:
+                    return -1
+                found = 1
+        return found
+
+    return matcher
+
+
+def sshd_match_list(name: str, patterns: str) -> int:
+    """OpenSSH match_pattern_list: -1 a negated pattern matched, 1 a positive one, 0 none."""
+    return sshd_list_matcher(patterns)(name)
 
 
 def _bracket(pattern: str, start: int) -> tuple[Bracket, int] | None:

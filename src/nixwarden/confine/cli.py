@@ -1,17 +1,25 @@
-"""`nixwarden closure` and `nixwarden confine run|unit`: argument parsing only."""
+"""`nixwarden closure` and `nixwarden confine run|unit`: argument parsing only.
+
+Lean at import: `confine run` first looks for a cached plan (`confine.plans`) and, when
+one is still right, runs it without importing argparse, the store database or anything
+else that computes a plan; `closure` parses its two kinds of argument by hand, since
+argparse costs more than the query. See docs/confine.md.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
 
-from nixwarden.cliutil import Parser, parser
 from nixwarden.errors import UsageError
 
+TYPE_CHECKING = False  # not typing's: `confine run` and `closure` start here
 if TYPE_CHECKING:
+    import argparse
+
+    from nixwarden.cliutil import Parser
     from nixwarden.confine.plan import BinSh
+    from nixwarden.nix.probes import Seen
 
 CLOSURE_HELP = """\
 Print the closure of the roots (store paths, paths inside them, or symlinks into the
@@ -47,21 +55,54 @@ def main(command: str, argv: list[str]) -> int:
             raise UsageError(f"nixwarden: confine does not serve {command!r}")
 
 
+CLOSURE_USAGE = "usage: nixwarden closure [-h] [--db FILE] ROOT [ROOT ...]"
+
+
+def _closure_arguments(argv: list[str]) -> tuple[str | None, list[str]] | None:
+    """(--db, the roots) from `closure`'s arguments; None for --help."""
+    db: str | None = None
+    roots: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            roots += words
+        elif word in ("-h", "--help"):
+            return None
+        elif word == "--db" or word.startswith("--db="):
+            value = word[len("--db=") :] if "=" in word else next(words, None)
+            if value is None:
+                raise UsageError(f"nixwarden closure: --db needs a FILE\n{CLOSURE_USAGE}")
+            db = value
+        elif word.startswith("-") and word != "-":
+            raise UsageError(f"nixwarden closure: unknown option {word!r}\n{CLOSURE_USAGE}")
+        else:
+            roots.append(word)
+    if not roots:
+        raise UsageError(f"nixwarden closure: no ROOT given\n{CLOSURE_USAGE}")
+    return db, roots
+
+
 def _closure(argv: list[str]) -> int:
+    parsed = _closure_arguments(argv)
+    if parsed is None:
+        print(
+            f"{CLOSURE_USAGE}\n\n{CLOSURE_HELP}\noptions:\n"
+            "  -h, --help  show this help message and exit\n"
+            "  --db FILE   the store database (default: Nix's)"
+        )
+        return 0
+    db, roots = parsed
     from nixwarden.nix.closure import Source, closure, resolve_root  # noqa: PLC0415
 
-    p = parser("closure", CLOSURE_HELP)
-    p.add_argument("--db", metavar="FILE", help="the store database (default: Nix's)")
-    p.add_argument("roots", nargs="+", metavar="ROOT")
-    args = p.parse_args(argv)
-    store_paths = [resolve_root(root).top for root in args.roots]
-    found = closure(store_paths, db=args.db)
-    if found.source is Source.NIX_STORE:
+    store_paths = [resolve_root(root).top for root in roots]
+    found = closure(store_paths, db=db)
+    if found.source == Source.NIX_STORE:
         print(
             f"nixwarden: note: {found.why_fallback}; asked nix-store -qR instead",
             file=sys.stderr,
         )
-    sys.stdout.write("".join(f"{path}\n" for path in sorted(found.paths)))
+    if found.paths:
+        sys.stdout.write("\n".join(sorted(found.paths)) + "\n")
     sys.stdout.flush()
     return 0
 
@@ -85,6 +126,8 @@ def _confine(argv: list[str]) -> int:
 
 
 def _common(p: Parser) -> None:
+    import argparse  # noqa: PLC0415 - only when the arguments are parsed
+
     from nixwarden.confine.plan import Mode  # noqa: PLC0415
 
     p.add_argument(
@@ -106,18 +149,56 @@ def _common(p: Parser) -> None:
     p.add_argument("--db", metavar="FILE", help=argparse.SUPPRESS)
 
 
-def _bin_sh(args: argparse.Namespace) -> BinSh | None:
+def _bin_sh(args: argparse.Namespace, seen: Seen | None = None) -> BinSh | None:
     from nixwarden.confine import binsh  # noqa: PLC0415
 
     if args.no_bin_sh:
         return None
     if args.bin_sh is not None:
-        return binsh.from_store(args.bin_sh)
-    return binsh.from_host()
+        return binsh.from_store(args.bin_sh, seen=seen)
+    return binsh.from_host(seen=seen)
+
+
+def _debug(message: str) -> None:
+    if os.environ.get("NIXWARDEN_DEBUG") == "1":
+        print(f"nixwarden: debug: {message}", file=sys.stderr)
 
 
 def _run(argv: list[str]) -> int:
-    from nixwarden.confine import run  # noqa: PLC0415
+    """A cached plan when one is still right (see confine.plans), else a fresh one."""
+    import time  # noqa: PLC0415 - loaded at interpreter start-up anyway
+
+    from nixwarden.confine import plans  # noqa: PLC0415
+
+    started_ns = time.time_ns()  # before any question to the file system
+    bwrap_argv, print_only, why = plans.load(argv, os.environ)
+    if bwrap_argv is None:
+        _debug(f"confine run: no cached plan used: {why}")
+        return _run_fresh(argv, started_ns)
+    _debug("confine run: cached plan used")
+    return _perform(bwrap_argv, print_only)
+
+
+def _perform(bwrap_argv: list[str], print_only: bool) -> int:
+    if print_only:
+        import shlex  # noqa: PLC0415
+
+        print(shlex.join(bwrap_argv))
+        return 0
+    from nixwarden.confine import launch  # noqa: PLC0415
+
+    sys.stdout.flush()
+    status = launch.execute(bwrap_argv)
+    # The program has ended and nothing of ours needs cleaning up: skip the interpreter's
+    # teardown (a millisecond or two), as dying of the program's signal does (die_of).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def _run_fresh(argv: list[str], started_ns: int) -> int:
+    from nixwarden.cliutil import parser  # noqa: PLC0415
+    from nixwarden.confine import plans, run  # noqa: PLC0415
     from nixwarden.confine.plan import Mode, parse_bind, parse_setenv  # noqa: PLC0415
 
     if "--" in argv:
@@ -145,11 +226,12 @@ def _run(argv: list[str]) -> int:
     if extra or not command:
         unknown = f"unrecognized arguments: {' '.join(extra)}; " if extra else ""
         raise UsageError(f"nixwarden confine run: {unknown}the command goes after -- (see --help)")
+    seen: Seen = []
     request = run.Request(
         command=tuple(command),
         mode=Mode(args.mode),
         packages=tuple(args.package),
-        bin_sh=_bin_sh(args),
+        bin_sh=_bin_sh(args, seen),
         binds=tuple(
             [parse_bind(b, writable=False) for b in args.ro_bind]
             + [parse_bind(b, writable=True) for b in args.bind]
@@ -160,17 +242,25 @@ def _run(argv: list[str]) -> int:
         db=args.db,
     )
     run.validate(request)
-    spec, command_line = run.prepare(request, os.environ)
-    if args.print_argv:
-        import shlex  # noqa: PLC0415
-
-        print(shlex.join(run.bwrap_argv(spec, command_line)))
-        return 0
-    sys.stdout.flush()
-    return run.execute(spec, command_line)
+    prepared = run.prepare(request, os.environ, seen)
+    bwrap_argv = run.bwrap_argv(prepared.spec, prepared.command)
+    if prepared.cacheable:
+        why = plans.store(
+            argv,
+            os.environ,
+            bwrap_argv,
+            print_only=args.print_argv,
+            seen=seen,
+            started_ns=started_ns,
+        )
+        _debug(f"confine run: plan not stored: {why}" if why else "confine run: plan stored")
+    else:
+        _debug("confine run: plan not stored: the closure came from nix-store -qR")
+    return _perform(bwrap_argv, args.print_argv)
 
 
 def _unit(argv: list[str]) -> int:
+    from nixwarden.cliutil import parser  # noqa: PLC0415
     from nixwarden.confine import unit  # noqa: PLC0415
     from nixwarden.confine.plan import Mode  # noqa: PLC0415
 

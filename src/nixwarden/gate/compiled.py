@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from nixwarden.config import Config, GateSettings, Principal, TenantSettings
 
 # Raised whenever validation tightens: a copy compiled by an older nixwarden holds values
-# checked by its rules (3: printable strings, one-word nix.conf items), so it is ignored.
-FORMAT = 3
+# checked by its rules (3: printable strings, one-word nix.conf items; 4: the tenant
+# limits and cgroup settings), so it is ignored.
+FORMAT = 4
 
 
 class Values:

@@ -55,7 +55,9 @@ def render(command: list[str], principal: str, config_path: str, key: tuple[str,
 
     The line names its own key (`--key TYPE:SHA256:…`), so the gate can log which key
     it was even when sshd's SSH_USER_AUTH is gone by the time the gate starts."""
-    for path in [*[word for word in command if not word.startswith("-")], config_path]:
+    # The paths (interpreter, launcher, config); the subcommand word `gate` is no path.
+    paths = [word for word in command if not word.startswith("-") and word != "gate"]
+    for path in [*paths, config_path]:
         if not _SAFE_PATH.fullmatch(path):
             raise InvalidInput(
                 f"path '{escape(path)}' must be absolute and use only letters, digits and ._/+-"

@@ -139,11 +139,18 @@ def _reason(error: BaseException) -> str:
 def _for_client(error: BaseException) -> str:
     """What the client may learn: the reason when it is about its request or its own
     limits, else nothing about the server (paths, accounts, keys of the configuration)."""
-    if isinstance(error, request.RequestRefused | policy.PolicyRefused | sessions.SessionsFull):
+    if isinstance(
+        error,
+        request.RequestRefused
+        | policy.PolicyRefused
+        | sessions.SessionsFull
+        | sessions.SessionsBusy,
+    ):
         return str(error)
     if isinstance(error, ConfigError):
         return CONFIG_FAULT
-    # A tenant session's refusals (its quota) are the tenant's own business.
+    # A tenant session's refusals (its quota, its files) are the tenant's own business;
+    # its set-up on the host (TenantSetupError) is not.
     from nixwarden.tenants.session import TenantRefused  # noqa: PLC0415 - only on a denial
 
     if isinstance(error, TenantRefused):
@@ -217,13 +224,20 @@ def _decide_and_prepare(  # noqa: PLR0917
         session.request = request.describe(raw)
         parsed = request.parse(raw)
     argv = _argv_for(gate, principal, parsed)
-    slot = sessions.acquire(gate.state_dir, principal.name, principal.max_sessions)
+    slot, slot_number = sessions.acquire_numbered(
+        gate.state_dir, principal.name, principal.max_sessions
+    )
     if principal.store == "tenant":
         from nixwarden.tenants import session as tenant_session  # noqa: PLC0415
 
         try:
             tenant_argv, env = tenant_session.prepare(
-                tenants, principal, argv, state_dir=gate.state_dir, config_path=config_path
+                tenants,
+                principal,
+                argv,
+                state_dir=gate.state_dir,
+                config_path=config_path,
+                slot=slot_number,
             )
         except BaseException:
             os.close(slot)

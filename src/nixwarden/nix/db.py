@@ -13,15 +13,21 @@ a path may refer to itself).
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 from nixwarden.errors import InvalidInput, NixwardenError
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # not typing's: `nixwarden closure` starts here
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Callable, Sequence
+    from typing import TypeVar
+
+    T = TypeVar("T")
+else:
+    # The sqlite3 package is this C module plus datetime adapters we never use; importing
+    # them (datetime, collections.abc) costs `nixwarden closure` milliseconds.
+    import _sqlite3 as sqlite3
 
 DEFAULT_DB = "/nix/var/nix/db/db.sqlite"
 
@@ -73,6 +79,15 @@ def _uri(path: str) -> str:
     return f"file:{quoted}?mode=ro"
 
 
+# JSON string escapes for what may not appear raw in a JSON string (RFC 8259, 7).
+_JSON_ESCAPES = {ord('"'): '\\"', ord("\\"): "\\\\"} | {c: f"\\u{c:04x}" for c in range(0x20)}
+
+
+def json_strings(values: Sequence[str]) -> str:
+    """A JSON array of strings, for `json_each`, without importing `json` (and `re`)."""
+    return "[" + ",".join(f'"{value.translate(_JSON_ESCAPES)}"' for value in values) + "]"
+
+
 def closure(
     store_paths: Sequence[str],
     db: str = DEFAULT_DB,
@@ -85,13 +100,13 @@ def closure(
     Raises `InvalidPaths` when a root is not valid and `DatabaseUnreadable` when the
     database cannot answer, so that the caller may ask Nix instead.
     """
-    roots = json.dumps(list(store_paths))
+    roots = json_strings(store_paths)
 
     def query(connection: sqlite3.Connection) -> frozenset[str]:
         missing = [row[0] for row in connection.execute(_MISSING, (roots,))]
         if missing:
             raise InvalidPaths(missing)
-        return frozenset(row[0] for row in connection.execute(_CLOSURE, (roots,)))
+        return frozenset(path for (path,) in connection.execute(_CLOSURE, (roots,)))
 
     return _read(db, query, attempts=attempts, busy_timeout=busy_timeout)
 

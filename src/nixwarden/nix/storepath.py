@@ -11,20 +11,24 @@ every refusal is a `BadStorePath`, a `FormatError`, with one line naming the tex
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 from nixwarden.display import escape
 from nixwarden.errors import FormatError, InvalidInput
 from nixwarden.nix.nix32 import ALPHABET as NIX32_ALPHABET
+
+TYPE_CHECKING = False  # not typing's: `nixwarden closure` and `confine run` start here
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 STORE_DIR = "/nix/store"
 HASH_LENGTH = 32
 MAX_NAME_LENGTH = 211  # Nix: 255 for the file name, less the hash part and the dash
 
-_HASH = re.compile(f"[{NIX32_ALPHABET}]{{{HASH_LENGTH}}}")
-_NAME = re.compile(r"[A-Za-z0-9+\-._?=]+")
+# Character sets rather than regular expressions, and plain classes rather than
+# dataclasses: `re` and `dataclasses` cost more to import than `nixwarden closure`
+# spends on everything else but the interpreter and the query.
+_HASH_CHARS = frozenset(NIX32_ALPHABET)
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+-._?=")
+_NAME_PATTERN = r"[A-Za-z0-9+\-._?=]+"  # the same set, for finding names in text
 _SHOWN_LIMIT = 120
 
 
@@ -39,30 +43,73 @@ def _shown(text: str) -> str:
 def _problem(hash_part: str, name: str) -> str | None:
     if len(hash_part) != HASH_LENGTH:
         return f"store path hash has {len(hash_part)} characters, expected {HASH_LENGTH}"
-    if not _HASH.fullmatch(hash_part):
+    if not _HASH_CHARS.issuperset(hash_part):
         return "store path hash is not in Nix's base-32 alphabet"
     if not name:
         return "store path has an empty name"
     if len(name) > MAX_NAME_LENGTH:
         return f"store path name is longer than {MAX_NAME_LENGTH}"
-    if not _NAME.fullmatch(name):
+    if not _NAME_CHARS.issuperset(name):
         return "store path name has a character Nix does not allow"
     if name.startswith("."):
         return "store path name starts with '.'"
     return None
 
 
-@dataclass(frozen=True, order=True)
-class StorePath:
+class _Frozen:
+    """Immutable, compared and hashed by `_fields` (what a frozen dataclass would be)."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, field) for field in self._fields)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{field}={getattr(self, field)!r}" for field in self._fields)
+        return f"{type(self).__name__}({shown})"
+
+
+class StorePath(_Frozen):
     """A store path by its base name; the store directory is supplied where it matters."""
 
+    __slots__ = ("hash_part", "name")
+    _fields = __slots__
     hash_part: str
     name: str
 
-    def __post_init__(self) -> None:
-        problem = _problem(self.hash_part, self.name)
+    def __init__(self, hash_part: str, name: str) -> None:
+        problem = _problem(hash_part, name)
         if problem is not None:
-            raise BadStorePath(f"{_shown(self.base_name)}: {problem}")
+            raise BadStorePath(f"{_shown(f'{hash_part}-{name}')}: {problem}")
+        object.__setattr__(self, "hash_part", hash_part)
+        object.__setattr__(self, "name", name)
+
+    def __lt__(self, other: StorePath) -> bool:
+        return (self.hash_part, self.name) < (other.hash_part, other.name)
+
+    def __le__(self, other: StorePath) -> bool:
+        return (self.hash_part, self.name) <= (other.hash_part, other.name)
+
+    def __gt__(self, other: StorePath) -> bool:
+        return (self.hash_part, self.name) > (other.hash_part, other.name)
+
+    def __ge__(self, other: StorePath) -> bool:
+        return (self.hash_part, self.name) >= (other.hash_part, other.name)
 
     @classmethod
     def from_base_name(cls, text: str) -> StorePath:
@@ -97,13 +144,19 @@ class StorePath:
         return self.absolute()
 
 
-@dataclass(frozen=True)
-class Root:
+class Root(_Frozen):
     """A store path and the part of the root below it ("" for the store path itself)."""
 
+    __slots__ = ("inner", "store_dir", "store_path")
+    _fields = ("store_path", "inner", "store_dir")
     store_path: StorePath
-    inner: str = ""
-    store_dir: str = STORE_DIR
+    inner: str
+    store_dir: str
+
+    def __init__(self, store_path: StorePath, inner: str = "", store_dir: str = STORE_DIR) -> None:
+        object.__setattr__(self, "store_path", store_path)
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "store_dir", store_dir)
 
     @property
     def top(self) -> str:
@@ -162,8 +215,10 @@ def references_in(text: str, store_dir: str = STORE_DIR) -> Iterator[StorePath]:
     Only well-formed hashes count; the name ends at the first character Nix does not
     allow in names (so `/nix/store/…-x/bin` yields `…-x`).
     """
+    import re  # noqa: PLC0415 - only where text is searched, off the start-up path
+
     pattern = re.compile(
-        re.escape(store_dir) + f"/([{NIX32_ALPHABET}]{{{HASH_LENGTH}}}-[A-Za-z0-9+\\-._?=]+)"
+        re.escape(store_dir) + f"/([{NIX32_ALPHABET}]{{{HASH_LENGTH}}}-{_NAME_PATTERN})"
     )
     for match in pattern.finditer(text):
         hash_part, _, name = match.group(1).partition("-")

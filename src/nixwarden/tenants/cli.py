@@ -1,4 +1,4 @@
-"""`nixwarden tenant create|list|gc|remove`: looking after tenant stores, as root.
+"""`nixwarden tenant create|list|gc|remove|limits`: looking after tenant stores, as root.
 
 Root never reads a tenant's files as root: what a tenant's directory holds is measured
 by the probe (tenants.usage), and `gc` runs, in the tenant's own sandbox as its unix
@@ -21,7 +21,7 @@ from nixwarden.cliutil import Parser, parser
 from nixwarden.display import escape
 from nixwarden.errors import InvalidInput, Refused, UsageError
 from nixwarden.nix import commands
-from nixwarden.tenants import directory, host, tree, usage
+from nixwarden.tenants import directory, host, limits, tree, usage
 from nixwarden.tenants import layout as tenant_layout
 from nixwarden.tenants import session as tenant_session
 
@@ -80,6 +80,13 @@ def main(command: str, argv: list[str]) -> int:
         "remove", parents=[config_option], help="delete a tenant's store (refused while in use)"
     )
     remove.add_argument("name")
+    limits_action = actions.add_parser(
+        "limits",
+        parents=[config_option],
+        help="apply: create each session slot's cgroups with the policy's limits (at boot)",
+    )
+    limits_action.add_argument("apply", choices=["apply"])
+    limits_action.add_argument("names", nargs="*", metavar="NAME", help="default: every tenant")
     args = cli.parse_args(argv)
     config = config_module.load(args.config)
     match args.action:
@@ -91,6 +98,8 @@ def main(command: str, argv: list[str]) -> int:
             return collect_garbage(config, args.name, args.time_limit)
         case "remove":
             return remove_tenant(config, args.name)
+        case "limits":
+            return apply_limits(config, args.names)
     raise UsageError(f"unknown action {args.action}")
 
 
@@ -104,7 +113,6 @@ def _seconds(text: str) -> int:
 
 
 def create_tenant(config: config_module.Config, name: str, user: str) -> int:
-    """<root>/<name>, owned by `user`, with its subdirectories and generated /etc."""
     entry = _unix_user(user)
     path = os.path.join(config.tenants.root, name)
     if ensure_tenant(config, name, user):
@@ -115,13 +123,28 @@ def create_tenant(config: config_module.Config, name: str, user: str) -> int:
 
 
 def ensure_tenant(config: config_module.Config, name: str, user: str) -> bool:
-    """Make <root>/<name> the tenant directory of `user`; False when it already was.
+    """<root>/<name>, owned by `user`, with its subdirectories and generated /etc, and its
+    session slots' cgroups when the principal has limits (refused, before anything is
+    made, when they cannot be enforced here); False when it already was.
 
-    Root fills the directory while it is still root's and private (0700), and gives it
-    to `user` last, so a directory of root's is one whose creation was interrupted
-    (nobody else may create entries in the root): it is finished, not refused."""
+    Root fills the directory while it is still root's and private (0700) and gives it to
+    `user` last, so a directory of root's is one whose creation was cut short (nobody
+    else may create entries in the root): it is finished, not refused."""
     principal = _tenant_principal(config, name)
     entry = _unix_user(user)
+    why = limits.unenforceable(config.tenants, principal)
+    if why is not None and principal.limits == "enforce":
+        raise Refused(
+            f"the limits of {name} cannot be enforced on this host: {why} "
+            '(limits = "best-effort" accepts that)'
+        )
+    return _create_directory(config, principal, entry)
+
+
+def _create_directory(
+    config: config_module.Config, principal: config_module.Principal, entry: pwd.struct_passwd
+) -> bool:
+    name = principal.name
     root = config.tenants.root
     root_fd = _open_or_make_root(root)
     try:
@@ -141,6 +164,8 @@ def ensure_tenant(config: config_module.Config, name: str, user: str) -> bool:
         tenant_session.write_etc(base, tenant_layout.etc_files(tenant_session.policy_of(principal)))
         for relative in (*tenant_session.SUBDIRECTORIES, "etc/nix", *_etc_names(principal)):
             os.chown(relative, entry.pw_uid, entry.pw_gid, dir_fd=base, follow_symlinks=False)
+        # Before the directory is the user's: that is what says the tenant is complete.
+        _apply_limits_of(config, principal, entry.pw_uid, entry.pw_gid)
         os.fchown(base, entry.pw_uid, entry.pw_gid)
     finally:
         os.close(base)
@@ -187,6 +212,7 @@ def _open_or_make_root(root: str) -> int:
 
 
 def _already_there(root_fd: int, root: str, name: str, entry: pwd.struct_passwd) -> None:
+    """Nothing to do when it is the user's directory; refused otherwise."""
     path = os.path.join(root, name)
     info = directory.owner_of(root_fd, name)
     if stat.S_ISDIR(info.st_mode) and info.st_uid == entry.pw_uid:
@@ -196,6 +222,46 @@ def _already_there(root_fd: int, root: str, name: str, entry: pwd.struct_passwd)
         f"{path} exists, {what}, owned by uid {info.st_uid}, not by {entry.pw_name}: "
         f"look at it, remove it (nixwarden tenant remove {name}) and create it again"
     )
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+def apply_limits(config: config_module.Config, names: list[str]) -> int:
+    """As root, at boot and after a policy change: every slot cgroup of each named tenant
+    (default: every tenant principal with limits), for the unix user owning its directory."""
+    chosen = names or [
+        name
+        for name, principal in config.principals.items()
+        if principal.store == "tenant" and limits.has_kernel_limits(principal)
+    ]
+    for name in chosen:
+        principal = _tenant_principal(config, name)
+        root_fd, base, info = _opened(config, name)
+        os.close(base)
+        os.close(root_fd)
+        _apply_limits_of(config, principal, info.st_uid, info.st_gid)
+    return 0
+
+
+def _apply_limits_of(
+    config: config_module.Config, principal: config_module.Principal, uid: int, gid: int
+) -> None:
+    if not limits.has_kernel_limits(principal):
+        return
+    try:
+        made = limits.apply(config.tenants, principal, uid, gid)
+    except host.TenantSetupError as error:
+        raise Refused(str(error)) from None
+    except OSError as error:
+        raise Refused(f"cgroups of {principal.name}: {error}") from None
+    if made:
+        print(
+            f"limits of {principal.name}: {len(made)} slot cgroups "
+            f"under {config.tenants.cgroup_root}"
+        )
+    else:
+        print(f"limits of {principal.name}: not enforced on this host (best-effort)")
 
 
 # --- list -----------------------------------------------------------------------------------
@@ -376,11 +442,15 @@ def collect_garbage(config: config_module.Config, name: str, seconds: int = GC_S
         env={"PATH": "/usr/bin:/bin"}, nix_store=program, wrap=wrap, timeout=seconds
     )
     print(f"{name}: {summary}")
-    remaining = _measure(config, name, info, paths=True, seconds=LIST_PROBE_SECONDS)
-    print(
-        f"{name}: {remaining.paths} paths remain, "
-        f"{usage.human_bytes(remaining.disk_bytes or 0)} on disk"
-    )
+    try:
+        remaining = _measure(config, name, info, paths=True, seconds=LIST_PROBE_SECONDS)
+    except Refused as error:
+        print(f"{name}: what remains was not measured: {error}")
+    else:
+        print(
+            f"{name}: {remaining.paths} paths remain, "
+            f"{usage.human_bytes(remaining.disk_bytes or 0)} on disk"
+        )
     return 0
 
 
@@ -414,6 +484,7 @@ def remove_tenant_directory(config: config_module.Config, name: str) -> None:
             if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
                 raise Refused(f"tenant {name}: its directory was replaced while it was removed")
             os.rmdir(name, dir_fd=root_fd)
+            limits.remove(config.tenants, name)
         finally:
             sessions.release(held)
     except sessions.SessionsBusy:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 
-from nixwarden.tenants.host import TenantRefused
+from nixwarden.tenants.host import TenantSetupError
 
 DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 ROOT_MODE = 0o711  # others may reach their own directory, not list or create any
@@ -23,7 +23,7 @@ MAX_NAME = 32
 def check_name(name: str) -> str:
     """A principal's name as a directory name: one plain component."""
     if not name or len(name) > MAX_NAME or name in (".", "..") or "/" in name or "\0" in name:
-        raise TenantRefused(f"not a tenant name: {name!r}")
+        raise TenantSetupError(f"not a tenant name: {name!r}")
     return name
 
 
@@ -35,7 +35,7 @@ def open_root(root: str) -> int:
     info = os.fstat(fd)
     if info.st_uid != 0 or info.st_mode & 0o022:
         os.close(fd)
-        raise TenantRefused(
+        raise TenantSetupError(
             f"the tenants root {root} may be written by others than root, who could take "
             f"a tenant's place; as root: chown root:root {root} && chmod {ROOT_MODE:04o} {root}"
         )

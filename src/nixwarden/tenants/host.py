@@ -26,7 +26,13 @@ SETPRIV = "/usr/bin/setpriv"
 
 
 class TenantRefused(Refused):
-    """The tenant's session or action cannot go ahead; the message says why and what to do."""
+    """The tenant's session cannot go ahead because of the tenant's own doing (its quota,
+    its files); the message says why without naming a host path, and reaches the client."""
+
+
+class TenantSetupError(Refused):
+    """The host is not set up for this tenant (its directory, the tenants root, Nix's
+    closure); the message says the exact fix, for the server's log and root's commands."""
 
 
 def tenant_sandbox(
@@ -64,7 +70,7 @@ def host_closure(program: str) -> tuple[str, ...]:
     try:
         found = closure([store_path], nix_store=nix_store, environ={})
     except NixwardenError as error:
-        raise TenantRefused(f"cannot find the closure of {store_path}: {error}") from None
+        raise TenantSetupError(f"cannot find the closure of {store_path}: {error}") from None
     return tuple(sorted(found.paths))
 
 
@@ -82,13 +88,13 @@ def resolve_keeping_name(path: str) -> str:
         if os.path.basename(target) != name:
             return current
         current = target
-    raise TenantRefused(f"too many symlinks resolving {path}")
+    raise TenantSetupError(f"too many symlinks resolving {path}")
 
 
 def as_user(uid: int, gid: int, argv: list[str]) -> list[str]:
     """`argv` run as the tenant's unix user, never as root: root never reads a tenant's files."""
     if uid == 0:
-        raise TenantRefused("a tenant's files are never read as root, and this tenant is root's")
+        raise TenantSetupError("a tenant's files are never read as root, and this tenant is root's")
     return [
         SETPRIV,
         f"--reuid={uid}",

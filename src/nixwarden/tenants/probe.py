@@ -25,6 +25,13 @@ import stat
 import sys
 import time
 
+TYPE_CHECKING = False  # not typing's: the probe starts an interpreter per measurement
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
 # Where the sandbox shows the tenant's whole directory, read-only (tenants.usage binds it).
 VIEW = "/run/nixwarden-tenant"
 DATABASE = "/nix/var/nix/db/db.sqlite"
@@ -88,26 +95,25 @@ def _limit_cpu(seconds: float) -> None:
 def _clean_tmp(deadline: float) -> None:
     from nixwarden.tenants import tree  # noqa: PLC0415
 
-    fd = os.open(TMP, _DIRECTORY)
-    try:
-        tree.remove_contents(fd, make_writable=True, deadline=deadline)
-    except tree.TimedOut:
-        raise _Failed("timeout") from None
-    except tree.TreeError:
-        raise _Failed("tree") from None
-    finally:
-        os.close(fd)
+    _walk(TMP, lambda fd: tree.remove_contents(fd, make_writable=True, deadline=deadline))
 
 
 def _disk(deadline: float) -> int:
     from nixwarden.tenants import tree  # noqa: PLC0415
 
+    return _walk(VIEW, lambda fd: tree.disk_usage(fd, deadline=deadline))
+
+
+def _walk(directory: str, walk: Callable[[int], T]) -> T:
+    """`walk` on the opened `directory`, its failures as the kinds the host knows."""
+    from nixwarden.tenants import tree  # noqa: PLC0415
+
     try:
-        fd = os.open(VIEW, _DIRECTORY)
+        fd = os.open(directory, _DIRECTORY)
     except OSError:
         raise _Failed("tree") from None
     try:
-        return tree.disk_usage(fd, deadline=deadline)
+        return walk(fd)
     except tree.TimedOut:
         raise _Failed("timeout") from None
     except tree.TreeError:
@@ -141,7 +147,8 @@ def keep(argv: list[str]) -> int:
     """Hold PATHs as temporary roots (Nix's format: a file named after a pid, each path
     followed by NUL, kept locked by a live process) while COMMAND runs as our child."""
     import fcntl  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
+
+    from nixwarden import process  # noqa: PLC0415
 
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         return _report("error=usage")
@@ -154,7 +161,8 @@ def keep(argv: list[str]) -> int:
         # Nix (pathlocks.cc: flock) tries a write lock to tell a dead process's file.
         fcntl.flock(fd, fcntl.LOCK_SH)
         os.write(fd, b"".join(path.encode() + b"\0" for path in paths))
-        return subprocess.run(command, check=False).returncode
+        # The sandbox's environment, as bubblewrap set it: nothing of the host's.
+        return process.run(command, env=dict(os.environ), check=False, capture=False).returncode
     finally:
         os.unlink(roots)
         os.close(fd)

@@ -17,7 +17,7 @@ import stat
 from nixwarden import files, sessions
 from nixwarden.tenants import directory, host
 from nixwarden.tenants import layout as tenant_layout
-from nixwarden.tenants.host import TenantRefused
+from nixwarden.tenants.host import TenantRefused, TenantSetupError
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's (tenant) start-up path
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from nixwarden.config import Principal, TenantSettings
     from nixwarden.tenants.usage import TenantUsage
 
-__all__ = ["TenantRefused", "check_quota", "policy_of", "prepare"]
+__all__ = ["TenantRefused", "TenantSetupError", "check_quota", "policy_of", "prepare"]
 
 SUBDIRECTORIES = ("nix", "etc", "tmp")
 # How long a session waits while its tenant's /tmp is cleaned (or the tenant removed).
@@ -49,6 +49,7 @@ def prepare(
     *,
     state_dir: str,
     config_path: str | None = None,
+    slot: int = 0,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment to exec for this tenant session. Leaves the principal's
     lock (sessions.principal_lock) open and inheritable: the session holds it."""
@@ -65,6 +66,9 @@ def prepare(
     lock, alone = sessions.principal_lock(state_dir, principal.name, wait=LOCK_WAIT_SECONDS)
     try:
         # Limits and niceness first: everything below, the probe included, runs under them.
+        # Inline, not limits.has_kernel_limits: nothing more to import without limits.
+        if principal.memory is not None or principal.cpu is not None or principal.tasks is not None:
+            enter_cgroups(settings, principal, slot)
         apply_limits(principal)
         program = host.resolve_keeping_name(nix_argv[0])
         sandbox = host.tenant_sandbox(layout, policy, [program])
@@ -109,14 +113,14 @@ def open_own_directory(root: str, name: str, config_path: str | None) -> int:
     try:
         root_fd = directory.open_root(root)
     except FileNotFoundError:
-        raise TenantRefused(f"the tenant store of {name} is not set up; {create}") from None
+        raise TenantSetupError(f"the tenant store of {name} is not set up; {create}") from None
     except OSError as error:
-        raise TenantRefused(f"the tenants root cannot be opened: {error.strerror}") from None
+        raise TenantSetupError(f"the tenants root cannot be opened: {error.strerror}") from None
     try:
         try:
             fd = directory.open_tenant(root_fd, name)
         except FileNotFoundError:
-            raise TenantRefused(f"the tenant store of {name} is not set up; {create}") from None
+            raise TenantSetupError(f"the tenant store of {name} is not set up; {create}") from None
         except OSError:
             fd = -1
         info = os.fstat(fd) if fd >= 0 else directory.owner_of(root_fd, name)
@@ -125,7 +129,7 @@ def open_own_directory(root: str, name: str, config_path: str | None) -> int:
     if fd < 0 or not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
         if fd >= 0:
             os.close(fd)
-        raise TenantRefused(
+        raise TenantSetupError(
             f"the tenant directory of {name} is not a directory of this unix user's "
             f"(uid {uid}); a tenant's store belongs to the one unix user its keys log in as. "
             f"As root, after looking at what is there: nixwarden tenant remove {name}, "
@@ -158,6 +162,8 @@ def ensure_subdirectories(base: int) -> None:
 
 
 def _make_directory(parent: int, name: str) -> None:
+    """`name`, a directory of this user's with mode 0700 (whatever the tenant made of the
+    mode from inside its sandbox, where it is the owner)."""
     try:
         os.mkdir(name, 0o700, dir_fd=parent)
     except FileExistsError:
@@ -165,9 +171,18 @@ def _make_directory(parent: int, name: str) -> None:
     except OSError as error:
         raise TenantRefused(f"cannot create the tenant's {name}/: {error.strerror}") from None
     try:
-        os.close(os.open(name, directory.DIRECTORY, dir_fd=parent))
+        fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
     except OSError:
         raise TenantRefused(f"the tenant's {name}/ is not a directory") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise TenantRefused(f"the tenant's {name}/ is not this unix user's")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            # An O_PATH descriptor cannot be fchmod'ed; its /proc link names the same inode.
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    finally:
+        os.close(fd)
 
 
 def write_etc(base: int, files: dict[str, str]) -> None:
@@ -245,6 +260,21 @@ def check_quota(usage: TenantUsage, principal: Principal) -> None:
             f"tenant store is over its disk quota ({human_bytes(used)} used of "
             f"{human_bytes(principal.disk_quota)}); "
             f"free space with: nixwarden tenant gc {principal.name}"
+        )
+
+
+def enter_cgroups(settings: TenantSettings, principal: Principal, slot: int) -> None:
+    """Into the session slot's cgroups (tenants.limits), or refuse when the limits cannot be
+    enforced here, unless the policy accepts best effort."""
+    from nixwarden.tenants import limits  # noqa: PLC0415 - only for principals with limits
+
+    why = limits.unenforceable(settings, principal)
+    if why is None:
+        limits.enter(settings, principal, slot)
+    elif principal.limits == "enforce":
+        raise TenantSetupError(
+            f"the limits of {principal.name} cannot be enforced on this host: {why} "
+            '(limits = "best-effort" accepts that)'
         )
 
 

@@ -1,0 +1,290 @@
+"""`confine run`'s plans, cached per user, used only while nothing they came from changed.
+
+A plan is the bubblewrap command line that `confine run` worked out for one command
+line: resolving the roots, reading the store database, finding `/bin/sh` and its
+libraries (`ld.so --list`), importing the modules that do all that. It costs tens of
+milliseconds; checking that a stored plan is still right costs a few dozen `stat`s.
+
+**Key.** A plan is stored under its key, which the file repeats in full: the cache
+format, nixwarden's version, the effective uid, the working directory, the variables
+that choose the command (`PATH`) and the store database (`ENVIRONMENT`), and the
+command line after `confine run` itself, word for word.
+
+**Staleness.** With the plan goes every question its computation asked the file
+system and the answer (`nix.probes`): each link followed from a root to the store
+and each `PATH` entry tried; the state (identity: device, inode, size, times) of
+the store database and its write-ahead log; for a host `/bin/sh`, its link chain,
+the binary, its loader, the loader's cache and preload files and each library; and
+the source file of every nixwarden module that took part. A plan is used only when
+every question gets the same answer again; otherwise the plan is computed afresh
+(and stored again). Store paths themselves never change while they are valid, so the
+database's state covers the closure and the links in it. A closure that came from
+`nix-store -qR` (the database unreadable) is not stored: nothing here could tell when
+it changes. Nor is a plan whose inputs changed less than two seconds before it was
+computed (`probes.unsettled`): time stamps are coarse.
+
+**Trust.** The cache directory is `$XDG_CACHE_HOME/nixwarden/confine` (or
+`~/.cache/…`), made with mode 0700. It, and each plan file, is used only when it is
+owned by the effective uid and nobody else may read or write it, checked on the open
+descriptor (`O_NOFOLLOW`): the trust Python gives its own `.pyc` files, which is what
+`marshal` needs. `NIXWARDEN_CONFINE_CACHE=off` turns the cache off.
+
+Imports nothing but `os`, `sys`, `marshal`, `zlib` and `nix.probes`: on a cache hit,
+this module and `launch` are all of `confine run` that runs.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import stat
+import sys
+import zlib
+
+from nixwarden import __version__
+from nixwarden.nix import probes
+
+TYPE_CHECKING = False  # not typing's: this module is on `confine run`'s start-up path
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import TypeGuard
+
+    from nixwarden.nix.probes import Seen
+
+FORMAT = 1
+CACHE_ENV = "NIXWARDEN_CONFINE_CACHE"  # "off": plans are neither read nor stored
+# What a plan depends on in the environment: PATH finds a bare command name; the others
+# choose the store database or make nixwarden ask nix-store instead (nix.closure).
+ENVIRONMENT = ("PATH", "NIXWARDEN_STORE_DB", "NIX_REMOTE", "NIX_STATE_DIR", "NIX_STORE_DIR")
+MAX_PLAN_BYTES = 64 << 20
+MAX_PLANS = 256  # beyond this many, storing a plan removes the least recently stored
+_PRIVATE = 0o077  # no permission bits for group or others
+
+
+def directory(environ: Mapping[str, str]) -> str | None:
+    """The cache directory, or None when the cache is off or there is nowhere to put it."""
+    if environ.get(CACHE_ENV) == "off":
+        return None
+    base = environ.get("XDG_CACHE_HOME", "")
+    if not base.startswith("/"):  # the XDG spec: a relative value is to be ignored
+        home = environ.get("HOME", "")
+        if not home.startswith("/"):
+            return None
+        base = os.path.join(home, ".cache")
+    return os.path.join(base, "nixwarden", "confine")
+
+
+def key(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[object, ...]:
+    """Everything a plan is looked up by (raises OSError when there is no working dir)."""
+    return (
+        FORMAT,
+        __version__,
+        os.geteuid(),
+        os.getcwd(),
+        tuple(environ.get(name) for name in ENVIRONMENT),
+        tuple(argv),
+    )
+
+
+def file_name(wanted: tuple[object, ...]) -> str:
+    """Where the plan for `wanted` lives; the file repeats the key, so a collision of
+    these 64 bits costs a recomputation, never a wrong plan."""
+    data = repr(wanted).encode("utf-8", "surrogatepass")
+    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}.plan"
+
+
+def _private(info: os.stat_result) -> bool:
+    return info.st_uid == os.geteuid() and not info.st_mode & _PRIVATE
+
+
+def _open_directory(path: str) -> tuple[int | None, str]:
+    """(a descriptor of the cache directory, "") or (None, why it is not used)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, f"no cache directory {path} yet"
+    except OSError as error:
+        return None, f"{path}: {error.strerror}"
+    if _private(os.fstat(fd)):
+        return fd, ""
+    os.close(fd)
+    return None, f"{path} is not a private directory of this user"
+
+
+def _read(where: str, name: str) -> tuple[bytes | None, str]:
+    directory_fd, why = _open_directory(where)
+    if directory_fd is None:
+        return None, why
+    try:
+        fd = os.open(
+            name,
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+            dir_fd=directory_fd,
+        )
+    except OSError:
+        return None, "none for this command line"
+    finally:
+        os.close(directory_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not _private(info):
+            return None, f"{name} is not a private file"
+        if info.st_size > MAX_PLAN_BYTES:
+            return None, f"{name} is too large"
+        chunks = []
+        remaining = info.st_size + 1  # one more: to see that it did not grow meanwhile
+        while remaining > 0 and (chunk := os.read(fd, remaining)):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks), ""
+    finally:
+        os.close(fd)
+
+
+def _valid_seen(seen: object) -> TypeGuard[Seen]:
+    return isinstance(seen, list) and all(
+        isinstance(item, tuple)
+        and len(item) == 3
+        and item[0] in probes.QUESTIONS
+        and isinstance(item[1], str)
+        for item in seen
+    )
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[list[str] | None, bool, str]:
+    """(the cached bubblewrap argv, whether to print it rather than run it, "") when a
+    plan for this command line is stored and still right; else (None, False, why not)."""
+    where = directory(environ)
+    if where is None:
+        return None, False, "the cache is off"
+    try:
+        wanted = key(argv, environ)
+    except OSError as error:
+        return None, False, f"no working directory: {error.strerror}"
+    data, why = _read(where, file_name(wanted))
+    if data is None:
+        return None, False, why
+    try:
+        plan = marshal.loads(data)  # noqa: S302 - a private file of our own, as a .pyc is
+    except (EOFError, ValueError, TypeError):
+        return None, False, "unreadable"
+    if not isinstance(plan, dict) or plan.get("key") != wanted:
+        return None, False, "none for this command line"
+    seen, bwrap_argv, print_only = plan.get("seen"), plan.get("argv"), plan.get("print")
+    if (
+        not _valid_seen(seen)
+        or not isinstance(bwrap_argv, list)
+        or not bwrap_argv
+        or not all(isinstance(word, str) for word in bwrap_argv)
+        or not isinstance(print_only, bool)
+    ):
+        return None, False, "unreadable"
+    changed = probes.first_change(seen)
+    if changed is not None:
+        return None, False, f"stale: {changed}"
+    return bwrap_argv, print_only, ""
+
+
+def _code_files() -> list[str]:
+    """The source of every nixwarden module loaded: the code that computed the plan."""
+    found = {
+        module.__file__
+        for name, module in list(sys.modules.items())
+        if (name == "nixwarden" or name.startswith("nixwarden.")) and module.__file__
+    }
+    return sorted(found)
+
+
+def store(
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    bwrap_argv: Sequence[str],
+    *,
+    print_only: bool,
+    seen: Seen,
+    started_ns: int,
+    settle_ns: int = probes.SETTLE_NS,
+) -> str:
+    """Store the plan for `argv`; returns "" or why it was not stored.
+
+    `seen` holds what the computation asked the file system, `started_ns` when it began
+    (`time.time_ns()`, before the first question).
+    """
+    where = directory(environ)
+    if where is None:
+        return "the cache is off"
+    seen = list(seen)
+    for path in _code_files():
+        probes.ask(seen, "identity", path)
+    unsettled = probes.unsettled(seen, started_ns, settle_ns)
+    if unsettled is not None:
+        return f"{unsettled} changed too recently to tell a later change"
+    try:
+        wanted = key(argv, environ)
+        os.makedirs(where, mode=0o700, exist_ok=True)
+    except OSError as error:
+        return f"{where}: {error.strerror}"
+    directory_fd, why = _open_directory(where)
+    if directory_fd is None:
+        return why
+    plan = {
+        "format": FORMAT,
+        "key": wanted,
+        "seen": seen,
+        "argv": list(bwrap_argv),
+        "print": print_only,
+    }
+    name = file_name(wanted)
+    try:
+        _write(directory_fd, name, marshal.dumps(plan))
+        _prune(directory_fd, keep=name)
+    except OSError as error:
+        return f"{where}/{name}: {error.strerror}"
+    finally:
+        os.close(directory_fd)
+    return ""
+
+
+def _write(directory_fd: int, name: str, data: bytes) -> None:
+    """`name` holds `data` (mode 0600), replaced in one rename; readers see old or new."""
+    temporary = f".{name}.{os.getpid()}"
+    fd = os.open(
+        temporary,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=directory_fd,
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.close(fd)
+        fd = -1
+        os.replace(temporary, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:  # noqa: SIM105 - no contextlib on the start-up path
+            os.unlink(temporary, dir_fd=directory_fd)
+        except OSError:
+            pass
+        raise
+
+
+def _prune(directory_fd: int, keep: str) -> None:
+    names = [name for name in os.listdir(directory_fd) if name.endswith(".plan")]
+    if len(names) <= MAX_PLANS:
+        return
+    aged = []
+    for name in names:
+        try:
+            aged.append((os.stat(name, dir_fd=directory_fd).st_mtime_ns, name))
+        except OSError:
+            continue
+    aged.sort()
+    for _, name in aged[: len(aged) - MAX_PLANS]:
+        if name != keep:
+            try:  # noqa: SIM105 - no contextlib on the start-up path
+                os.unlink(name, dir_fd=directory_fd)
+            except OSError:
+                pass
