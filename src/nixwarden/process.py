@@ -151,7 +151,6 @@ def _inherit_only(pass_fds: Sequence[int]) -> None:
                 pass  # closed meanwhile (the listing's own descriptor), or never open
 
 
-
 def kill_all_of(uid: int, *, rounds: int = 3) -> None:
     """SIGKILL every process of unix user `uid`.
 
