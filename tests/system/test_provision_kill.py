@@ -49,10 +49,16 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _reap_orphans() -> None:
-    """Programs a killed command had started become our children, so we can wait for them."""
+def _reap_orphans() -> Iterator[None]:
+    """Programs a killed command had started become our children, so we can wait for them;
+    for this module only (later tests expect orphans to go to init, as usual)."""
     libc = ctypes.CDLL(None, use_errno=True)
     assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        _reap_zombies()
 
 
 @pytest.fixture
@@ -72,6 +78,10 @@ def _wait_for_group(pgid: int) -> None:
             break
     else:
         raise AssertionError(f"processes of group {pgid} still run after 60 s")
+    _reap_zombies()
+
+
+def _reap_zombies() -> None:
     for pid in _children():
         with contextlib.suppress(OSError):
             with open(f"/proc/{pid}/stat", "rb") as handle:
