@@ -525,25 +525,7 @@ def _remove_interrupted_tenant(root: str, name: str) -> None:
     """A tenant directory still root's is one whose creation was cut short (root fills it
     privately and gives it away last; nobody else may create entries in the root): it is
     removed and made again, so nothing half-written of it stays."""
-    try:
-        parent = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(name, flags, dir_fd=parent)
-        except OSError:
-            return  # missing, or not a directory: ensure_tenant decides
-        try:
-            if os.fstat(fd).st_uid != 0 or os.fstat(parent).st_uid != 0:
-                return
-            tree.remove_contents(fd, deadline=time.monotonic() + 60)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=parent)
-    finally:
-        os.close(parent)
+    _remove_tree(root, name, only_roots=True)
 
 
 # --- session state ---------------------------------------------------------------------------
@@ -551,24 +533,31 @@ def _remove_interrupted_tenant(root: str, name: str) -> None:
 
 def _remove_session_directory(path: str) -> None:
     """The directory holds what its user made: it is emptied through descriptors, never
-    following a name in it (tenants.tree)."""
-    parent_path, name = os.path.split(path)
+    following a name in it (tenants.tree); a file or symlink in its place is unlinked."""
+    _remove_tree(*os.path.split(path), only_roots=False)
+
+
+def _remove_tree(parent_path: str, name: str, *, only_roots: bool) -> None:
+    """Remove directory `name` of `parent_path` and all in it, by descriptor. `only_roots`:
+    only a directory of root's in a directory of root's, and nothing else in its place."""
     try:
         parent = os.open(parent_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(
-                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent
-            )
+            fd = os.open(name, flags, dir_fd=parent)
         except FileNotFoundError:
             return
         except OSError:  # not a directory: a file or a symlink in its place
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=parent)
+            if not only_roots:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=parent)
             return
         try:
+            if only_roots and (os.fstat(fd).st_uid != 0 or os.fstat(parent).st_uid != 0):
+                return
             tree.remove_contents(fd, deadline=time.monotonic() + 60)
         finally:
             os.close(fd)
