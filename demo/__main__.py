@@ -23,7 +23,7 @@ from testbed.gate_setup import client_store, gated_builder
 
 # Parts that need the gated builder take (demo, builder, client); the others (demo).
 BUILDER_PARTS = ("gate", "tenants")
-OTHER_PARTS = ("trust", "confine", "audit")
+OTHER_PARTS = ("provision", "trust", "confine", "audit")
 
 
 def main() -> int:

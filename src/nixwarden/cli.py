@@ -28,6 +28,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "closure": ("nixwarden.confine.cli", "print the closure of store paths"),
     "confine": ("nixwarden.confine.cli", "run a program or a service seeing only its closure"),
     "audit": ("nixwarden.audit.cli", "check a machine's Nix, SSH and nixwarden trust settings"),
+    "builder": (
+        "nixwarden.provision.cli",
+        "set up a gated builder; enrol, revoke and list its principals",
+    ),
+    "client": ("nixwarden.provision.cli", "point this machine's Nix at a gated builder"),
 }
 
 USAGE = "usage: nixwarden [--debug] COMMAND [ARGS…]   (nixwarden COMMAND --help for details)"
