@@ -1,11 +1,17 @@
 # The README's two commands are `make demo` and `make test`; both install what is missing.
 VENV := .venv
 PY := $(VENV)/bin/python
+# `make install`: for real use, at a prefix every gate user can execute (docs/provision.md).
+PREFIX := /opt/nixwarden
+BINDIR := /usr/local/bin
 
-.PHONY: deps demo test test-unit test-system bench lint format clean
+.PHONY: deps demo test test-unit test-system bench lint format clean install
 
 deps:
 	@scripts/bootstrap.sh
+
+install:
+	scripts/install.sh $(PREFIX) $(BINDIR)
 
 demo: deps
 	$(PY) -m demo

@@ -23,7 +23,7 @@ from testbed.gate_setup import client_store, gated_builder
 
 # Parts that need the gated builder take (demo, builder, client); the others (demo).
 BUILDER_PARTS = ("gate", "tenants")
-OTHER_PARTS = ("trust", "ca", "confine", "audit")
+OTHER_PARTS = ("provision", "trust", "ca", "confine", "audit")
 
 
 def main() -> int:

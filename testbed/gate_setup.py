@@ -13,6 +13,24 @@ from pathlib import Path
 from nixwarden.sessions import tmpfiles_line
 from testbed import harness
 
+SYSTEM = f"{os.uname().machine}-linux"
+
+
+def chain_expression(tag: str) -> str:
+    """An input-addressed derivation whose input is built first, locally on the client,
+    then copied over (`dep_expression` builds that input)."""
+    return (
+        f'let dep = derivation {{ name = "nwt-dep-{tag}"; system = "{SYSTEM}"; '
+        f'builder = "/bin/sh"; args = [ "-c" "echo dep {tag} > $out" ]; }}; in '
+        f'derivation {{ name = "nwt-top-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
+        f'args = [ "-c" "read line < ${{dep}}; echo \\"top on $line\\" > $out" ]; }}'
+    )
+
+
+def dep_expression(expression: str) -> str:
+    """The input of a `chain_expression`, on its own."""
+    return expression.split(" in ", 1)[0].removeprefix("let dep = ").rstrip(";")
+
 
 def toml_value(value: object) -> str:
     match value:

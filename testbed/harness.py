@@ -286,6 +286,9 @@ class Sshd:
 
     directory: Path
     port: int
+    # An `Include` glob read before everything else, as Debian's sshd_config reads
+    # /etc/ssh/sshd_config.d/*.conf (a builder's drop-ins under test go there).
+    include: str | None = None
     process: subprocess.Popen[bytes] | None = None
     host_public_key: str = ""
     _aliases: dict[str, str] = field(default_factory=dict)
@@ -302,13 +305,23 @@ class Sshd:
     def known_hosts(self) -> Path:
         return self.directory / "known_hosts"
 
+    @property
+    def config(self) -> Path:
+        return self.directory / "sshd_config"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "sshd.pid"
+
     def start(self) -> None:
         host_key = self.directory / "ssh_host_ed25519_key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
         self.host_public_key = (self.directory / "ssh_host_ed25519_key.pub").read_text().strip()
         config = self.directory / "sshd_config"
+        include = f"Include {self.include}\n" if self.include else ""
         config.write_text(
-            f"""\
+            include
+            + f"""\
 Port {self.port}
 ListenAddress 127.0.0.1
 HostKey {host_key}
@@ -403,10 +416,21 @@ def install_authorized_key(user: User, line: str) -> None:
     os.chown(keys, user.uid, user.gid)
 
 
+def private_dir(prefix: str) -> Path:
+    """A fresh directory whose every parent is root's and writable by root alone (under
+    /run, not /tmp), so sshd's StrictModes accepts files in it."""
+    base = STATE / "trees"
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = base / f"{prefix}-{secrets.token_hex(4)}"
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    return path
+
+
 @contextlib.contextmanager
-def started_sshd() -> Iterator[Sshd]:
+def started_sshd(include: str | None = None) -> Iterator[Sshd]:
     directory = world_dir("nwt-sshd")
-    sshd = Sshd(directory=directory, port=free_port())
+    sshd = Sshd(directory=directory, port=free_port(), include=include)
     try:
         sshd.start()
         yield sshd

@@ -53,8 +53,9 @@ DIRECTORIES: Mapping[str, Directory] = {
 # containers and CI have none); the bootstrap installs it.
 DAEMONS: tuple[str, ...] = ("nix-daemon",)
 
-# Every program the testbed, demo, bench or system tests start, and the Debian package
-# that ships it (checked against dpkg by tests/system/test_bootstrap_state.py).
+# Every program the testbed, demo, bench or system tests start (and the provisioning
+# commands they drive), and the Debian package that ships it (checked against dpkg by
+# tests/system/test_bootstrap_state.py).
 TOOLS: Mapping[str, str] = {
     "nix": "nix-bin",
     "nix-build": "nix-bin",
@@ -66,6 +67,7 @@ TOOLS: Mapping[str, str] = {
     "sshd": "openssh-server",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "ssh-keyscan": "openssh-client",
     "bwrap": "bubblewrap",
     "busybox": "busybox-static",
     "systemd-analyze": "systemd",
@@ -75,6 +77,8 @@ TOOLS: Mapping[str, str] = {
     "mount": "mount",
     "umount": "mount",
     "groupadd": "passwd",
+    "groupdel": "passwd",
+    "gpasswd": "passwd",
     "useradd": "passwd",
     "usermod": "passwd",
     "userdel": "passwd",

@@ -41,6 +41,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "nixwarden.deploy.provenance_cli",
         "who put a store path here: the receive service's hash-chained records",
     ),
+    "builder": (
+        "nixwarden.provision.cli",
+        "set up a gated builder; enrol, revoke and list its principals",
+    ),
+    "client": ("nixwarden.provision.cli", "point this machine's Nix at a gated builder"),
 }
 
 USAGE = "usage: nixwarden [--debug] COMMAND [ARGS…]   (nixwarden COMMAND --help for details)"

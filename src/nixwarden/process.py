@@ -166,3 +166,102 @@ def _inherit_only(pass_fds: Sequence[int]) -> None:
                 os.set_inheritable(fd, fd in pass_fds)
             except OSError:
                 pass  # closed meanwhile (the listing's own descriptor), or never open
+
+
+def kill_all_of(uid: int, *, rounds: int = 3) -> None:
+    """SIGKILL every process of unix user `uid`.
+
+    A child takes the uid (and nothing else) and sends SIGKILL to every process it may
+    signal, which is exactly that user's (kill(2) with pid -1 spares the sender): no scan
+    of /proc that a process could slip past by forking or renaming itself. A few rounds
+    catch what was being forked meanwhile. (Zombies stay until their parent reaps them:
+    they run nothing, and no signal removes them.)"""
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    if uid == 0:
+        raise ValueError("refusing to kill every process of root")
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(uid)
+            for _round in range(rounds):
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.01)
+            status = 0
+        finally:
+            os._exit(status)
+    os.waitpid(pid, 0)
+
+
+def converse(
+    argv: Argv,
+    *,
+    env: Mapping[str, str],
+    send: bytes,
+    enough: Callable[[bytes], bool],
+    timeout: float,
+    limit: int = 1 << 16,
+) -> tuple[bytes, bytes]:
+    """Start argv, write `send` to it, and read its output until `enough(output)` says so (or
+    it ends, `limit` bytes are read, or `timeout` passes); then close its input and stop it.
+    For a protocol's first exchange, where closing the input early would end the peer
+    before it has answered. Returns (stdout so far, stderr's last bytes)."""
+    import contextlib  # noqa: PLC0415 - kept off the gate's start-up path
+    import selectors  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    try:
+        child = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as error:
+        raise CommandFailed(f"{argv[0]}: not found") from error
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    output = bytearray()
+    errors = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        child.stdin.write(send)
+        child.stdin.flush()
+        with selectors.DefaultSelector() as selector:
+            selector.register(child.stdout, selectors.EVENT_READ)
+            selector.register(child.stderr, selectors.EVENT_READ)
+            open_streams = 2
+            while open_streams and not enough(bytes(output)) and len(output) < limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommandFailed(f"{_describe(argv)}: no answer after {timeout} s")
+                for key, _events in selector.select(left):
+                    chunk = os.read(key.fd, 4096)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        open_streams -= 1
+                    elif key.fileobj is child.stdout:
+                        output += chunk
+                    else:
+                        errors = (errors + chunk)[-4096:]
+    except BrokenPipeError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+        child.stderr.close()
+    return bytes(output), bytes(errors)

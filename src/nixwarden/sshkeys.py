@@ -46,3 +46,40 @@ def key_data_problem(key_type: str, data: str) -> str | None:
     if wire_key_type(blob) != key_type:
         return "key data does not match its type"
     return None
+
+
+MIN_RSA_BITS = 2048
+
+
+def rsa_bits(blob: bytes) -> int | None:
+    """The modulus size of an `ssh-rsa` wire-format key (string type, mpint e, mpint n), or
+    None when the blob is not one."""
+    fields = []
+    offset = 0
+    for _ in range(3):
+        if len(blob) < offset + 4:
+            return None
+        (length,) = struct.unpack(">I", blob[offset : offset + 4])
+        offset += 4
+        if length > len(blob) - offset:
+            return None
+        fields.append(blob[offset : offset + length])
+        offset += length
+    if fields[0] != b"ssh-rsa" or offset != len(blob):
+        return None
+    return int.from_bytes(fields[2], "big").bit_length()
+
+
+def weak_key_problem(key_type: str, data: str) -> str | None:
+    """Why a well-formed key is too weak to enrol or pin, or None: DSA, or RSA under 2048 bits."""
+    if key_type == "ssh-dss":
+        return "DSA keys are refused (OpenSSH disabled them; use ssh-ed25519)"
+    if key_type == "ssh-rsa":
+        bits = rsa_bits(base64.b64decode(data))
+        if bits is None:
+            return "key data is not an RSA public key"
+        if bits < MIN_RSA_BITS:
+            return (
+                f"an RSA key of {bits} bits is too short (at least {MIN_RSA_BITS}; or ssh-ed25519)"
+            )
+    return None

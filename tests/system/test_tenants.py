@@ -18,23 +18,13 @@ from pathlib import Path
 import pytest
 
 from testbed import harness
-from testbed.gate_setup import ClientStore, GatedBuilder, Principal, client_store
+from testbed.gate_setup import ClientStore, GatedBuilder, Principal, chain_expression, client_store
 
 SYSTEM = f"{platform.machine()}-linux"
 
 
 def nix_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${") + '"'
-
-
-def chain_expression(tag: str) -> str:
-    """A derivation whose input is built first, locally on the client, then copied over."""
-    return (
-        f'let dep = derivation {{ name = "nwt-dep-{tag}"; system = "{SYSTEM}"; '
-        f'builder = "/bin/sh"; args = [ "-c" "echo dep {tag} > $out" ]; }}; in '
-        f'derivation {{ name = "nwt-top-{tag}"; system = "{SYSTEM}"; builder = "/bin/sh"; '
-        f'args = [ "-c" "read line < ${{dep}}; echo \\"top on $line\\" > $out" ]; }}'
-    )
 
 
 def add_tenant(builder: GatedBuilder, name: str, **policy: object) -> Principal:

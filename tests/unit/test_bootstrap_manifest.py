@@ -176,7 +176,9 @@ def started_programs(source: str) -> set[str]:
     return {program for program in found if program is not None}
 
 
-@pytest.mark.parametrize("package", ["testbed", "demo", "bench", "tests/system"])
+@pytest.mark.parametrize(
+    "package", ["testbed", "demo", "bench", "tests/system", "src/nixwarden/provision"]
+)
 def test_every_program_started_by_name_is_declared(package: str) -> None:
     undeclared = {
         f"{program} ({path.relative_to(REPO)})"
@@ -195,3 +197,7 @@ def test_the_scan_sees_programs() -> None:
         (REPO / "testbed" / "harness.py").read_text()
     )
     assert {"cat", "nix-store"} <= started_programs((REPO / "demo" / "tenants.py").read_text())
+    provision = REPO / "src" / "nixwarden" / "provision"
+    assert {"useradd", "sshd", "systemd-tmpfiles"} <= started_programs(
+        (provision / "execute.py").read_text()
+    )

@@ -278,3 +278,24 @@ def version(*, env: Mapping[str, str], nix: str | None = None, timeout: float | 
     if result.returncode != 0:
         raise _failed(argv, result.stderr, result.returncode)
     return result.stdout.decode("utf-8", "replace").strip().split("\n", 1)[0]
+
+
+def store_ping(
+    store: str, *, env: Mapping[str, str], nix: str | None = None, timeout: float | None = 60
+) -> dict[str, str]:
+    """`nix store ping --store URL` (with `nix-command` on, which Nix 2.8 needs): the
+    `Key: value` lines it prints (`Store URL`, and `Version` where the store reports one)."""
+    argv = [
+        nix or find_nix_program("nix"),
+        "--extra-experimental-features", "nix-command",
+        "store", "ping", "--store", store,
+    ]  # fmt: skip
+    result = process.run(argv, env=env, check=False, timeout=timeout)
+    if result.returncode != 0:
+        raise CommandFailed(f"nix store ping: {_last_line(result.stderr, result.returncode)}")
+    found: dict[str, str] = {}
+    for line in result.stdout.decode("utf-8", "replace").splitlines()[:64]:
+        key, separator, value = line.partition(": ")
+        if separator:
+            found.setdefault(escape(key.strip()), escape(value.strip()))
+    return found

@@ -113,9 +113,23 @@ def _seconds(text: str) -> int:
 
 
 def create_tenant(config: config_module.Config, name: str, user: str) -> int:
+    entry = _unix_user(user)
+    path = os.path.join(config.tenants.root, name)
+    if ensure_tenant(config, name, user):
+        print(f"created {path} for {entry.pw_name}")
+    else:
+        print(f"{path} exists and belongs to {entry.pw_name}")
+    return 0
+
+
+def ensure_tenant(config: config_module.Config, name: str, user: str) -> bool:
     """<root>/<name>, owned by `user`, with its subdirectories and generated /etc, and its
     session slots' cgroups when the principal has limits (refused, before anything is
-    made, when they cannot be enforced here)."""
+    made, when they cannot be enforced here); False when it already was.
+
+    Root fills the directory while it is still root's and private (0700) and gives it to
+    `user` last, so a directory of root's is one whose creation was cut short (nobody
+    else may create entries in the root): it is finished, not refused."""
     principal = _tenant_principal(config, name)
     entry = _unix_user(user)
     why = limits.unenforceable(config.tenants, principal)
@@ -124,14 +138,12 @@ def create_tenant(config: config_module.Config, name: str, user: str) -> int:
             f"the limits of {name} cannot be enforced on this host: {why} "
             '(limits = "best-effort" accepts that)'
         )
-    status = _create_directory(config, principal, entry)
-    _apply_limits_of(config, principal, entry.pw_uid, entry.pw_gid)
-    return status
+    return _create_directory(config, principal, entry)
 
 
 def _create_directory(
     config: config_module.Config, principal: config_module.Principal, entry: pwd.struct_passwd
-) -> int:
+) -> bool:
     name = principal.name
     root = config.tenants.root
     root_fd = _open_or_make_root(root)
@@ -139,7 +151,10 @@ def _create_directory(
         try:
             os.mkdir(name, directory.TENANT_MODE, dir_fd=root_fd)
         except FileExistsError:
-            return _already_there(root_fd, root, name, entry)
+            info = directory.owner_of(root_fd, name)
+            if not (stat.S_ISDIR(info.st_mode) and info.st_uid == 0):
+                _already_there(root_fd, root, name, entry)
+                return False
         base = directory.open_tenant(root_fd, name)
     finally:
         os.close(root_fd)
@@ -149,11 +164,12 @@ def _create_directory(
         tenant_session.write_etc(base, tenant_layout.etc_files(tenant_session.policy_of(principal)))
         for relative in (*tenant_session.SUBDIRECTORIES, "etc/nix", *_etc_names(principal)):
             os.chown(relative, entry.pw_uid, entry.pw_gid, dir_fd=base, follow_symlinks=False)
+        # Before the directory is the user's: that is what says the tenant is complete.
+        _apply_limits_of(config, principal, entry.pw_uid, entry.pw_gid)
         os.fchown(base, entry.pw_uid, entry.pw_gid)
     finally:
         os.close(base)
-    print(f"created {os.path.join(root, name)} for {entry.pw_name}")
-    return 0
+    return True
 
 
 def _etc_names(principal: config_module.Principal) -> list[str]:
@@ -195,12 +211,12 @@ def _open_or_make_root(root: str) -> int:
     return directory.open_root(root)
 
 
-def _already_there(root_fd: int, root: str, name: str, entry: pwd.struct_passwd) -> int:
+def _already_there(root_fd: int, root: str, name: str, entry: pwd.struct_passwd) -> None:
+    """Nothing to do when it is the user's directory; refused otherwise."""
     path = os.path.join(root, name)
     info = directory.owner_of(root_fd, name)
     if stat.S_ISDIR(info.st_mode) and info.st_uid == entry.pw_uid:
-        print(f"{path} exists and belongs to {entry.pw_name}")
-        return 0
+        return
     what = "a directory" if stat.S_ISDIR(info.st_mode) else "not a directory"
     raise Refused(
         f"{path} exists, {what}, owned by uid {info.st_uid}, not by {entry.pw_name}: "
@@ -442,6 +458,12 @@ def collect_garbage(config: config_module.Config, name: str, seconds: int = GC_S
 
 
 def remove_tenant(config: config_module.Config, name: str) -> int:
+    remove_tenant_directory(config, name)
+    print(f"removed {os.path.join(config.tenants.root, name)}")
+    return 0
+
+
+def remove_tenant_directory(config: config_module.Config, name: str) -> None:
     """Delete the tenant's directory through its descriptor, holding every session slot of
     the principal (and its lock), so that no session runs or starts meanwhile."""
     directory.check_name(name)
@@ -472,5 +494,3 @@ def remove_tenant(config: config_module.Config, name: str) -> int:
     finally:
         os.close(base)
         os.close(root_fd)
-    print(f"removed {os.path.join(config.tenants.root, name)}")
-    return 0

@@ -14,7 +14,7 @@ import os
 import resource
 import stat
 
-from nixwarden import sessions
+from nixwarden import files, sessions
 from nixwarden.tenants import directory, host
 from nixwarden.tenants import layout as tenant_layout
 from nixwarden.tenants.host import TenantRefused, TenantSetupError
@@ -215,24 +215,9 @@ def _write_if_changed(parent: int, name: str, data: bytes) -> None:
                 return
         finally:
             os.close(fd)
-    temporary = f".{name}.{os.urandom(6).hex()}"
-    fd = os.open(
-        temporary,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o644,
-        dir_fd=parent,
-    )
     try:
-        os.fchmod(fd, 0o644)  # whatever the umask
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    try:
-        os.rename(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+        files.write_atomic_at(parent, name, data, mode=0o644)
     except OSError as error:
-        os.unlink(temporary, dir_fd=parent)
         raise TenantRefused(f"cannot write the tenant's /etc/{name}: {error.strerror}") from None
 
 
