@@ -137,15 +137,17 @@ def with_principal(data: bytes, path: str, request: Enrollment, user: str) -> by
     new = found is None
     table = tomlkit.table() if found is None else found
     values: dict[str, object] = {}
-    if new or request.protocols is not None:
+    deploy = request.role == "deploy"
+    # A deploy principal speaks only the receive protocol: no build keys apply to it.
+    if not deploy and (new or request.protocols is not None):
         values["protocols"] = list(request.protocols or ("ssh-ng",))
-    if new or request.store is not None:
+    if not deploy and (new or request.store is not None):
         values["store"] = request.store or "tenant"
-    if request.write is not None and (request.write or "write" in table):
+    if not deploy and request.write is not None and (request.write or "write" in table):
         values["write"] = request.write
     if request.role is not None:
         values["role"] = request.role
-        if request.role == "deploy":
+        if deploy:
             values["user"] = user
             values["profiles"] = list(request.profiles or ())
     for key, value in values.items():
