@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from nixwarden.ca import load
+from nixwarden.ca.cert import Certificate
 from nixwarden.ca.policy import MAX_MIN_SIGNERS, CertificatePolicy, Rules
 from nixwarden.ca.validity import parse_instant, parse_interval
 from nixwarden.config import TrustSettings
@@ -142,6 +143,22 @@ def _build(
     at: int | None,
     trusted_keys: Iterable[tuple[str, bytes]],
 ) -> CertificatePolicy:
+    return trust_policy(
+        settings,
+        load.certificates(certificates),
+        int(time.time()) if at is None else at,
+        trusted_keys,
+    )
+
+
+def trust_policy(
+    settings: TrustSettings,
+    certificates: Sequence[Certificate],
+    at: int,
+    trusted_keys: Iterable[tuple[str, bytes]] = (),
+) -> CertificatePolicy:
+    """The `[trust]` policy at time `at` over parsed `certificates`: its CA keys and KRLs
+    are read now, so a KRL updated since a service started counts."""
     rules = Rules(
         principals=settings.principals,
         max_validity=settings.max_validity,
@@ -150,9 +167,9 @@ def _build(
     )
     return CertificatePolicy.build(
         ca_keys=[key.key for key in load.ca_keys(settings.ca_keys)],
-        certificates=load.certificates(certificates),
+        certificates=certificates,
         krls=load.krls(settings.krl),
         rules=rules,
-        at=int(time.time()) if at is None else at,
+        at=at,
         trusted_keys=trusted_keys,
     )

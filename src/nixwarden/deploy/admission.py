@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from nixwarden.ca import load
+from nixwarden.ca import options
 from nixwarden.ca.cert import Certificate
-from nixwarden.ca.policy import CertificatePolicy, Rules
+from nixwarden.ca.policy import CertificatePolicy
 from nixwarden.config import TrustSettings
 from nixwarden.deploy import wire
 from nixwarden.deploy.provenance import Signer
@@ -146,19 +146,7 @@ def trust_policy(
     """
     if not settings.ca_keys:
         raise InvalidInput("[trust] names no ca_keys: no certificate can be accepted")
-    rules = Rules(
-        principals=settings.principals,
-        max_validity=settings.max_validity,
-        clock_skew=settings.clock_skew,
-        min_signers=settings.min_signers,
-    )
-    return CertificatePolicy.build(
-        ca_keys=[key.key for key in load.ca_keys(settings.ca_keys)],
-        certificates=certified,
-        krls=load.krls(settings.krl),
-        rules=rules,
-        at=at,
-    )
+    return options.trust_policy(settings, certified, at)
 
 
 def check_signatures(
