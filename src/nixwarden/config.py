@@ -26,6 +26,7 @@ from typing import Any
 from nixwarden.defaults import CONFIG_ENV, DEFAULT_CONFIG_PATH, config_path
 from nixwarden.display import escape
 from nixwarden.errors import ConfigError
+from nixwarden.files import read_at_most
 from nixwarden.nix.programs import find_nix_program
 
 __all__ = ["CONFIG_ENV", "DEFAULT_CONFIG_PATH", "Config", "Principal", "config_path", "load"]
@@ -218,19 +219,11 @@ def read_bounded(path: str) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _error(path, "", "not a regular file")
-        chunks = []
-        size = 0
-        while size <= MAX_CONFIG_BYTES:
-            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
+        return read_at_most(fd, MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise _error(path, "", f"cannot read: {error.strerror}") from None
     finally:
         os.close(fd)
-    return b"".join(chunks)
 
 
 def _error(path: str, key: str, problem: str) -> ConfigError:

@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nixwarden.ca import krl as krl_module
-from nixwarden.ca.krl import U64_MAX, CertRef, Krl, RevokedCertificates, SerialSet, ssh_fingerprint
+from nixwarden.ca.krl import U64_MAX, CertRef, Krl, RevokedCertificates, SerialSet
+from nixwarden.ca.sshkey import fingerprint as ssh_fingerprint
 from nixwarden.errors import FormatError, InvalidInput
 from tests.corpus.make_krl_corpus import (
     CA,

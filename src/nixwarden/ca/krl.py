@@ -36,7 +36,6 @@ by bisection, key ids, keys and hashes are sets.
 
 from __future__ import annotations
 
-import base64
 import bisect
 import hashlib
 import operator
@@ -54,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from nixwarden.ca.sshkey import fingerprint
 from nixwarden.display import escape
 from nixwarden.errors import FormatError, InvalidInput
 from nixwarden.sshkeys import KEY_TYPES, wire_key_type
@@ -400,12 +400,6 @@ class KrlSignature:
     signed_length: int
 
 
-def ssh_fingerprint(blob: bytes) -> str:
-    """`SHA256:…` as ssh-keygen -l prints it."""
-    digest = hashlib.sha256(blob).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
 @dataclass(frozen=True)
 class Krl:
     version: int = 0
@@ -532,7 +526,7 @@ class Krl:
             or (self.sha256 and hashlib.sha256(blob).digest() in self.sha256)
             or blob in self.keys
         ):
-            return f"revoked: {what} {ssh_fingerprint(blob)}"
+            return f"revoked: {what} {fingerprint(blob)}"
         return None
 
     # --- writing ---
@@ -794,7 +788,7 @@ def _verify_signature(key: bytes, signature: bytes, message: bytes, at: int) -> 
     As sshkey_verify, for Ed25519, ECDSA and RSA (SHA-2) keys; DSA and security-key
     signatures are refused as unverifiable rather than accepted unchecked.
     """
-    fingerprint = ssh_fingerprint(key)
+    key_fingerprint = fingerprint(key)
     keys = _Reader(memoryview(key), origin=None)
     key_type = keys.string("key type").decode()  # checked by _check_public_key already
     signatures = _Reader(memoryview(signature), origin=at)
@@ -840,7 +834,7 @@ def _verify_signature(key: bytes, signature: bytes, message: bytes, at: int) -> 
             case _:
                 raise _fail(f"cannot verify a signature by a {key_type} key", at)
     except (InvalidSignature, ValueError):
-        raise _fail(f"signature by {fingerprint} does not verify", at) from None
+        raise _fail(f"signature by {key_fingerprint} does not verify", at) from None
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nixwarden.ca.cert import Certificate, parse_certificates
 from nixwarden.ca.sshkey import SshPublicKey, load_secret, parse_public_keys
 from nixwarden.errors import FormatError, InvalidInput
+from nixwarden.files import read_at_most
 from nixwarden.trust import keys
 
 if TYPE_CHECKING:
@@ -46,14 +47,10 @@ def read_file(path: str, limit: int, *, secret: bool = False) -> bytes:
             raise InvalidInput(
                 f"{path}: permissions {stat.S_IMODE(mode):04o} are too open for a secret key"
             )
-        chunks = []
-        size = 0
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise InvalidInput(f"{path}: larger than {limit} bytes")
-        return b"".join(chunks)
+        content = read_at_most(fd, limit + 1)
+        if len(content) > limit:
+            raise InvalidInput(f"{path}: larger than {limit} bytes")
+        return content
     finally:
         os.close(fd)
 
