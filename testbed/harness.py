@@ -192,7 +192,7 @@ def ensure_nix_daemon() -> NixDaemon:
     STATE.mkdir(mode=0o755, parents=True, exist_ok=True)
     conf_dir = STATE / "nix-daemon-conf"
     conf_dir.mkdir(mode=0o755, exist_ok=True)
-    (conf_dir / "nix.conf").write_text(DAEMON_NIX_CONF)
+    _publish(conf_dir / "nix.conf", DAEMON_NIX_CONF)
     pidfile = STATE / "nix-daemon.pid"
     log = STATE / "nix-daemon.log"
 
@@ -225,10 +225,22 @@ def ensure_nix_daemon() -> NixDaemon:
     return NixDaemon(conf_dir, log)
 
 
+def _publish(path: Path, text: str) -> None:
+    """Write `path` by renaming a complete file over it, and only if it differs: other
+    test processes (and a running nix-daemon) read it at any moment."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text() == text:
+            return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    temporary.write_text(text)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
+
+
 def client_nix_conf_dir() -> Path:
     conf_dir = STATE / "nix-client-conf"
     conf_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    (conf_dir / "nix.conf").write_text(CLIENT_NIX_CONF)
+    _publish(conf_dir / "nix.conf", CLIENT_NIX_CONF)
     return conf_dir
 
 
