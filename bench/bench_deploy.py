@@ -159,7 +159,7 @@ def run() -> None:
                     service_lines += [
                         line.split(": ", 2)[-1]
                         for line in host.log_text().splitlines()
-                        if ": deployed: " in line or ": up-to-date: " in line
+                        if ": deployed: " in line or ": up-to-date: " in line or "warning" in line
                     ]
     finally:
         users.cleanup()
