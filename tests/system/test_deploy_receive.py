@@ -345,24 +345,6 @@ def test_only_the_principal_configured_for_the_peers_uid_may_push(  # noqa: PLR0
 # --- refusals and failures while NARs stream -------------------------------------------------
 
 
-def test_a_tampered_nar_is_refused_when_it_ends(
-    established: Established, module_client: ClientStore, alice_key: CertifiedKey
-) -> None:
-    host = established.host
-    pushed = signed_closure(module_client, alice_key)
-    target = pushed.top
-
-    def tamper(path: str, data: bytes) -> bytes:
-        if path != target:
-            return data
-        flipped = data.replace(b"app-", b"bpp-", 1)
-        assert flipped != data and len(flipped) == len(data)
-        return flipped
-
-    before, outcome = established.attempt(pushed, tamper=tamper)
-    refused_without_a_trace(host, pushed, before, outcome, "does not match the narHash")
-
-
 def flip_app_name(target: str) -> Callable[[str, bytes], bytes]:
     """A tamper that changes `target`'s NAR (same length), and no other."""
 
@@ -374,6 +356,15 @@ def flip_app_name(target: str) -> Callable[[str, bytes], bytes]:
         return flipped
 
     return tamper
+
+
+def test_a_tampered_nar_is_refused_when_it_ends(
+    established: Established, module_client: ClientStore, alice_key: CertifiedKey
+) -> None:
+    host = established.host
+    pushed = signed_closure(module_client, alice_key)
+    before, outcome = established.attempt(pushed, tamper=flip_app_name(pushed.top))
+    refused_without_a_trace(host, pushed, before, outcome, "does not match the narHash")
 
 
 def test_a_tampered_last_nar_removes_the_paths_imported_before_it(
