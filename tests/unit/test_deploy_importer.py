@@ -152,3 +152,21 @@ def test_any_graph_any_order_imports_each_path_once_references_first(
     importer.finish()
     assert sorted(recorder.imported()) == sorted(entry.path for entry in infos)
     assert_references_first(recorder.imported(), infos)
+
+
+@given(dags())
+@settings(max_examples=200, deadline=None)
+def test_the_manifest_order_puts_references_first(
+    case: tuple[list[wire.PathInfo], list[str]],
+) -> None:
+    infos, arrival = case
+    shuffled = sorted(infos, key=lambda entry: arrival.index(entry.path))
+    order, stuck = wire.references_first(shuffled)
+    assert stuck == ()
+    assert sorted(order) == sorted(entry.path for entry in infos)
+    assert_references_first(order, infos)
+
+
+def test_a_reference_cycle_is_left_out_of_the_order() -> None:
+    cycle = (info(APP, LIB), info(LIB, APP), info(DATA))
+    assert wire.references_first(cycle) == ((DATA,), (APP, LIB))
