@@ -492,8 +492,9 @@ class Session:
             raise wire.WireError(f"wire: WANT does not list the top path {outside[0]}")
         self.push.want = want.paths
         self.push.needs = frozenset(want.paths)
-        with service.import_lock:  # from now on, no other push deletes what this one needs
-            service.in_flight[self.push.number] = self.push
+        if hello.action is wire.Action.PUSH:  # a plan needs nothing to stay valid
+            with service.import_lock:  # from now on, no other push deletes what this one needs
+                service.in_flight[self.push.number] = self.push
         with self._timed("validity"):
             lacking = service.store.invalid(want.paths)
         missing = tuple(path for path in want.paths if path in lacking)
