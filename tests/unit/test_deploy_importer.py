@@ -53,6 +53,8 @@ class Recorder:
 
 
 def assert_references_first(imported: Sequence[str], infos: Sequence[wire.PathInfo]) -> None:
+    """Every path of `infos` once in `imported`, each after those of them it refers to."""
+    assert sorted(imported) == sorted(entry.path for entry in infos)
     position = {path: index for index, path in enumerate(imported)}
     for entry in infos:
         for reference in entry.references:
@@ -60,15 +62,19 @@ def assert_references_first(imported: Sequence[str], infos: Sequence[wire.PathIn
                 assert position[reference] < position[entry.path], (reference, entry.path)
 
 
-@pytest.mark.parametrize("arrival", list(itertools.permutations([APP, LIB, DATA])))
-def test_every_arrival_order_imports_references_first(arrival: tuple[str, ...]) -> None:
+def imported(infos: Sequence[wire.PathInfo], arrival: Sequence[str]) -> list[str]:
+    """What an importer of `infos` imports, in order, when their NARs arrive so."""
     recorder = Recorder()
-    importer = Importer(CLOSURE, recorder)
+    importer = Importer(infos, recorder)
     for path in arrival:
         importer.arrived(path)
     importer.finish()
-    assert sorted(recorder.imported()) == sorted([APP, LIB, DATA])
-    assert_references_first(recorder.imported(), CLOSURE)
+    return recorder.imported()
+
+
+@pytest.mark.parametrize("arrival", list(itertools.permutations([APP, LIB, DATA])))
+def test_every_arrival_order_imports_references_first(arrival: tuple[str, ...]) -> None:
+    assert_references_first(imported(CLOSURE, arrival), CLOSURE)
 
 
 def test_a_referrer_waits_for_a_reference_that_arrived_but_is_not_importable() -> None:
@@ -141,29 +147,14 @@ def dags(draw: st.DrawFn) -> tuple[list[wire.PathInfo], list[str]]:
 
 @given(dags())
 @settings(max_examples=200, deadline=None)
-def test_any_graph_any_order_imports_each_path_once_references_first(
+def test_any_graph_any_order_is_imported_and_sent_references_first(
     case: tuple[list[wire.PathInfo], list[str]],
 ) -> None:
     infos, arrival = case
-    recorder = Recorder()
-    importer = Importer(infos, recorder)
-    for path in arrival:
-        importer.arrived(path)
-    importer.finish()
-    assert sorted(recorder.imported()) == sorted(entry.path for entry in infos)
-    assert_references_first(recorder.imported(), infos)
-
-
-@given(dags())
-@settings(max_examples=200, deadline=None)
-def test_the_manifest_order_puts_references_first(
-    case: tuple[list[wire.PathInfo], list[str]],
-) -> None:
-    infos, arrival = case
-    shuffled = sorted(infos, key=lambda entry: arrival.index(entry.path))
-    order, stuck = wire.references_first(shuffled)
+    assert_references_first(imported(infos, arrival), infos)
+    # The client's manifest order, from any starting order, puts references first too.
+    order, stuck = wire.references_first(sorted(infos, key=lambda i: arrival.index(i.path)))
     assert stuck == ()
-    assert sorted(order) == sorted(entry.path for entry in infos)
     assert_references_first(order, infos)
 
 
