@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from nixwarden.deploy import wire
+from nixwarden.trust.keys import SecretKey
 from testbed import harness
 from testbed.deploy_client import (
     NIX_COMMAND,
@@ -437,6 +438,21 @@ def test_a_failed_push_leaves_what_a_push_under_way_counts_on(
     assert host.invalid(first.paths) == {app}  # lib and data stayed: the second needs them
     assert second_outcome and second_outcome[0].status == "deployed", second_outcome
     host.wait_for_log("left 2 added paths to pushes under way")
+
+
+def test_a_batch_the_daemon_refuses_ends_the_push_and_changes_nothing(
+    fresh_host: FreshHost, client: ClientStore, alice_key: CertifiedKey
+) -> None:
+    # The service countersigns with a key the daemon does not trust: the daemon refuses
+    # the first batch while NARs may still be arriving; the push fails, nothing stays.
+    untrusted = SecretKey.generate("nwt-untrusted-countersign-1")
+    with fresh_host() as (host, alice):
+        host.signing_key.write_text(untrusted.render() + "\n")
+        host.restart()
+        pushed = signed_closure(client, alice_key)
+        before = snapshot(host, pushed)
+        outcome = push(host.socket, alice, "alice", pushed, keys=[alice_key])
+        refused_without_a_trace(host, pushed, before, outcome, "signature")
 
 
 def test_a_stream_cut_halfway_changes_nothing(
