@@ -280,6 +280,8 @@ class Options:
     leave_out: Sequence[str] = ()
     tamper: Callable[[str, bytes], bytes] | None = None
     cut_after: int | None = None
+    after_missing: Callable[[], None] | None = None
+    before_nar: Callable[[str], None] | None = None
 
 
 def push(
@@ -298,7 +300,10 @@ def push(
 
     `want` replaces the WANT list (default: the whole closure); `leave_out` paths are
     left out of the MANIFEST; `tamper(path, nar)` changes a NAR before it is sent;
-    `cut_after` ends the stream inside a frame after that many NAR bytes.
+    `cut_after` ends the stream inside a frame after that many NAR bytes;
+    `after_missing()` runs once MISSING has arrived, `before_nar(path)` before each NAR
+    is sent (to line up concurrent pushes). The MANIFEST lists references first, as
+    `nixwarden push` does.
     """
     talk = _Conversation.over_socket(connect_as(user, socket_path))
     try:
@@ -358,11 +363,15 @@ def _push(
     if not isinstance(missing, wire.Missing):
         talk.drain()
         return
-    infos = [
-        _signed_info(pushed.info(path))
+    if options.after_missing is not None:
+        options.after_missing()
+    announced = {
+        path: _signed_info(pushed.info(path))
         for path in missing.paths
         if path not in set(options.leave_out)
-    ]
+    }
+    order, stuck = wire.references_first(announced.values())
+    infos = [announced[path] for path in (*order, *stuck)]
     certificates = tuple(key.blob() for key in options.keys)
     if not talk.send(wire.Manifest(tuple(infos), certificates)):
         talk.drain()
@@ -376,6 +385,8 @@ def _push(
         data = pushed.nar(info.path)
         if options.tamper is not None:
             data = options.tamper(info.path, data)
+        if options.before_nar is not None:
+            options.before_nar(info.path)
         if not talk.send(wire.NarStart(info.path)):
             talk.drain()
             return

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from nixwarden.deploy import wire
+from nixwarden.trust.keys import SecretKey
 from testbed import harness
 from testbed.deploy_client import (
     NIX_COMMAND,
@@ -345,12 +346,8 @@ def test_only_the_principal_configured_for_the_peers_uid_may_push(  # noqa: PLR0
 # --- refusals and failures while NARs stream -------------------------------------------------
 
 
-def test_a_tampered_nar_is_refused_when_it_ends(
-    established: Established, module_client: ClientStore, alice_key: CertifiedKey
-) -> None:
-    host = established.host
-    pushed = signed_closure(module_client, alice_key)
-    target = pushed.top
+def flip_app_name(target: str) -> Callable[[str, bytes], bytes]:
+    """A tamper that changes `target`'s NAR (same length), and no other."""
 
     def tamper(path: str, data: bytes) -> bytes:
         if path != target:
@@ -359,8 +356,103 @@ def test_a_tampered_nar_is_refused_when_it_ends(
         assert flipped != data and len(flipped) == len(data)
         return flipped
 
-    before, outcome = established.attempt(pushed, tamper=tamper)
+    return tamper
+
+
+def test_a_tampered_nar_is_refused_when_it_ends(
+    established: Established, module_client: ClientStore, alice_key: CertifiedKey
+) -> None:
+    host = established.host
+    pushed = signed_closure(module_client, alice_key)
+    before, outcome = established.attempt(pushed, tamper=flip_app_name(pushed.top))
     refused_without_a_trace(host, pushed, before, outcome, "does not match the narHash")
+
+
+def test_a_tampered_last_nar_removes_the_paths_imported_before_it(
+    established: Established, module_client: ClientStore, alice_key: CertifiedKey
+) -> None:
+    # The daemon imports closed layers while later NARs arrive: app's references are
+    # valid on the target before app's (tampered) NAR is sent; its refusal removes them.
+    host = established.host
+    pushed = signed_closure(module_client, alice_key)
+    earlier = [path for path in pushed.paths if path != pushed.top]
+    seen_valid: list[str] = []
+
+    def before_nar(path: str) -> None:
+        if path == pushed.top:
+            harness.wait_for(lambda: not host.invalid(earlier), "app's references imported", 60)
+            seen_valid.extend(earlier)
+
+    before, outcome = established.attempt(
+        pushed, tamper=flip_app_name(pushed.top), before_nar=before_nar
+    )
+    assert sorted(seen_valid) == sorted(earlier) and len(earlier) == 2
+    refused_without_a_trace(host, pushed, before, outcome, "does not match the narHash")
+
+
+def test_a_failed_push_leaves_what_a_push_under_way_counts_on(
+    established: Established, module_client: ClientStore, alice_key: CertifiedKey
+) -> None:
+    # A imports lib and data, then fails on app's NAR; B, under way, found lib and data
+    # valid (nothing to send): A's clean-up leaves them to B, which deploys.
+    host = established.host
+    tag = os.urandom(4).hex()
+    app = build(module_client, tag=tag)
+    sign(module_client, app, alice_key)
+    first, second = (
+        closure(module_client, app),
+        closure(module_client, build(module_client, tag=tag, attribute="lib")),
+    )
+    shared = second.paths
+    assert set(shared) < set(first.paths)
+    second_in_flight, first_done = threading.Event(), threading.Event()
+    second_outcome: list[Outcome] = []
+
+    def hold_second() -> None:
+        second_in_flight.set()
+        assert first_done.wait(60)
+
+    def push_second() -> None:
+        outcome = push(host.socket, established.alice, "alice", second, keys=[alice_key],
+                       profile=None, after_missing=hold_second)  # fmt: skip
+        second_outcome.append(outcome)
+
+    thread = threading.Thread(target=push_second)
+
+    def before_nar(path: str) -> None:
+        if path == app:
+            harness.wait_for(lambda: not host.invalid(shared), "lib and data imported", 60)
+            thread.start()
+            assert second_in_flight.wait(60)
+
+    before = snapshot(host, first)
+    try:
+        outcome = push(host.socket, established.alice, "alice", first, keys=[alice_key],
+                       tamper=flip_app_name(app), before_nar=before_nar)  # fmt: skip
+    finally:
+        first_done.set()
+        if thread.ident is not None:
+            thread.join(120)
+    assert "does not match the narHash" in (outcome.reason or ""), outcome
+    assert before.invalid == frozenset(first.paths)
+    assert host.invalid(first.paths) == {app}  # lib and data stayed: the second needs them
+    assert second_outcome and second_outcome[0].status == "deployed", second_outcome
+    host.wait_for_log("left 2 added paths to pushes under way")
+
+
+def test_a_batch_the_daemon_refuses_ends_the_push_and_changes_nothing(
+    fresh_host: FreshHost, client: ClientStore, alice_key: CertifiedKey
+) -> None:
+    # The service countersigns with a key the daemon does not trust: the daemon refuses
+    # the first batch while NARs may still be arriving; the push fails, nothing stays.
+    untrusted = SecretKey.generate("nwt-untrusted-countersign-1")
+    with fresh_host() as (host, alice):
+        host.signing_key.write_text(untrusted.render() + "\n")
+        host.restart()
+        pushed = signed_closure(client, alice_key)
+        before = snapshot(host, pushed)
+        outcome = push(host.socket, alice, "alice", pushed, keys=[alice_key])
+        refused_without_a_trace(host, pushed, before, outcome, "signature")
 
 
 def test_a_stream_cut_halfway_changes_nothing(

@@ -98,28 +98,11 @@ def check_closure(
 
 
 def topological(infos: Sequence[wire.PathInfo]) -> tuple[str, ...]:
-    """Paths so that each comes after the others it refers to (Kahn); a cycle is refused."""
-    present = {info.path for info in infos}
-    waiting_on: dict[str, int] = {}
-    referrers: dict[str, list[str]] = {}
-    for info in infos:
-        inside = {ref for ref in info.references if ref in present and ref != info.path}
-        waiting_on[info.path] = len(inside)
-        for reference in inside:
-            referrers.setdefault(reference, []).append(info.path)
-    ready = [info.path for info in infos if waiting_on[info.path] == 0]
-    order: list[str] = []
-    while ready:
-        path = ready.pop()
-        order.append(path)
-        for referrer in referrers.get(path, ()):
-            waiting_on[referrer] -= 1
-            if waiting_on[referrer] == 0:
-                ready.append(referrer)
-    if len(order) != len(infos):
-        stuck = sorted(path for path, count in waiting_on.items() if count > 0)
+    """Paths so that each comes after the others it refers to; a cycle is refused."""
+    order, stuck = wire.references_first(infos)
+    if stuck:
         raise Refusal([wire.Failure(path, "part of a reference cycle") for path in stuck])
-    return tuple(order)
+    return order
 
 
 def certificates(blobs: Iterable[bytes]) -> tuple[Certificate, ...]:

@@ -650,7 +650,7 @@ class Session:
         outside = set(missing.paths) - set(plan.closure)
         if outside:
             raise wire.WireError(f"wire: MISSING names {min(outside)}, which was not offered")
-        infos = self.store.infos(missing.paths)
+        infos = _references_first(self.store.infos(missing.paths))
         size = sum(info.nar_size for info in infos)
         connection.send(wire.Manifest(tuple(infos), self.store.certificates_for(infos)))
         verdict = self._reply(connection, wire.Verdict)
@@ -690,6 +690,15 @@ class Session:
                 if isinstance(message, wire.Error):
                     return from_error(self.target.text, message, committed=False)
         raise _Gone
+
+
+def _references_first(infos: Sequence[wire.PathInfo]) -> list[wire.PathInfo]:
+    """`infos` in the order the NARs go: references first, so the target can import the
+    first layers while later NARs are still on their way (a cycle, which the target
+    refuses, keeps its paths at the end)."""
+    by_path = {info.path: info for info in infos}
+    order, stuck = wire.references_first(infos)
+    return [by_path[path] for path in (*order, *stuck)]
 
 
 def _planned(outcome: Outcome, infos: Sequence[wire.PathInfo]) -> Outcome:

@@ -7,7 +7,12 @@ One thread per connection on an AF_UNIX socket. The peer's uid comes from the ke
 
     HELLO → WELCOME · WANT → MISSING · MANIFEST → VERDICT   (nothing staged yet)
     NAR_START, NAR_DATA…, NAR_END per manifest path         (hash and size checked)
-    COMMIT → import, profile switch, activation → RESULT
+    COMMIT → last imports, profile switch, activation → RESULT
+
+Paths are imported while later NARs still arrive (deploy/importer.py): a path goes to
+the daemon, in a batch, once it and every path of the push it refers to have arrived
+and verified. So the daemon may hold verified paths of a push before its last NAR has
+arrived; if the push then fails, they are deleted again.
 
 Everything the peer sends is untrusted. Every refusal or failure is one line on stderr
 (escaped) and to the peer, and leaves the store's valid paths and every profile as they
@@ -28,13 +33,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from nixwarden import process
 from nixwarden.config import Config, Principal
 from nixwarden.deploy import admission, provenance, wire
+from nixwarden.deploy.importer import Importer
 from nixwarden.deploy.profiles import Profiles
 from nixwarden.deploy.store import TargetStore
 from nixwarden.display import escape
@@ -194,6 +200,12 @@ class Staging:
         if digest.digest() != info.nar_hash.digest:
             raise Refused(f"{info.path}: NAR does not match the narHash announced and signed")
 
+    def discard_nars(self, paths: Sequence[str]) -> None:
+        """Remove the NARs of imported paths: the staging area holds only what is in flight."""
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.root, "nar", f"{StorePath.parse(path).hash_part}.nar"))
+
     def write_narinfo(self, info: wire.PathInfo, key: SecretKey) -> None:
         """The narinfo Nix reads, with the client's signatures and the host's countersignature."""
         path = StorePath.parse(info.path)
@@ -223,7 +235,10 @@ class Service:
     store: TargetStore
     env: Mapping[str, str]  # for Nix commands: the service's own, narrowed
     host: str = field(default_factory=socket.gethostname)
+    # Held while a push imports a batch, deletes what it added, or makes its import final,
+    # and for `in_flight`, the pushes whose import is not final yet (by number).
     import_lock: threading.Lock = field(default_factory=threading.Lock)
+    in_flight: dict[int, Push] = field(default_factory=dict)
     provenance_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -262,6 +277,7 @@ class Push:
     relay: wire.Relay | None = None
     hello: wire.Hello | None = None
     want: tuple[str, ...] = ()
+    needs: frozenset[str] = frozenset()  # the closure: what this push counts on being valid
     accepted: admission.Accepted | None = None
     added: tuple[str, ...] = ()
     generation: int | None = None
@@ -279,6 +295,24 @@ class Session:
         self.channel = Channel(connection, service.config.receive.idle_timeout)
         self.push = Push(number, peer_of(connection))
         self.staging: Staging | None = None
+        self.importer: Importer | None = None
+        self.timings: dict[str, float] = {}  # step -> seconds, for the log line
+        self.batches = 0
+
+    @contextlib.contextmanager
+    def _timed(self, step: str) -> Iterator[None]:
+        """Add the block's wall time to `step` (logged with the outcome: where time went)."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[step] = self.timings.get(step, 0.0) + time.monotonic() - start
+
+    def _timing_text(self) -> str:
+        steps = [f"{step} {seconds:.2f} s" for step, seconds in self.timings.items()]
+        if self.batches:
+            steps.append(f"{self.batches} import batches")
+        return ", ".join(steps)
 
     # The outcome of a session is one of: RESULT sent (deployed, up-to-date, planned,
     # failed after COMMIT), VERDICT refusing, or ERROR. Each path below ends in one.
@@ -326,11 +360,15 @@ class Session:
         self._record(outcome, reason)
 
     def _settle(self) -> None:
-        """Remove the staging directory, and the paths an unfinished import added."""
+        """Stop importing; remove the staging directory, and the paths an unfinished
+        import added."""
+        if self.importer is not None:
+            self.importer.stop()  # after the batch under way: it may add paths
+            self.importer = None
         if self.staging is not None:
             self.staging.remove()
             self.staging = None
-        if self.push.added:  # only set while an import is not yet final
+        if self.push.number in self.service.in_flight:  # left only when final
             self._delete_added()
 
     def _clean_up(self) -> None:
@@ -339,12 +377,34 @@ class Session:
             self.connection.close()
 
     def _delete_added(self) -> None:
-        added, self.push.added = self.push.added, ()
-        store = self.service.store
-        with self.service.import_lock:
+        """Delete what this push added, except paths another push under way counts on:
+        those become that push's to delete if it fails in turn (it saw them valid, or
+        imports them too, so it needs them whatever happens to this one)."""
+        service = self.service
+        store = service.store
+        with service.import_lock:
+            added, self.push.added = self.push.added, ()
+            service.in_flight.pop(self.push.number, None)
+            handed_over: set[str] = set()
+            for other in service.in_flight.values():
+                theirs = set(other.added)
+                shared = [path for path in added if path in other.needs and path not in theirs]
+                other.added += tuple(shared)
+                handed_over.update(shared)
             # Only what became valid: a failed import may have added a part or nothing.
             never_added = store.invalid(added)
-            left = store.delete([path for path in reversed(added) if path not in never_added])
+            left = store.delete(
+                [
+                    path
+                    for path in reversed(added)  # referrers before their references
+                    if path not in never_added and path not in handed_over
+                ]
+            )
+        if handed_over:
+            log(
+                f"{self.push.who()}: left {len(handed_over)} added paths to pushes under way "
+                "that need them"
+            )
         if left:
             log(
                 f"{self.push.who()}: could not remove {len(left)} added paths (still alive), "
@@ -431,19 +491,25 @@ class Session:
         if outside:
             raise wire.WireError(f"wire: WANT does not list the top path {outside[0]}")
         self.push.want = want.paths
-        lacking = service.store.invalid(want.paths)
+        self.push.needs = frozenset(want.paths)
+        if hello.action is wire.Action.PUSH:  # a plan needs nothing to stay valid
+            with service.import_lock:  # from now on, no other push deletes what this one needs
+                service.in_flight[self.push.number] = self.push
+        with self._timed("validity"):
+            lacking = service.store.invalid(want.paths)
         missing = tuple(path for path in want.paths if path in lacking)
         self.channel.send(wire.Missing(missing))
         manifest = self.channel.expect(wire.Manifest)
         try:
-            accepted = admission.admit(
-                manifest,
-                missing=missing,
-                known_valid=frozenset(want.paths) - lacking,
-                invalid=service.store.invalid,
-                settings=service.config.trust,
-                at=int(time.time()),
-            )
+            with self._timed("admission"):
+                accepted = admission.admit(
+                    manifest,
+                    missing=missing,
+                    known_valid=frozenset(want.paths) - lacking,
+                    invalid=service.store.invalid,
+                    settings=service.config.trust,
+                    at=int(time.time()),
+                )
         except (admission.Refusal, CommandFailed):
             raise
         except NixwardenError as error:  # [trust] files unreadable or malformed: fail closed
@@ -454,16 +520,13 @@ class Session:
             self._finish(wire.Status.PLANNED)
             return
         if manifest.paths:
-            self.staging = Staging(service.config.receive.staging_dir)
-            for info in manifest.paths:
-                start = self.channel.expect(wire.NarStart)
-                if start.path != info.path:
-                    raise wire.WireError(f"wire: NAR_START for {start.path}, expected {info.path}")
-                self.staging.receive_nar(self.channel, info)
-                self.staging.write_narinfo(info, service.key)
+            self._receive(manifest.paths)
         self.channel.expect(wire.Commit)
         try:
-            self._commit(hello, accepted)
+            if self.importer is not None:
+                with self._timed("import after the last NAR"):
+                    self.importer.finish()
+            self._commit(hello)
         except (Failed, CommandFailed, OSError, Refused) as error:
             # After COMMIT the answer is a RESULT, as for a success.
             reason = str(error) if not isinstance(error, OSError) else f"{error.strerror or error}"
@@ -478,40 +541,80 @@ class Session:
         changed = bool(self.push.added) or self.push.profile_changed
         self._finish(wire.Status.DEPLOYED if changed else wire.Status.UP_TO_DATE)
 
+    def _receive(self, infos: Sequence[wire.PathInfo]) -> None:
+        """Every NAR of the manifest, in its order, staged and verified as it arrives and
+        handed to the importer."""
+        self.staging = Staging(self.service.config.receive.staging_dir)
+        self.importer = Importer(infos, self._import_batch, name=f"import-{self.push.number}")
+        with self._timed("transfer"):
+            for info in infos:
+                start = self.channel.expect(wire.NarStart)
+                if start.path != info.path:
+                    raise wire.WireError(f"wire: NAR_START for {start.path}, expected {info.path}")
+                self.staging.receive_nar(self.channel, info)
+                self.staging.write_narinfo(info, self.service.key)
+                self.importer.arrived(info.path)
+                self.importer.check()  # a refused batch ends the push now
+
+    def _import_batch(self, batch: Sequence[str]) -> None:
+        """Import `batch` (on the importer's thread): those of its paths still invalid
+        are this push's to delete again unless it completes."""
+        service = self.service
+        staging = self.staging
+        assert staging is not None
+        start = time.monotonic()
+        with service.import_lock:
+            lacking = service.store.invalid(batch)
+            ours = tuple(path for path in batch if path in lacking)
+            self.push.added += ours
+            if ours:
+                env = dict(service.env) | {"XDG_CACHE_HOME": staging.cache_home}
+                service.store.import_from(staging.root, ours, env)
+        staging.discard_nars(batch)
+        self.timings["import batches"] = self.timings.get("import batches", 0.0) + (
+            time.monotonic() - start
+        )
+        self.batches += 1
+
     def _finish(self, status: wire.Status) -> None:
         accepted = self.push.accepted
         count = len(accepted.order) if accepted else 0
         size = accepted.nar_bytes if accepted else 0
         if status is wire.Status.UP_TO_DATE:
             count, size = 0, 0
-        self.push.added = ()  # final: no longer to be removed
+        with self.service.import_lock:  # final: no longer to be removed
+            self.push.added = ()
+            self.service.in_flight.pop(self.push.number, None)
         self._settle()
         outcome = status.value
         generation = self.push.generation
         detail = f"{count} paths, {size} bytes" + (
             f", generation {generation}" if generation is not None else ""
         )
+        with self._timed("provenance"):
+            self._record(outcome, None)
+        if self.timings:
+            detail += f" ({self._timing_text()})"
         log(f"{self.push.who()}: {outcome}: {detail}")
-        self._record(outcome, None)
         with contextlib.suppress(OSError, wire.WireError):
             self.channel.send(wire.Result(status, None, generation, count, size))
 
     # --- commit: import, profile, activation -------------------------------------------
 
-    def _commit(self, hello: wire.Hello, accepted: admission.Accepted) -> None:
+    def _commit(self, hello: wire.Hello) -> None:
+        """Every path imported: check the closure is valid, switch the profile, activate."""
         service = self.service
         profile = hello.profile
-        with service.profiles.locked(profile) if profile else contextlib.nullcontext():
+        with (
+            self._timed("profile"),
+            service.profiles.locked(profile) if profile else contextlib.nullcontext(),
+        ):
             before = service.profiles.current(profile) if profile else None
             with service.import_lock:
-                still_lacking = service.store.invalid(list(accepted.order))
-                ours = tuple(path for path in accepted.order if path in still_lacking)
-                self.push.added = ours  # removed again unless the push completes
-                if ours:
-                    assert self.staging is not None
-                    env = dict(service.env) | {"XDG_CACHE_HOME": self.staging.cache_home}
-                    service.store.import_from(self.staging.root, ours, env)
-                lacking = service.store.invalid(self.push.want)
+                # What this push imported is checked again (nix copy said yes; the store
+                # must agree). Nothing imported: the closure was valid at WANT, and no
+                # other push deletes what this one needs (`in_flight`), so no query.
+                lacking = service.store.invalid(self.push.want) if self.push.added else ()
                 if lacking:
                     raise Failed(
                         f"{len(lacking)} paths of the closure are not valid after the import, "

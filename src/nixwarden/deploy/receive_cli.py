@@ -21,6 +21,7 @@ from nixwarden.config import Config
 from nixwarden.deploy import provenance
 from nixwarden.deploy.receive import Service, listening_socket, log, serve
 from nixwarden.deploy.store import TargetStore
+from nixwarden.display import escape
 from nixwarden.errors import ConfigError, FormatError, InvalidInput, Refused
 from nixwarden.nix import commands
 from nixwarden.trust.keys import SecretKey, decode_secret_key
@@ -43,6 +44,9 @@ def main(command: str, argv: list[str]) -> int:
     settings = config.receive
     listener = listening_socket(settings.socket)
     log(f"listening on {settings.socket} as {settings.user}; key {service.key.name}")
+    problem = service.store.database_problem()
+    if problem is not None:
+        log(f"the store database cannot be read now ({escape(problem)}): validity from the daemon")
     serve(service, listener)
     return 0
 

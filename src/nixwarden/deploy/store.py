@@ -1,8 +1,9 @@
 """The target's store as the receive service sees it: which paths are valid, importing a
 staged closure through the daemon, and removing what a failed push added.
 
-Validity is read from the store database (fast, read-only, one snapshot; see nix.db) and,
-when that cannot be read, asked of Nix (`nix-store --check-validity --print-invalid`).
+Validity is read from the store database (fast, read-only, one snapshot; see nix.db);
+when that cannot be read (an idle machine's WAL database, see nix.daemon), asked of the
+daemon over its socket, and only when that fails of `nix-store --check-validity`.
 Imports and deletions go through the daemon as the service's own, untrusted user.
 """
 
@@ -14,9 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nixwarden.errors import CommandFailed, InvalidInput
-from nixwarden.nix import commands
+from nixwarden.nix import commands, daemon
 from nixwarden.nix import db as store_db
 from nixwarden.nix.closure import DB_ENV
+from nixwarden.nix.storepath import STORE_DIR
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,21 @@ class TargetStore:
         try:
             return store_db.invalid(paths, self.db)
         except store_db.DatabaseUnreadable:
+            pass
+        try:
+            return frozenset(paths) - daemon.valid_paths(paths, environ=self.env)
+        except daemon.DaemonUnavailable:
             return self._invalid_by_nix(paths)
+
+    def database_problem(self) -> str | None:
+        """Why validity cannot be read from the store database now (then it is asked of
+        the daemon), or None when it can."""
+        probe = f"{STORE_DIR}/{'0' * 32}-nixwarden-probe"
+        try:
+            store_db.invalid([probe], self.db)
+        except store_db.DatabaseUnreadable as error:
+            return str(error)
+        return None
 
     def _invalid_by_nix(self, paths: Sequence[str]) -> frozenset[str]:
         return commands.invalid_paths(paths, env=self.env, timeout=self.timeout)

@@ -185,6 +185,34 @@ class PathInfo:
         }
 
 
+def references_first(infos: Iterable[PathInfo]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The paths of `infos` so that each comes after those of `infos` it refers to
+    (Kahn's algorithm), and those left out because they are part of a reference cycle.
+
+    The client sends a manifest in this order, so the receive service can import each
+    path's references before it while later NARs still arrive."""
+    infos = tuple(infos)
+    present = {info.path for info in infos}
+    waiting_on: dict[str, int] = {}
+    referrers: dict[str, list[str]] = {}
+    for info in infos:
+        inside = {ref for ref in info.references if ref in present and ref != info.path}
+        waiting_on[info.path] = len(inside)
+        for reference in inside:
+            referrers.setdefault(reference, []).append(info.path)
+    ready = [info.path for info in reversed(infos) if waiting_on[info.path] == 0]
+    order: list[str] = []
+    while ready:
+        path = ready.pop()
+        order.append(path)
+        for referrer in referrers.get(path, ()):
+            waiting_on[referrer] -= 1
+            if waiting_on[referrer] == 0:
+                ready.append(referrer)
+    stuck = tuple(sorted(path for path, count in waiting_on.items() if count > 0))
+    return tuple(order), stuck
+
+
 @dataclass(frozen=True)
 class Manifest:
     TYPE: ClassVar[MessageType] = MessageType.MANIFEST
