@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nixwarden.errors import FormatError
+from nixwarden.nix import daemon
 from nixwarden.provision import handshake
 
 
@@ -19,16 +20,16 @@ def _string(data: bytes) -> bytes:
 
 
 def _daemon(version: int, nix: bytes | None, messages: int = 0) -> bytes:
-    data = struct.pack("<QQ", handshake.WORKER_MAGIC_2, version)
+    data = struct.pack("<QQ", daemon.WORKER_MAGIC_2, version)
     if nix is not None:
         data += _string(nix)
     for _ in range(messages):
-        data += struct.pack("<Q", handshake.STDERR_NEXT) + _string(b"warning: hi")
-    return data + struct.pack("<Q", handshake.STDERR_LAST)
+        data += struct.pack("<Q", daemon.STDERR_NEXT) + _string(b"warning: hi")
+    return data + struct.pack("<Q", daemon.STDERR_LAST)
 
 
 def test_what_the_client_sends_is_what_nix_sends() -> None:
-    assert handshake.worker_hello() == struct.pack("<QQQQ", 0x6E697863, 0x122, 0, 0)
+    assert daemon.worker_hello() == struct.pack("<QQQQ", 0x6E697863, 0x122, 0, 0)
     assert handshake.serve_hello() == struct.pack("<QQ", 0x390C9DEB, 0x205)
 
 
@@ -56,12 +57,12 @@ def test_serve() -> None:
     [
         (b"", "cut short"),
         (struct.pack("<QQ", 1, 0x122), "wrong magic"),
-        (struct.pack("<QQ", handshake.WORKER_MAGIC_2, 0x222), "does not know"),
+        (struct.pack("<QQ", daemon.WORKER_MAGIC_2, 0x222), "does not know"),
         (_daemon(0x122, b"2.8.0")[:-8], "cut short"),
-        (struct.pack("<QQQ", handshake.WORKER_MAGIC_2, 0x122, 1 << 40), "a string of"),
+        (struct.pack("<QQQ", daemon.WORKER_MAGIC_2, 0x122, 1 << 40), "a string of"),
         (
             _daemon(0x122, b"2.8.0").replace(
-                struct.pack("<Q", handshake.STDERR_LAST), struct.pack("<Q", 0x63787470)
+                struct.pack("<Q", daemon.STDERR_LAST), struct.pack("<Q", 0x63787470)
             ),
             "message 0x63787470",
         ),

@@ -56,6 +56,12 @@ def _string(data: bytes) -> bytes:
     return struct.pack("<Q", len(data)) + data + b"\0" * (-len(data) % 8)
 
 
+def worker_hello() -> bytes:
+    """Everything the client sends before the daemon's version string: the daemon reads it
+    in order, so it may all go at once (version 1.34, no CPU affinity, no reserved space)."""
+    return struct.pack("<QQQQ", WORKER_MAGIC_1, CLIENT_VERSION, 0, 0)
+
+
 def query_valid_paths_request(paths: Sequence[str]) -> bytes:
     """Op 31 with `paths` and substitute = false."""
     parts = [struct.pack("<QQ", OP_QUERY_VALID_PATHS, len(paths))]
@@ -108,7 +114,7 @@ def valid_paths(
     try:
         connection.settimeout(timeout)
         connection.connect(path)
-        connection.sendall(struct.pack("<QQQQ", WORKER_MAGIC_1, CLIENT_VERSION, 0, 0))
+        connection.sendall(worker_hello())
         reader = _Reader(connection)
         if reader.integer() != WORKER_MAGIC_2:
             raise DaemonUnavailable(f"{path}: not a Nix daemon (wrong magic)")

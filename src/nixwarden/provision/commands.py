@@ -27,6 +27,7 @@ from nixwarden.display import escape
 from nixwarden.errors import CommandFailed, InvalidInput, Refused
 from nixwarden.gate import keyline
 from nixwarden.nix import commands as nix_commands
+from nixwarden.nix import daemon
 from nixwarden.provision import builder_plan, client_plan, execute, handshake, observe, steps
 from nixwarden.provision.execute import Executor, Hook
 from nixwarden.provision.layout import BuilderLayout, ClientLayout
@@ -413,7 +414,7 @@ def greeting(layout: ClientLayout, name: str, protocol: str) -> handshake.Greeti
     if protocol == "ssh-ng":
         command, hello, parse = (
             "nix-daemon --stdio",
-            handshake.worker_hello(),
+            daemon.worker_hello(),
             handshake.parse_worker,
         )
     else:

@@ -17,14 +17,11 @@ from dataclasses import dataclass
 
 from nixwarden.display import escape_bytes
 from nixwarden.errors import FormatError
+from nixwarden.nix.daemon import CLIENT_VERSION as CLIENT_WORKER_VERSION
+from nixwarden.nix.daemon import STDERR_LAST, STDERR_NEXT, WORKER_MAGIC_2
 
-WORKER_MAGIC_1 = 0x6E697863
-WORKER_MAGIC_2 = 0x6478696F
 SERVE_MAGIC_1 = 0x390C9DEB
 SERVE_MAGIC_2 = 0x5452EECB
-STDERR_LAST = 0x616C7473
-STDERR_NEXT = 0x6F6C6D67
-CLIENT_WORKER_VERSION = 1 << 8 | 34  # what we announce: the daemon answers at most this
 CLIENT_SERVE_VERSION = 2 << 8 | 5
 MAX_STRING = 4096
 MAX_MESSAGES = 64
@@ -38,12 +35,6 @@ class Greeting:
 
 def _version(number: int) -> str:
     return f"{number >> 8}.{number & 0xFF}"
-
-
-def worker_hello() -> bytes:
-    """Everything the client sends before the daemon's version string: the daemon reads it
-    in order, so it may all go at once."""
-    return struct.pack("<QQQQ", WORKER_MAGIC_1, CLIENT_WORKER_VERSION, 0, 0)
 
 
 def serve_hello() -> bytes:
