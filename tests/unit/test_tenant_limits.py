@@ -121,3 +121,21 @@ def test_audit_reports_limits_the_host_cannot_enforce() -> None:
     assert finding.line == 1
     quiet = Facts(nixwarden=NixwardenFacts(PATH, config, text=text))
     assert rules_nixwarden.check(quiet) == []
+
+
+def test_counters_the_supervisor_watches() -> None:
+    settings = TenantSettings(cgroup_root="/cg", cgroup_name="nw")
+    limited = principal('memory = "1536M"\ncpu = 0.5\ntasks = 64')
+    assert limits.counters(settings, limited, 2) == [
+        ("memory", "/cg/memory/nw/t/slot2/memory.oom_control", "1.5 GiB"),
+        ("tasks", "/cg/pids/nw/t/slot2/pids.events", "64"),
+    ]
+    assert limits.counters(settings, principal("cpu = 1"), 0) == []  # at its cap it waits
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(128 << 20, "128 MiB"), (8 << 30, "8 GiB"), (1536 << 20, "1.5 GiB"), (512, "512 B")],
+)
+def test_size_text(count: int, text: str) -> None:
+    assert limits.size_text(count) == text

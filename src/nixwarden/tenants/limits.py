@@ -224,6 +224,33 @@ def _same_limit(name: str, actual: str, wanted: str) -> bool:
     return actual == wanted
 
 
+def counters(
+    settings: TenantSettings, principal: Principal, slot: int
+) -> list[tuple[str, str, str]]:
+    """(kind, file, the limit as people read it) of each counter that grows when slot
+    `slot` hits one of the principal's limits (gate.supervisor watches them). CPU has
+    none: at its cap a session waits, nothing fails."""
+    found = []
+    if principal.memory is not None:
+        path = os.path.join(
+            slot_path(settings, "memory", principal.name, slot), "memory.oom_control"
+        )
+        found.append(("memory", path, size_text(principal.memory)))
+    if principal.tasks is not None:
+        path = os.path.join(slot_path(settings, "pids", principal.name, slot), "pids.events")
+        found.append(("tasks", path, str(principal.tasks)))
+    return found
+
+
+def size_text(count: int) -> str:
+    """Bytes as a limit is usually written: 128 MiB, 8 GiB, 1.5 GiB."""
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if count >= 1 << shift:
+            value = count / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{count} B"
+
+
 def usage(settings: TenantSettings, principal: str, slot: int) -> dict[str, int]:
     """What slot `slot` has used, from the kernel's counters (for tests and status)."""
     counters = {

@@ -1,0 +1,115 @@
+"""The gate's supervisor of a limited session: the counters it reads, when it says a limit
+was hit, and that it hands on the child's status and signals. The kernel's side (real
+cgroups, real builds, what the client sees) is in tests/system/test_tenant_limits.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from nixwarden import process
+from nixwarden.gate import supervisor
+
+OOM_CONTROL = b"oom_kill_disable 0\nunder_oom 0\noom_kill %d\n"
+
+
+def test_counter_files_parse() -> None:
+    assert supervisor.parse("memory", OOM_CONTROL % 3) == 3
+    assert supervisor.parse("tasks", b"max 17\n") == 17
+    assert supervisor.parse("memory", b"oom_kill_disable 0\nunder_oom 0\n") is None
+    assert supervisor.parse("tasks", b"max -1\n") is None
+    assert supervisor.parse("tasks", b"max 1 2\n") is None
+    assert supervisor.parse("memory", b"\xff" * 300) is None
+
+
+def test_disk_is_full_below_a_mebibyte_or_one_percent() -> None:
+    assert supervisor.disk_full(0, 64 << 20)
+    assert supervisor.disk_full((1 << 20) - 1, 64 << 20)
+    assert not supervisor.disk_full(1 << 20, 64 << 20)
+    assert supervisor.disk_full(9 << 20, 1 << 30)  # 1% of 1 GiB is more than 9 MiB
+    assert not supervisor.disk_full(11 << 20, 1 << 30)
+
+
+def test_a_counter_reports_growth_once(tmp_path: Path) -> None:
+    path = tmp_path / "memory.oom_control"
+    path.write_bytes(OOM_CONTROL % 2)  # kills of earlier sessions in this slot
+    counter = supervisor.Counter("memory", str(path), "128 MiB")
+    assert not counter.hit()
+    path.write_bytes(OOM_CONTROL % 3)
+    assert counter.hit()
+    path.write_bytes(OOM_CONTROL % 4)
+    assert not counter.hit()  # once per session
+
+
+def test_an_unreadable_counter_never_reports(tmp_path: Path) -> None:
+    missing = supervisor.Counter("tasks", str(tmp_path / "pids.events"), "64")
+    assert missing.baseline is None and not missing.hit()
+    (tmp_path / "target").write_bytes(b"max 0\n")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    linked = supervisor.Counter("tasks", str(tmp_path / "link"), "64")
+    (tmp_path / "target").write_bytes(b"max 5\n")
+    assert not linked.hit()  # never through a symlink
+
+
+def test_a_full_disk_is_reported(tmp_path: Path) -> None:
+    disk = supervisor.Counter("disk", str(tmp_path), "64 MiB")
+    info = os.statvfs(tmp_path)
+    full = supervisor.disk_full(info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize)
+    assert disk.hit() is full  # the test's own filesystem: not full, unless it is
+
+
+def test_messages_name_the_limit() -> None:
+    memory = supervisor.Counter("memory", "/nonexistent", "128 MiB")
+    tasks = supervisor.Counter("tasks", "/nonexistent", "64")
+    disk = supervisor.Counter("disk", "/nonexistent", "1 GiB")
+    assert supervisor.message(memory, "alice") == (
+        "session of principal alice hit its memory limit (128 MiB): "
+        "the kernel killed a process of it"
+    )
+    assert "tasks limit (64): a new process or thread was refused" in supervisor.message(
+        tasks, "alice"
+    )
+    assert "disk quota (1 GiB): the tenant store is full" in supervisor.message(disk, "alice")
+
+
+def test_run_reports_and_returns_the_childs_status(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "pids.events"
+    events.write_bytes(b"max 0\n")
+    counter = supervisor.Counter("tasks", str(events), "64")
+    script = f"sleep 0.3; echo 'max 1' > {events}; sleep 0.3; exit 3"
+    reported: list[str] = []
+    status = supervisor.run(["/bin/sh", "-c", script], {}, [counter], reported.append, "bob")
+    assert status == 3
+    assert reported == [supervisor.message(counter, "bob")]
+    assert capfd.readouterr().err == f"nixwarden: {reported[0]}\n"
+
+
+def test_run_forwards_sigterm_and_gives_128_plus_the_signal() -> None:
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        status = supervisor.run(["/bin/sleep", "20"], {}, [], lambda _line: None, "carol")
+    finally:
+        timer.cancel()
+    assert status == 128 + signal.SIGTERM
+
+
+def test_watch_is_called_while_the_child_runs_and_once_after() -> None:
+    calls: list[int] = []
+    status = process.supervise(
+        ["/bin/sh", "-c", "sleep 0.35"],
+        env={},
+        forward=(),
+        targets=lambda pid: (pid,),
+        watch=calls.append,
+        every=0.1,
+    )
+    assert status == 0
+    assert 3 <= len(calls) <= 8
+    assert len(set(calls)) == 1  # the child's pid, each time
