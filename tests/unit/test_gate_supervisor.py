@@ -13,6 +13,7 @@ import pytest
 
 from nixwarden import process
 from nixwarden.gate import supervisor
+from nixwarden.tenants.disk import disk_full
 
 OOM_CONTROL = b"oom_kill_disable 0\nunder_oom 0\noom_kill %d\n"
 
@@ -27,11 +28,11 @@ def test_counter_files_parse() -> None:
 
 
 def test_disk_is_full_below_a_mebibyte_or_one_percent() -> None:
-    assert supervisor.disk_full(0, 64 << 20)
-    assert supervisor.disk_full((1 << 20) - 1, 64 << 20)
-    assert not supervisor.disk_full(1 << 20, 64 << 20)
-    assert supervisor.disk_full(9 << 20, 1 << 30)  # 1% of 1 GiB is more than 9 MiB
-    assert not supervisor.disk_full(11 << 20, 1 << 30)
+    assert disk_full(0, 64 << 20)
+    assert disk_full((1 << 20) - 1, 64 << 20)
+    assert not disk_full(1 << 20, 64 << 20)
+    assert disk_full(9 << 20, 1 << 30)  # 1% of 1 GiB is more than 9 MiB
+    assert not disk_full(11 << 20, 1 << 30)
 
 
 def test_a_counter_reports_growth_once(tmp_path: Path) -> None:
@@ -58,7 +59,7 @@ def test_an_unreadable_counter_never_reports(tmp_path: Path) -> None:
 def test_a_full_disk_is_reported(tmp_path: Path) -> None:
     disk = supervisor.Counter("disk", str(tmp_path), "64 MiB")
     info = os.statvfs(tmp_path)
-    full = supervisor.disk_full(info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize)
+    full = disk_full(info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize)
     assert disk.hit() is full  # the test's own filesystem: not full, unless it is
 
 

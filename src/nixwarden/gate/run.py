@@ -167,6 +167,10 @@ def _supervised(  # noqa: PLR0917
         supervisor.Counter(kind, path, limit)
         for kind, path, limit in limits.counters(tenants, principal, slot)
     ]
+    if tenants.disk_images and principal.disk_quota is not None:
+        # The session started: its directory is its image (tenants.session checked it).
+        path = os.path.join(tenants.root, principal.name)
+        counters.append(supervisor.Counter("disk", path, limits.size_text(principal.disk_quota)))
 
     def report(reason: str) -> None:
         session.log(gate.audit_log, "limit", reason, None)

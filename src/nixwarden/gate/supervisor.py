@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 
 from nixwarden import process
+from nixwarden.tenants.disk import disk_full
 
 TYPE_CHECKING = False  # not typing's: on the gate's start-up path for limited principals
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ POLL_SECONDS = 0.1
 # Raised for the session (inherited by everything it starts), the supervisor's own kept:
 # a process may raise its OOM score without privileges, and lower it back to where it was.
 SESSION_OOM_SCORE_ADJ = 500
-# "Full": less free than this, or than 1% of the filesystem, whichever is more.
-DISK_FULL_BYTES = 1 << 20
 MAX_COUNTER_BYTES = 256
 FORWARDED = (_signal.SIGHUP, _signal.SIGTERM, _signal.SIGINT)
 
@@ -78,10 +77,6 @@ def parse(kind: str, data: bytes) -> int | None:
         if len(fields) == 2 and fields[0] == key and fields[1].isdigit():
             return int(fields[1])
     return None
-
-
-def disk_full(free_bytes: int, size_bytes: int) -> bool:
-    return free_bytes < max(DISK_FULL_BYTES, size_bytes // 100)
 
 
 def read(counter: Counter) -> int | None:

@@ -55,8 +55,19 @@ def prepare(
     lock (sessions.principal_lock) open and inheritable: the session holds it."""
     layout = tenant_layout.TenantLayout(settings.root, principal.name)
     policy = policy_of(principal)
+    image = bool(settings.disk_images) and principal.disk_quota is not None
+    if image:
+        from nixwarden.tenants import disk  # noqa: PLC0415 - only with a disk image
+
+        if not disk.is_own_filesystem(layout.base, settings.root):
+            raise TenantSetupError(
+                f"the disk image of {principal.name} is not mounted at its directory; "
+                f"as root: nixwarden tenant limits apply {principal.name}"
+            )
     base = open_own_directory(settings.root, principal.name, config_path)
     try:
+        if image and disk.check(settings, principal, base) is None:
+            image = False  # larger than the quota, and the policy accepts best effort
         ensure_subdirectories(base)
         write_etc(base, tenant_layout.etc_files(policy))
         touch(base, "last-use")
@@ -73,7 +84,8 @@ def prepare(
         program = host.resolve_keeping_name(nix_argv[0])
         sandbox = host.tenant_sandbox(layout, policy, [program])
         clean = alone and tmp_used
-        if clean or principal.disk_quota is not None:
+        measure_disk = principal.disk_quota is not None and not image
+        if clean or measure_disk:
             from nixwarden.tenants import usage  # noqa: PLC0415 - only with work to do
 
             probe_sandbox = sandbox
@@ -84,7 +96,7 @@ def prepare(
                     layout,
                     probe_sandbox,
                     settings.bwrap,
-                    disk=principal.disk_quota is not None,
+                    disk=measure_disk,
                     clean_tmp=clean,
                 )
             except usage.UsageUnknown as error:
@@ -94,7 +106,10 @@ def prepare(
                 raise TenantRefused(
                     f"cannot {doing}: {error}; as root, see: nixwarden tenant list"
                 ) from None
-            check_quota(measured, principal)
+            if measure_disk:
+                check_quota(measured, principal)
+        if image:
+            check_free_space(layout.base, principal)
         if alone:
             sessions.share(lock)
     except BaseException:
@@ -259,6 +274,21 @@ def check_quota(usage: TenantUsage, principal: Principal) -> None:
         raise TenantRefused(
             f"tenant store is over its disk quota ({human_bytes(used)} used of "
             f"{human_bytes(principal.disk_quota)}); "
+            f"free space with: nixwarden tenant gc {principal.name}"
+        )
+
+
+def check_free_space(path: str, principal: Principal) -> None:
+    """With a disk image the kernel holds the quota; a session is still refused when the
+    tenant's filesystem is full (what the supervisor reports as the quota hit)."""
+    from nixwarden.tenants import disk  # noqa: PLC0415
+    from nixwarden.tenants.usage import human_bytes  # noqa: PLC0415
+
+    size, free = disk.filesystem_bytes(path)
+    if disk.disk_full(free, size):
+        raise TenantRefused(
+            f"tenant store is full ({human_bytes(size - free)} used of "
+            f"{human_bytes(size)}, its disk quota); "
             f"free space with: nixwarden tenant gc {principal.name}"
         )
 
