@@ -27,14 +27,6 @@ def test_counter_files_parse() -> None:
     assert supervisor.parse("memory", b"\xff" * 300) is None
 
 
-def test_disk_is_full_below_a_mebibyte_or_one_percent() -> None:
-    assert disk_full(0, 64 << 20)
-    assert disk_full((1 << 20) - 1, 64 << 20)
-    assert not disk_full(1 << 20, 64 << 20)
-    assert disk_full(9 << 20, 1 << 30)  # 1% of 1 GiB is more than 9 MiB
-    assert not disk_full(11 << 20, 1 << 30)
-
-
 def test_a_counter_reports_growth_once(tmp_path: Path) -> None:
     path = tmp_path / "memory.oom_control"
     path.write_bytes(OOM_CONTROL % 2)  # kills of earlier sessions in this slot

@@ -98,6 +98,60 @@ def unenforceable(settings: TenantSettings, principal: Principal) -> str | None:
             )
 
 
+def unenforced(settings: TenantSettings, principal: Principal) -> str | None:
+    """Why some of the principal's limits, the disk quota included, are not held by the
+    kernel while a session runs (for `audit` and `builder status`), or None."""
+    reasons = []
+    why = unenforceable(settings, principal)
+    if why is not None:
+        reasons.append(why)
+    if principal.disk_quota is not None and not settings.disk_images:
+        reasons.append(
+            "disk_quota is only checked when a session starts: without [tenants] "
+            "disk_images nothing holds it while a session runs"
+        )
+    return "; ".join(reasons) or None
+
+
+def host_mechanism(settings: TenantSettings) -> str:
+    """What this host offers, in one line (`builder status`)."""
+    match detect(settings.cgroup_root):
+        case "cgroup v1":
+            cgroups = f"cgroup v1 at {settings.cgroup_root}: memory, cpu and tasks limits enforced"
+        case "cgroup v2":
+            cgroups = (
+                f"cgroup v2 at {settings.cgroup_root}: not supported, principals with "
+                "memory, cpu or tasks limits are refused (unless best effort)"
+            )
+        case _:
+            cgroups = (
+                f"no cgroup v1 hierarchies at {settings.cgroup_root}: principals with "
+                "memory, cpu or tasks limits are refused (unless best effort)"
+            )
+    disk = (
+        f"disk quotas held by ext4 images in {settings.disk_images}"
+        if settings.disk_images
+        else "disk quotas checked at session start only ([tenants] disk_images unset)"
+    )
+    return f"{cgroups}; {disk}"
+
+
+def describe(principal: Principal) -> str:
+    """The principal's limits, as `builder status` lists them ("-" for none)."""
+    parts = []
+    if principal.memory is not None:
+        parts.append(f"memory {size_text(principal.memory)}")
+    if principal.cpu is not None:
+        parts.append(f"cpu {principal.cpu:g}")
+    if principal.tasks is not None:
+        parts.append(f"tasks {principal.tasks}")
+    if principal.disk_quota is not None:
+        parts.append(f"disk {size_text(principal.disk_quota)}")
+    if parts and principal.limits != "enforce":
+        parts.append(principal.limits)
+    return ", ".join(parts) or "-"
+
+
 def slot_path(settings: TenantSettings, controller: str, principal: str, slot: int) -> str:
     return os.path.join(
         settings.cgroup_root, controller, settings.cgroup_name, principal, f"slot{slot}"
