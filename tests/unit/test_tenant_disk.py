@@ -45,7 +45,7 @@ def test_a_directory_on_the_roots_filesystem_is_refused_whatever_the_policy(
     fd = os.open(tmp_path / "t", os.O_RDONLY | os.O_DIRECTORY)
     try:
         for text in ('disk_quota = "1G"', 'disk_quota = "1G"\nlimits = "best-effort"'):
-            with pytest.raises(TenantSetupError, match="not mounted.*tenant limits apply t"):
+            with pytest.raises(TenantSetupError, match=r"not mounted.*tenant limits apply t"):
                 disk.check(settings, principal(text), fd)
     finally:
         os.close(fd)
