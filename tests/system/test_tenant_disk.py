@@ -8,7 +8,6 @@ images are small sparse files on the test's own temporary directory.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from nixwarden.tenants import host
 from nixwarden.tenants import layout as tenant_layout
 from testbed import harness
 from testbed.gate_setup import ClientStore, GatedBuilder, Principal
+from tests.system.test_tenant_limits import limit_reasons
 from tests.system.test_tenants import add_tenant, last_reason, script_expression
 
 QUOTA = 64 << 20
@@ -45,14 +45,6 @@ def imaged(tenant_builder: GatedBuilder, tmp_path: Path) -> Iterator[GatedBuilde
     finally:
         for point in mounts_under(root):
             subprocess.run([harness.which("umount") or "umount", "-l", point], check=False)
-
-
-def limit_lines(builder: GatedBuilder, principal: str) -> list[str]:
-    return [
-        str(entry["reason"])
-        for entry in map(json.loads, builder.log_lines())
-        if entry["decision"] == "limit" and entry["principal"] == principal
-    ]
 
 
 def store_build(
@@ -111,7 +103,7 @@ def test_writing_past_the_quota_fails_during_the_session(
     )
     # Nix's own error reaches the client first (the daemon's write of the build log fails
     # at once); the gate's line goes to the audit log, and the next session is told below.
-    assert limit_lines(imaged, "filler") == [reason]
+    assert limit_reasons(imaged, "filler", at_least=1) == [reason]
     # The host's filesystem did not take it: the image is still no larger than the quota.
     assert image.stat().st_blocks * 512 <= QUOTA
     # Nothing half-written is valid, and the store is consistent, seen from inside.
@@ -132,7 +124,7 @@ def test_writing_past_the_quota_fails_during_the_session(
     harness.run([harness.NIXWARDEN, "tenant", "gc", "filler", "--config", str(imaged.config)])
     small = store_build(client, principal, script_expression("echo small > $out"))
     assert small.returncode == 0, small.stderr.decode()[-2000:]
-    assert len(limit_lines(imaged, "filler")) == 1
+    assert len(limit_reasons(imaged, "filler")) == 1
 
 
 def test_an_image_that_is_not_mounted_is_refused(imaged: GatedBuilder) -> None:
@@ -163,3 +155,24 @@ def test_an_image_that_is_not_mounted_is_refused(imaged: GatedBuilder) -> None:
     assert mounts_under(root) == []
     assert not (Path(str(imaged.tenants["disk_images"])) / "unmounted.ext4").exists()
     assert not (root / "unmounted").exists()
+
+
+def test_without_an_image_a_watchdog_ends_the_session_past_the_quota(
+    tenant_builder: GatedBuilder, client: ClientStore
+) -> None:
+    """No [tenants] disk_images: the supervisor measures the tenant's usage with the probe
+    while the session runs, and ends it past the quota (the build would otherwise sleep
+    for a minute and succeed)."""
+    principal = add_tenant(tenant_builder, "spiller", disk_quota="16M")
+    script = "/usr/bin/head -c 40000000 /dev/zero > /tmp/spill; /usr/bin/sleep 60; echo ok > $out"
+    expression = script_expression(script)
+    ended = store_build(client, principal, expression)
+    assert ended.returncode != 0
+    line = b"nixwarden: session of principal spiller was ended: its tenant store passed its disk"
+    assert line in ended.stderr, ended.stderr.decode()[-2000:]
+    (reason,) = limit_reasons(tenant_builder, "spiller", at_least=1)
+    assert reason.startswith("session of principal spiller was ended: its tenant store passed")
+    assert reason.endswith("MiB used of 16 MiB)")
+    # What it left was in /tmp: the next session, starting alone, empties it and builds.
+    again = store_build(client, principal, script_expression("echo small > $out"))
+    assert again.returncode == 0, again.stderr.decode()[-2000:]

@@ -167,16 +167,23 @@ def _supervised(  # noqa: PLR0917
         supervisor.Counter(kind, path, limit)
         for kind, path, limit in limits.counters(tenants, principal, slot)
     ]
-    if tenants.disk_images and principal.disk_quota is not None:
+    watched: list[supervisor.Counter | supervisor.Watchdog] = list(counters)
+    quota = principal.disk_quota
+    if quota is not None and tenants.disk_images:
         # The session started: its directory is its image (tenants.session checked it).
         path = os.path.join(tenants.root, principal.name)
-        counters.append(supervisor.Counter("disk", path, limits.size_text(principal.disk_quota)))
+        watched.append(supervisor.Counter("disk", path, limits.size_text(quota)))
+    elif quota is not None:  # no image: measured while the session runs, and ended past it
+        from nixwarden.tenants import session as tenant_session  # noqa: PLC0415
+
+        measure = tenant_session.disk_usage_probe(tenants, principal)
+        watched.append(supervisor.Watchdog(measure, quota, limits.size_text(quota)))
 
     def report(reason: str) -> None:
         session.log(gate.audit_log, "limit", reason, None)
 
     sys.stdout.flush()
-    return supervisor.run(argv, env, counters, report, principal.name)
+    return supervisor.run(argv, env, watched, report, principal.name)
 
 
 def refuse_bad_arguments(error: NixwardenError, environ: Mapping[bytes, bytes]) -> GateDenied:

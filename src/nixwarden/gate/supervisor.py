@@ -1,7 +1,8 @@
 """The gate as a small supervisor, for a session with limits: it says when one is hit.
 
 The kernel enforces the limits (tenants.limits: the slot's cgroups; tenants.disk: the
-tenant's own filesystem); nothing here enforces anything. Without a supervisor the
+tenant's own filesystem); the supervisor only watches them, except a disk quota that
+has no filesystem of its own (below). Without a supervisor the
 client would only see its build fail ("killed by signal 9", "No space left on
 device") and nobody would know why. So, for a principal with limits, the gate does not
 exec the session: it starts it as its child (the same argv it would exec) and, while it
@@ -13,7 +14,16 @@ runs, reads the counters the kernel keeps for the slot every POLL_SECONDS:
 
 When a counter grows (each once per session), it writes one line to its stderr, which
 sshd sends to the client and Nix prints, and one line to the audit log (decision
-"limit"). It forwards SIGHUP, SIGTERM and SIGINT to the child and exits with the
+"limit").
+
+A disk quota without a filesystem image of its own (no `[tenants] disk_images`) has no
+kernel counter: there a `Watchdog` measures the tenant's usage every WATCHDOG_SECONDS
+the hardened way (the probe, in the tenant's sandbox, bounded: tenants.usage) and,
+past the quota or when the usage cannot be measured, reports and ends the session
+(SIGKILL to the child; bubblewrap's pid namespace takes every process of the session).
+A session may overshoot by what it writes between two measurements.
+
+It forwards SIGHUP, SIGTERM and SIGINT to the child and exits with the
 child's status. Its own footprint counts in the slot's cgroups too; the child starts
 with a higher OOM score than the supervisor, so the kernel picks a build, not the one
 process that reports.
@@ -43,8 +53,13 @@ MAX_COUNTER_BYTES = 256
 FORWARDED = (_signal.SIGHUP, _signal.SIGTERM, _signal.SIGINT)
 
 
+WATCHDOG_SECONDS = 5.0
+
+
 class Counter:
     """One kernel counter of the session: `kind` is memory, tasks or disk."""
+
+    ends_session = False
 
     def __init__(self, kind: str, path: str, limit: str) -> None:
         self.kind = kind
@@ -66,6 +81,42 @@ class Counter:
             found = self.baseline is not None and now > self.baseline
         self.reported = found
         return found
+
+
+class Watchdog:
+    """The tenant's disk usage against its quota, measured every `interval` seconds while
+    the session runs: `measure` returns bytes, or None when it could not measure."""
+
+    kind = "disk-usage"
+    ends_session = True
+
+    def __init__(
+        self,
+        measure: Callable[[], int | None],
+        quota: int,
+        limit: str,
+        interval: float = WATCHDOG_SECONDS,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time  # noqa: PLC0415 - a C module, only for a watched disk quota
+
+        self.measure = measure
+        self.quota = quota
+        self.limit = limit
+        self.interval = interval
+        self.clock = clock or time.monotonic
+        self.next = self.clock() + interval
+        self.used: int | None = None
+        self.reported = False
+
+    def hit(self) -> bool:
+        """Whether the last measurement, if one was due, is at or past the quota or failed."""
+        if self.reported or self.clock() < self.next:
+            return False
+        self.used = self.measure()
+        self.next = self.clock() + self.interval
+        self.reported = self.used is None or self.used >= self.quota
+        return self.reported
 
 
 def parse(kind: str, data: bytes) -> int | None:
@@ -98,7 +149,17 @@ def read(counter: Counter) -> int | None:
         os.close(fd)
 
 
-def message(counter: Counter, principal: str) -> str:
+def message(counter: Counter | Watchdog, principal: str) -> str:
+    if isinstance(counter, Watchdog):
+        if counter.used is None:
+            return (
+                f"session of principal {principal} was ended: its disk usage could not be "
+                f"measured against its disk quota ({counter.limit})"
+            )
+        return (
+            f"session of principal {principal} was ended: its tenant store passed its disk "
+            f"quota ({counter.used / (1 << 20):.1f} MiB used of {counter.limit})"
+        )
     match counter.kind:
         case "memory":
             what = f"its memory limit ({counter.limit}): the kernel killed a process of it"
@@ -115,7 +176,7 @@ def message(counter: Counter, principal: str) -> str:
 def run(
     argv: Sequence[str],
     env: Mapping[str, str],
-    counters: Sequence[Counter],
+    counters: Sequence[Counter | Watchdog],
     report: Callable[[str], None],
     principal: str,
 ) -> int:
@@ -127,8 +188,10 @@ def run(
         if previous is not None:
             _set_oom_score_adj(previous)  # ours back; the child keeps the raised one
 
-    def watch(_pid: int) -> None:
+    def watch(pid: int) -> None:
         for counter in counters:
+            if counter.ends_session and not _running(pid):
+                continue  # a session that ended by itself is not ended again
             if counter.hit():
                 line = message(counter, principal)
                 try:  # noqa: SIM105 - no contextlib on the start-up path
@@ -136,6 +199,8 @@ def run(
                 except OSError:
                     pass  # the client is gone; the log still says it
                 report(line)
+                if counter.ends_session:
+                    _kill(pid)
 
     if previous is not None:
         _set_oom_score_adj(max(previous, SESSION_OOM_SCORE_ADJ))
@@ -150,6 +215,21 @@ def run(
         every=POLL_SECONDS,
     )
     return 128 - status if status < 0 else status
+
+
+def _running(pid: int) -> bool:
+    """Whether our child `pid` has not ended (it is not reaped here)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
+
+
+def _kill(pid: int) -> None:
+    try:  # noqa: SIM105 - no contextlib on the start-up path
+        os.kill(pid, _signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _inheritable_fds() -> list[int]:

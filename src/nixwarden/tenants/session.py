@@ -21,7 +21,7 @@ from nixwarden.tenants.host import TenantRefused, TenantSetupError
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's (tenant) start-up path
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from nixwarden.config import Principal, TenantSettings
     from nixwarden.tenants.usage import TenantUsage
@@ -276,6 +276,24 @@ def check_quota(usage: TenantUsage, principal: Principal) -> None:
             f"{human_bytes(principal.disk_quota)}); "
             f"free space with: nixwarden tenant gc {principal.name}"
         )
+
+
+def disk_usage_probe(settings: TenantSettings, principal: Principal) -> Callable[[], int | None]:
+    """What the supervisor's watchdog calls while a session runs, for a disk quota without
+    a filesystem image: the tenant directory's usage in bytes, measured by the probe in
+    the tenant's sandbox (tenants.usage, bounded), or None when it could not be."""
+    from nixwarden.tenants import usage  # noqa: PLC0415
+
+    layout = tenant_layout.TenantLayout(settings.root, principal.name)
+    sandbox = host.tenant_sandbox(layout, policy_of(principal), [usage.interpreter()])
+
+    def measure() -> int | None:
+        try:
+            return usage.measure(layout, sandbox, settings.bwrap, disk=True).disk_bytes
+        except usage.UsageUnknown:
+            return None
+
+    return measure
 
 
 def check_free_space(path: str, principal: Principal) -> None:
