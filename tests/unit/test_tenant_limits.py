@@ -147,14 +147,14 @@ def test_what_status_and_audit_say_about_the_host(tmp_path: Path) -> None:
     imaged = TenantSettings(cgroup_root=str(tmp_path), disk_images="/var/lib/nw-images")
     assert limits.host_mechanism(settings) == (
         f"cgroup v1 at {tmp_path}: memory, cpu and tasks limits enforced; "
-        "disk quotas checked at session start only ([tenants] disk_images unset)"
+        "disk quotas measured every 5 s by the gate ([tenants] disk_images unset)"
     )
     assert limits.host_mechanism(imaged).endswith("held by ext4 images in /var/lib/nw-images")
     (tmp_path / "cgroup.controllers").touch()
     assert limits.host_mechanism(settings).startswith(f"cgroup v2 at {tmp_path}: not supported")
-    # The disk quota without images is said to be a start check only; with them, held.
+    # The disk quota without images is said to be the gate's watch only; with them, held.
     quota = principal('disk_quota = "1G"')
-    assert "only checked when a session starts" in str(limits.unenforced(settings, quota))
+    assert "not held by the kernel" in str(limits.unenforced(settings, quota))
     assert limits.unenforced(imaged, quota) is None
     both = principal('memory = "1G"\ndisk_quota = "1G"')
     why = str(limits.unenforced(settings, both))

@@ -67,8 +67,8 @@ LIMITS_UNENFORCEABLE = Rule(
     'For memory, cpu or tasks, with limits = "enforce" (the default) the gate refuses every '
     'session of the principal, and with "best-effort" its sessions run without the limits '
     "(nixwarden enforces them with cgroup v1 only); a disk_quota without [tenants] "
-    "disk_images is only checked when a session starts, so one session may fill the "
-    "filesystem that holds the tenants (docs/tenants.md, Limits).",
+    "disk_images is measured every 5 s and a session ended past it, so a fast writer "
+    "overshoots and may fill the filesystem that holds the tenants (docs/tenants.md, Limits).",
     "mount the cgroup v1 hierarchies and set [tenants] disk_images, or remove the limits, "
     "or accept best effort",
     FAMILY,

@@ -107,8 +107,8 @@ def unenforced(settings: TenantSettings, principal: Principal) -> str | None:
         reasons.append(why)
     if principal.disk_quota is not None and not settings.disk_images:
         reasons.append(
-            "disk_quota is only checked when a session starts: without [tenants] "
-            "disk_images nothing holds it while a session runs"
+            "disk_quota is not held by the kernel: without [tenants] disk_images the gate "
+            "measures the usage every 5 s and ends a session past it, which may overshoot"
         )
     return "; ".join(reasons) or None
 
@@ -131,7 +131,7 @@ def host_mechanism(settings: TenantSettings) -> str:
     disk = (
         f"disk quotas held by ext4 images in {settings.disk_images}"
         if settings.disk_images
-        else "disk quotas checked at session start only ([tenants] disk_images unset)"
+        else "disk quotas measured every 5 s by the gate ([tenants] disk_images unset)"
     )
     return f"{cgroups}; {disk}"
 
