@@ -90,6 +90,7 @@ TOOLS: Mapping[str, str] = {
     "cat": "coreutils",
     "chmod": "coreutils",
     "chown": "coreutils",
+    "df": "coreutils",
     "du": "coreutils",
     "mv": "coreutils",
     "id": "coreutils",

@@ -179,9 +179,11 @@ def _mount_image(config: config_module.Config, principal: config_module.Principa
         raise Refused(f"disk image of {principal.name}: {error}") from None
     if mounted:
         size, _free = disk.filesystem_bytes(path)
+        quota = principal.disk_quota or 0
         print(
-            f"disk of {principal.name}: {usage.human_bytes(size)} ext4 image "
-            f"{disk.image_path(config.tenants, principal.name)} mounted at {path}"
+            f"disk of {principal.name}: {usage.human_bytes(quota)} ext4 image "
+            f"{disk.image_path(config.tenants, principal.name)} "
+            f"({usage.human_bytes(size)} usable) mounted at {path}"
         )
     return mounted
 
