@@ -78,15 +78,18 @@ class _Session:
         try:
             audit_log.append(log_path, self.entry(decision, reason, argv))
         except audit_log.AuditLogUnwritable as error:
-            self.to_syslog(str(error) if decision == "allow" else f"{reason}; and {error}")
+            if decision == "limit":  # the session runs on: what happened, and where it went
+                self.to_syslog(f"{reason}; and {error}", decision)
+            else:
+                self.to_syslog(str(error) if decision == "allow" else f"{reason}; and {error}")
             return False
         return True
 
-    def to_syslog(self, reason: str) -> None:
-        """A denial for syslog: the audit log's JSON line, which is escaped ASCII."""
+    def to_syslog(self, reason: str, decision: str = "deny") -> None:
+        """A denial (or a limit hit) for syslog: the audit log's JSON line, escaped ASCII."""
         from nixwarden.gate import syslog  # noqa: PLC0415 - only when the audit log is not used
 
-        syslog.send(self.entry("deny", reason, None).decode("ascii").rstrip("\n"))
+        syslog.send(self.entry(decision, reason, None).decode("ascii").rstrip("\n"))
 
 
 def serve(
