@@ -80,3 +80,15 @@ def test_full_means_under_a_mebibyte_or_one_percent() -> None:
     assert not disk.disk_full(1 << 20, 64 << 20)
     assert disk.disk_full(9 << 20, 1 << 30)  # 1% of 1 GiB is more than 9 MiB
     assert not disk.disk_full(11 << 20, 1 << 30)
+
+
+def test_out_of_inodes_is_full_too(tmp_path: Path) -> None:
+    assert disk.inodes_full(63, 10_000)
+    assert not disk.inodes_full(100, 10_000)
+    assert disk.inodes_full(900, 100_000)  # under 1%
+    assert not disk.inodes_full(0, 0)  # a filesystem without a fixed count (btrfs, tmpfs)
+    info = os.statvfs(tmp_path)
+    expected = disk.disk_full(
+        info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize
+    ) or disk.inodes_full(info.f_favail, info.f_files)
+    assert disk.is_full(str(tmp_path)) is expected

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 
 from nixwarden import process
-from nixwarden.tenants.disk import disk_full
+from nixwarden.tenants.disk import is_full
 
 TYPE_CHECKING = False  # not typing's: on the gate's start-up path for limited principals
 if TYPE_CHECKING:
@@ -133,10 +133,9 @@ def parse(kind: str, data: bytes) -> int | None:
 def read(counter: Counter) -> int | None:
     if counter.kind == "disk":
         try:
-            info = os.statvfs(counter.path)
+            return int(is_full(counter.path))
         except OSError:
             return None
-        return int(disk_full(info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize))
     try:
         fd = os.open(counter.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:

@@ -39,6 +39,7 @@ SUFFIX = ".ext4"
 TOOL_SECONDS = 120
 # "Full": less free than this, or than 1% of the filesystem, whichever is more.
 DISK_FULL_BYTES = 1 << 20
+DISK_FULL_INODES = 64
 
 
 def uses_image(settings: TenantSettings, principal: Principal) -> bool:
@@ -68,6 +69,19 @@ def filesystem_bytes(fd_or_path: int | str) -> tuple[int, int]:
 
 def disk_full(free_bytes: int, size_bytes: int) -> bool:
     return free_bytes < max(DISK_FULL_BYTES, size_bytes // 100)
+
+
+def inodes_full(free: int, total: int) -> bool:
+    """Out of inodes (ext4 has a fixed number): new files fail with ENOSPC too."""
+    return total > 0 and free < max(DISK_FULL_INODES, total // 100)
+
+
+def is_full(fd_or_path: int | str) -> bool:
+    """Whether the filesystem holding `fd_or_path` is full, of bytes or of inodes."""
+    info = os.statvfs(fd_or_path)
+    return disk_full(info.f_bavail * info.f_frsize, info.f_blocks * info.f_frsize) or (
+        inodes_full(info.f_favail, info.f_files)
+    )
 
 
 # --- the gate ----------------------------------------------------------------------------

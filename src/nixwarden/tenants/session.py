@@ -303,11 +303,14 @@ def check_free_space(path: str, principal: Principal) -> None:
     from nixwarden.tenants.usage import human_bytes  # noqa: PLC0415
 
     size, free = disk.filesystem_bytes(path)
-    if disk.disk_full(free, size):
+    if disk.is_full(path):
+        what = (
+            f"{human_bytes(size - free)} used of {human_bytes(size)}, its disk quota"
+            if disk.disk_full(free, size)
+            else "out of inodes: too many files for its disk quota"
+        )
         raise TenantRefused(
-            f"tenant store is full ({human_bytes(size - free)} used of "
-            f"{human_bytes(size)}, its disk quota); "
-            f"free space with: nixwarden tenant gc {principal.name}"
+            f"tenant store is full ({what}); free space with: nixwarden tenant gc {principal.name}"
         )
 
 
