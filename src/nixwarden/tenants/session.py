@@ -101,7 +101,7 @@ def prepare(
                 )
             except usage.UsageUnknown as error:
                 doing = (
-                    "check the disk quota" if principal.disk_quota else "clean the tenant's /tmp"
+                    "check the disk quota" if measure_disk else "clean the tenant's /tmp"
                 )
                 raise TenantRefused(
                     f"cannot {doing}: {error}; as root, see: nixwarden tenant list"
