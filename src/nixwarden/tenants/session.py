@@ -100,9 +100,7 @@ def prepare(
                     clean_tmp=clean,
                 )
             except usage.UsageUnknown as error:
-                doing = (
-                    "check the disk quota" if measure_disk else "clean the tenant's /tmp"
-                )
+                doing = "check the disk quota" if measure_disk else "clean the tenant's /tmp"
                 raise TenantRefused(
                     f"cannot {doing}: {error}; as root, see: nixwarden tenant list"
                 ) from None
