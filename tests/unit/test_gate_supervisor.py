@@ -106,3 +106,67 @@ def test_watch_is_called_while_the_child_runs_and_once_after() -> None:
     assert status == 0
     assert 3 <= len(calls) <= 8
     assert len(set(calls)) == 1  # the child's pid, each time
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_watchdog_measures_only_when_due_and_reports_past_the_quota() -> None:
+    clock = Clock()
+    usage = [10 << 20, 17 << 20]
+    calls: list[int] = []
+
+    def measure() -> int | None:
+        calls.append(1)
+        return usage.pop(0)
+
+    dog = supervisor.Watchdog(measure, 16 << 20, "16 MiB", interval=5, clock=clock)
+    assert not dog.hit() and calls == []  # not due yet
+    clock.now += 5
+    assert not dog.hit() and len(calls) == 1  # 10 MiB: under
+    clock.now += 1
+    assert not dog.hit() and len(calls) == 1
+    clock.now += 4
+    assert dog.hit()  # 17 MiB: past it
+    assert supervisor.message(dog, "dan") == (
+        "session of principal dan was ended: its tenant store passed its disk quota "
+        "(17.0 MiB used of 16 MiB)"
+    )
+    clock.now += 5
+    assert not dog.hit()  # once
+
+
+def test_a_watchdog_that_cannot_measure_ends_the_session() -> None:
+    clock = Clock()
+    dog = supervisor.Watchdog(lambda: None, 1 << 20, "1 MiB", interval=1, clock=clock)
+    clock.now += 1
+    assert dog.hit()
+    assert "its disk usage could not be measured" in supervisor.message(dog, "erin")
+
+
+def test_run_ends_the_session_when_the_watchdog_says_so() -> None:
+    dog = supervisor.Watchdog(lambda: 2 << 20, 1 << 20, "1 MiB", interval=0.2)
+    reported: list[str] = []
+    status = supervisor.run(["/bin/sleep", "30"], {}, [dog], reported.append, "fay")
+    assert status == 128 + signal.SIGKILL
+    assert reported == [supervisor.message(dog, "fay")]
+
+
+def test_a_session_that_ended_by_itself_is_not_ended_again() -> None:
+    """The watchdog runs only while the child runs: the supervisor asks without reaping."""
+    sleeper = os.posix_spawn("/bin/sleep", ["/bin/sleep", "30"], {})
+    quick = os.posix_spawn("/bin/true", ["/bin/true"], {})
+    try:
+        os.waitid(os.P_PID, quick, os.WEXITED | os.WNOWAIT)  # ended, not reaped
+        assert supervisor._running(sleeper)
+        assert not supervisor._running(quick)
+        assert not supervisor._running(quick)  # asking does not reap it
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+        for pid in (sleeper, quick):
+            os.waitpid(pid, 0)

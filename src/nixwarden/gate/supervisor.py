@@ -51,9 +51,7 @@ POLL_SECONDS = 0.1
 SESSION_OOM_SCORE_ADJ = 500
 MAX_COUNTER_BYTES = 256
 FORWARDED = (_signal.SIGHUP, _signal.SIGTERM, _signal.SIGINT)
-
-
-WATCHDOG_SECONDS = 5.0
+WATCHDOG_SECONDS = 5.0  # between two measurements of a disk quota without an image
 
 
 class Counter:
