@@ -89,5 +89,44 @@ def run(demo: Demo, builder: GatedBuilder, client: ClientStore) -> None:
     )
     demo.step("root's listing never opens it as root, and says nothing of /etc/shadow", listing)
     demo.step("put back", [*as_alice, "mv", f"{database}.real", str(database)])
+    _disk_quota(demo, builder, client, root)
     # Store files are read-only by design; let the demo's clean-up remove them.
     subprocess.run(["/usr/bin/chmod", "-R", "u+w", str(root)], check=False)
+
+
+def _disk_quota(demo: Demo, builder: GatedBuilder, client: ClientStore, root: Path) -> None:
+    """A disk quota the kernel holds: carol's directory is a 64 MiB ext4 image."""
+    builder.tenants["disk_images"] = str(demo.scratch / "tenant-images")
+    carol = builder.add(
+        "carol", groups=(), protocols=["ssh-ng"], disk_quota="64M",
+        create_tenant=False,
+    )  # fmt: skip
+    try:
+        demo.step(
+            "with [tenants] disk_images, carol's disk_quota = \"64M\" is a filesystem of her own",
+            [NIXWARDEN, "tenant", "create", "carol", "--user", carol.user.name,
+             "--config", str(builder.config)],
+        )  # fmt: skip
+        demo.step(
+            "her directory is a 64 MiB ext4 image, loop-mounted", ["df", "-h", str(root / "carol")]
+        )
+        fill = (
+            f'derivation {{ name = "demo-fill-{secrets.token_hex(4)}"; system = "{SYSTEM}"; '
+            'builder = "/bin/sh"; args = [ "-c" "/usr/bin/head -c 100000000 /dev/zero > $out" ]; }'
+        )
+        demo.step(
+            "a build writing 100 MB fails while it runs: the kernel says no (the gate logs why)",
+            client.argv(
+                "nix-build", "--no-out-link", "--store", f"ssh-ng://{carol.alias}", "-E", fill
+            ),
+            env=builder.sshd.client_env(),
+            expect_exit=1,
+        )
+        demo.step(
+            "root removes carol: her image is unmounted and deleted",
+            [NIXWARDEN, "tenant", "remove", "carol", "--config", str(builder.config)],
+        )
+    finally:
+        if (root / "carol").is_mount():
+            umount = harness.which("umount") or "/bin/umount"
+            subprocess.run([umount, "-l", str(root / "carol")], check=False)

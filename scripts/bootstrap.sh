@@ -29,7 +29,8 @@ python=/usr/bin/python3
 # PACKAGES. nix-setup-systemd is only a Recommends of nix-bin, so --no-install-recommends
 # leaves it out: it is the package that creates nix-users and the daemon's socket directory.
 apt_packages=(nix-bin nix-setup-systemd openssh-server openssh-client bubblewrap busybox-static
-              python3-venv systemd procps passwd util-linux coreutils time dpkg mount)
+              python3-venv systemd procps passwd util-linux coreutils time dpkg mount
+              e2fsprogs)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 # --check: read the manifest lines below and test each against the machine.

@@ -76,6 +76,7 @@ TOOLS: Mapping[str, str] = {
     "unshare": "util-linux",
     "mount": "mount",
     "umount": "mount",
+    "mkfs.ext4": "e2fsprogs",  # tenant disk images (tenants.disk)
     "groupadd": "passwd",
     "groupdel": "passwd",
     "gpasswd": "passwd",
@@ -89,6 +90,7 @@ TOOLS: Mapping[str, str] = {
     "cat": "coreutils",
     "chmod": "coreutils",
     "chown": "coreutils",
+    "df": "coreutils",
     "du": "coreutils",
     "mv": "coreutils",
     "id": "coreutils",

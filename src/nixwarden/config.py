@@ -76,6 +76,10 @@ class TenantSettings:
     # (tenants.limits): <cgroup_root>/<controller>/<cgroup_name>/<principal>/slot<n>.
     cgroup_root: str = "/sys/fs/cgroup"
     cgroup_name: str = "nixwarden"
+    # Where root keeps each tenant's filesystem image (tenants.disk): a principal with a
+    # disk_quota gets an ext4 image of that size, loop-mounted at its directory. Empty:
+    # no images, and the disk quota is only checked when a session starts.
+    disk_images: str = ""
 
 
 @dataclass(frozen=True)
@@ -476,7 +480,9 @@ def _gate(reader: _Reader, table: Mapping[str, Any]) -> GateSettings:
 
 
 def _tenants(reader: _Reader, table: Mapping[str, Any]) -> TenantSettings:
-    reader.only_keys("tenants", table, ("root", "bwrap", "cgroup_root", "cgroup_name"))
+    reader.only_keys(
+        "tenants", table, ("root", "bwrap", "cgroup_root", "cgroup_name", "disk_images")
+    )
     values = {
         key: reader.absolute_path(f"tenants.{key}", table[key])
         for key in table

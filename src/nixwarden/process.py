@@ -94,6 +94,8 @@ def supervise(
     targets: Callable[[int], Sequence[int]],
     pass_fds: Sequence[int] = (),
     on_start: Callable[[int], None] | None = None,
+    watch: Callable[[int], None] | None = None,
+    every: float = 1.0,
 ) -> int:
     """Run argv as a child in its own session and wait for it; return its exit status.
 
@@ -107,6 +109,9 @@ def supervise(
     as long as the rest of a cached `confine run`). The child gets what `subprocess`
     would give it: no descriptors but 0, 1, 2 and `pass_fds`, and the default action
     for SIGPIPE and SIGXFSZ, which Python ignores.
+
+    With `watch`, it is called with the child's pid every `every` seconds while the child
+    runs, and once more when it has ended (the gate's supervisor reads counters there).
     """
     if not argv or not os.path.isabs(argv[0]):
         raise CommandFailed(f"refusing to run a relative program: {argv[:1]!r}")
@@ -142,11 +147,29 @@ def supervise(
             on_start(child[0])
         while pending:
             relay(pending.pop(0), None)
+        if watch is not None:
+            _watch_until_exit(child[0], watch, every)
         _, status = os.waitpid(child[0], 0)  # retried after each relayed signal (PEP 475)
         return os.waitstatus_to_exitcode(status)
     finally:
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
+
+
+def _watch_until_exit(pid: int, watch: Callable[[int], None], every: float) -> None:
+    """Call `watch(pid)` every `every` seconds until the child `pid` ends, then once more.
+    A pidfd becomes readable when the process ends; select retries after a signal."""
+    import select  # noqa: PLC0415 - a C module, only for a watched child
+
+    pidfd = os.pidfd_open(pid)
+    try:
+        while True:
+            ended, _, _ = select.select([pidfd], [], [], every)
+            watch(pid)
+            if ended:
+                return
+    finally:
+        os.close(pidfd)
 
 
 def _inherit_only(pass_fds: Sequence[int]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from nixwarden.tenants import limits
 from testbed import harness
 from testbed.gate_setup import ClientStore, chain_expression, dep_expression
 from testbed.provision_setup import ProvisionBed, provision_bed, same, tree_state, users_state
@@ -118,10 +119,19 @@ def test_init_enroll_and_remote_builds_over_both_protocols(
     assert by_name[tenant]["store"] == "tenant" and by_name[tenant]["user"] == tenant
     assert by_name[tenant]["tenant_store"].endswith(f"/tenants/{tenant}")
     assert by_name[host]["store"] == "host" and by_name[host]["tenant_store"] is None
+    # Which mechanism would hold limits here, and that these principals have none.
+    hierarchy = limits.detect("/sys/fs/cgroup")  # this host's: cgroup v1 on the testbed
+    found = "no cgroup v1 hierarchies" if hierarchy == limits.NO_MECHANISM else hierarchy
+    assert status["limits"].startswith(f"{found} at /sys/fs/cgroup: ")
+    assert status["limits"].endswith(
+        "disk quotas measured every 5 s by the gate ([tenants] disk_images unset)"
+    )
+    assert by_name[tenant]["limits"] == "-" and by_name[tenant]["limits_not_held"] is None
     for entry in by_name.values():
         assert len(entry["keys"]) == 1 and entry["keys"][0].startswith("ssh-ed25519 SHA256:")
     text = bed.builder("status").stdout.decode()
     assert f"{tenant}: store tenant" in text and f"{host}: store host" in text
+    assert f"\nlimits: {found} at /sys/fs/cgroup" in text
     assert "[ ]" not in text
 
 

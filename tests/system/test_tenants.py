@@ -224,13 +224,18 @@ def test_over_quota_is_refused(tenant_builder: GatedBuilder, client: ClientStore
     assert b"nixwarden tenant gc frugal" in refused.stderr
 
 
-def remote_build(
-    builder: GatedBuilder, client: ClientStore, principal: Principal, script: str
-) -> subprocess.CompletedProcess[bytes]:
-    expression = (
+def script_expression(script: str) -> str:
+    """A derivation whose builder is /bin/sh -c `script` (named anew each time)."""
+    return (
         f'derivation {{ name = "nwt-script-{secrets.token_hex(4)}"; system = "{SYSTEM}"; '
         f'builder = "/bin/sh"; args = [ "-c" {nix_string(script)} ]; }}'
     )
+
+
+def remote_build(
+    builder: GatedBuilder, client: ClientStore, principal: Principal, script: str
+) -> subprocess.CompletedProcess[bytes]:
+    expression = script_expression(script)
     return client.run(
         "nix-build", "--no-out-link", "--max-jobs", "0",
         "--builders", f"ssh-ng://{principal.alias} {SYSTEM} - 1 1", "-E", expression,

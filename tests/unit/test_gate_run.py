@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nixwarden.cli import main
+from nixwarden.config import Config, Principal
 from nixwarden.errors import ConfigError, UsageError
 from nixwarden.gate import cli as gate_cli
 from nixwarden.gate import keyline, run, syslog
@@ -364,3 +365,28 @@ def test_check_output_is_escaped(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     allowed, detail = run.check("alice", str(config), "nix-daemon --stdio --store '\u202e'")
     assert not allowed and detail.isprintable()
+
+
+def test_a_limit_hit_is_a_limit_line_in_the_audit_log_or_syslog(
+    tmp_path: Path, syslog_socket: Syslog
+) -> None:
+    session = run._Session("alice", ENV)
+    log = tmp_path / "audit.jsonl"
+    assert session.log(str(log), "limit", "session of principal alice hit its tasks limit", None)
+    (entry,) = map(json.loads, log.read_text().splitlines())
+    assert (entry["decision"], entry["exec"]) == ("limit", None)
+    # The audit log cannot take it: syslog has it, still a limit line, and why it is there.
+    assert not session.log(str(tmp_path / "missing" / "audit.jsonl"), "limit", "hit", None)
+    (record,) = syslog_socket.records()
+    assert record["decision"] == "limit"
+    assert record["reason"].startswith("hit; and audit log ")
+
+
+def test_only_principals_with_limits_are_supervised() -> None:
+    def principal(text: str) -> Principal:
+        return Config.from_toml(f"[principals.t]\n{text}\n".encode(), "c").principal("t")
+
+    assert not run._has_limits(principal(""))
+    assert not run._has_limits(principal("max_processes = 64\nsession_timeout = 60"))
+    for text in ('memory = "1G"', "cpu = 1", "tasks = 64", 'disk_quota = "1G"'):
+        assert run._has_limits(principal(text)), text

@@ -121,3 +121,49 @@ def test_audit_reports_limits_the_host_cannot_enforce() -> None:
     assert finding.line == 1
     quiet = Facts(nixwarden=NixwardenFacts(PATH, config, text=text))
     assert rules_nixwarden.check(quiet) == []
+
+
+def test_counters_the_supervisor_watches() -> None:
+    settings = TenantSettings(cgroup_root="/cg", cgroup_name="nw")
+    limited = principal('memory = "1536M"\ncpu = 0.5\ntasks = 64')
+    assert limits.counters(settings, limited, 2) == [
+        ("memory", "/cg/memory/nw/t/slot2/memory.oom_control", "1.5 GiB"),
+        ("tasks", "/cg/pids/nw/t/slot2/pids.events", "64"),
+    ]
+    assert limits.counters(settings, principal("cpu = 1"), 0) == []  # at its cap it waits
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(128 << 20, "128 MiB"), (8 << 30, "8 GiB"), (1536 << 20, "1.5 GiB"), (512, "512 B")],
+)
+def test_size_text(count: int, text: str) -> None:
+    assert limits.size_text(count) == text
+
+
+def test_what_status_and_audit_say_about_the_host(tmp_path: Path) -> None:
+    fake_v1(tmp_path, ("memory", "pids", "cpu"))
+    settings = TenantSettings(cgroup_root=str(tmp_path))
+    imaged = TenantSettings(cgroup_root=str(tmp_path), disk_images="/var/lib/nw-images")
+    assert limits.host_mechanism(settings) == (
+        f"cgroup v1 at {tmp_path}: memory, cpu and tasks limits enforced; "
+        "disk quotas measured every 5 s by the gate ([tenants] disk_images unset)"
+    )
+    assert limits.host_mechanism(imaged).endswith("held by ext4 images in /var/lib/nw-images")
+    (tmp_path / "cgroup.controllers").touch()
+    assert limits.host_mechanism(settings).startswith(f"cgroup v2 at {tmp_path}: not supported")
+    # The disk quota without images is said to be the gate's watch only; with them, held.
+    quota = principal('disk_quota = "1G"')
+    assert "not held by the kernel" in str(limits.unenforced(settings, quota))
+    assert limits.unenforced(imaged, quota) is None
+    both = principal('memory = "1G"\ndisk_quota = "1G"')
+    why = str(limits.unenforced(settings, both))
+    assert why.startswith(f"{tmp_path} is cgroup v2") and "disk_images" in why
+
+
+def test_describe_lists_the_limits() -> None:
+    assert limits.describe(principal("")) == "-"
+    text = 'memory = "8G"\ncpu = 0.5\ntasks = 64\ndisk_quota = "20G"\nlimits = "best-effort"'
+    assert limits.describe(principal(text)) == (
+        "memory 8 GiB, cpu 0.5, tasks 64, disk 20 GiB, best-effort"
+    )

@@ -251,13 +251,14 @@ def load_config(data: bytes, path: str, system: System | None = None) -> Nixward
 
 def _unenforceable(config: nw_config.Config, system: System) -> dict[str, str]:
     """principal → why its memory/cpu/tasks limits cannot be enforced on the audited system
-    (its cgroup hierarchies: the live host's, or those inside --root)."""
+    (its cgroup hierarchies: the live host's, or those inside --root), or its disk quota
+    is not held while a session runs (no [tenants] disk_images)."""
     inside = system.resolve(config.tenants.cgroup_root)
     host = os.path.join(system.root, inside.lstrip("/")) if inside else "/nonexistent"
     tenants = replace(config.tenants, cgroup_root=host)
     found: dict[str, str] = {}
     for name, principal in config.principals.items():
-        why = limits.unenforceable(tenants, principal)
+        why = limits.unenforced(tenants, principal)
         if principal.store == "tenant" and why is not None:
             found[name] = escape(why.replace(host, config.tenants.cgroup_root))
     return found

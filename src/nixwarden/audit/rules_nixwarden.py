@@ -63,11 +63,14 @@ CONFIG_WRITABLE = Rule(
 LIMITS_UNENFORCEABLE = Rule(
     "nixwarden-limits-unenforceable",
     Severity.MEDIUM,
-    "a tenant principal's memory, cpu or tasks limits cannot be enforced on this host",
-    'With limits = "enforce" (the default) the gate refuses every session of the principal, '
-    'and with "best-effort" its sessions run without the limits (nixwarden enforces them '
-    "with cgroup v1 only: docs/tenants.md, Limits).",
-    "mount the cgroup v1 hierarchies, or remove the limits, or accept best effort",
+    "a tenant principal's limits are not held by the kernel on this host",
+    'For memory, cpu or tasks, with limits = "enforce" (the default) the gate refuses every '
+    'session of the principal, and with "best-effort" its sessions run without the limits '
+    "(nixwarden enforces them with cgroup v1 only); a disk_quota without [tenants] "
+    "disk_images is measured every 5 s and a session ended past it, so a fast writer "
+    "overshoots and may fill the filesystem that holds the tenants (docs/tenants.md, Limits).",
+    "mount the cgroup v1 hierarchies and set [tenants] disk_images, or remove the limits, "
+    "or accept best effort",
     FAMILY,
 )
 RULES = (

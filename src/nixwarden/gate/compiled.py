@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 # Raised whenever validation tightens or the model grows: a copy compiled by an older
 # nixwarden holds values checked by its rules (3: printable strings, one-word nix.conf
 # items; 4: the tenant limits and cgroup settings; 5: principals carry role, user and
-# profiles), so it is ignored.
-FORMAT = 5
+# profiles; 6: [tenants] disk_images), so it is ignored.
+FORMAT = 6
 
 
 class Values:

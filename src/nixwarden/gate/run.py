@@ -78,15 +78,18 @@ class _Session:
         try:
             audit_log.append(log_path, self.entry(decision, reason, argv))
         except audit_log.AuditLogUnwritable as error:
-            self.to_syslog(str(error) if decision == "allow" else f"{reason}; and {error}")
+            if decision == "limit":  # the session runs on: what happened, and where it went
+                self.to_syslog(f"{reason}; and {error}", decision)
+            else:
+                self.to_syslog(str(error) if decision == "allow" else f"{reason}; and {error}")
             return False
         return True
 
-    def to_syslog(self, reason: str) -> None:
-        """A denial for syslog: the audit log's JSON line, which is escaped ASCII."""
+    def to_syslog(self, reason: str, decision: str = "deny") -> None:
+        """A denial (or a limit hit) for syslog: the audit log's JSON line, escaped ASCII."""
         from nixwarden.gate import syslog  # noqa: PLC0415 - only when the audit log is not used
 
-        syslog.send(self.entry("deny", reason, None).decode("ascii").rstrip("\n"))
+        syslog.send(self.entry(decision, reason, None).decode("ascii").rstrip("\n"))
 
 
 def serve(
@@ -107,6 +110,7 @@ def serve(
         session.to_syslog(f"configuration error: {_reason(error)}")
         raise _denied(principal_name, CONFIG_FAULT) from None
     deploy = None
+    slot_number = -1
     try:
         principal = _principal(principals, principal_name, path)
         if principal.role == "deploy":  # the receive protocol, relayed (gate/relay.py)
@@ -117,7 +121,7 @@ def serve(
             argv: tuple[str, ...] = deploy.argv
             env: dict[str, str] = {}
         else:
-            argv, env, _slot = _decide_and_prepare(
+            argv, env, _slot, slot_number = _decide_and_prepare(
                 gate, tenants, principal, session, environ, stdin_fd, stdout_fd, config_path=path
             )
     except Exception as error:  # fail closed, and log it: every decision is a log line
@@ -129,11 +133,60 @@ def serve(
         raise _denied(principal_name, LOG_FAULT)
     if deploy is not None:
         return deploy.run(stdin_fd, stdout_fd)
+    if principal.store == "tenant" and _has_limits(principal):
+        return _supervised(session, gate, tenants, principal, slot_number, argv, env)
     from nixwarden import process  # noqa: PLC0415
 
     sys.stdout.flush()
     process.exec_replace(argv, env)  # the slot's descriptor is inherited: held while Nix runs
     return 1
+
+
+def _has_limits(principal: Principal) -> bool:
+    """Inline, not tenants.limits: nothing more to import for a principal without limits."""
+    return (
+        principal.memory is not None
+        or principal.tasks is not None
+        or principal.cpu is not None
+        or principal.disk_quota is not None
+    )
+
+
+def _supervised(  # noqa: PLR0917
+    session: _Session,
+    gate: GateSettings,
+    tenants: TenantSettings,
+    principal: Principal,
+    slot: int,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+) -> int:
+    """The session as the supervisor's child: a limit it hits is told to the client and
+    logged (gate.supervisor); principals without limits are exec'd as before."""
+    from nixwarden.gate import supervisor  # noqa: PLC0415 - limited principals only
+    from nixwarden.tenants import limits  # noqa: PLC0415
+
+    counters = [
+        supervisor.Counter(kind, path, limit)
+        for kind, path, limit in limits.counters(tenants, principal, slot)
+    ]
+    watched: list[supervisor.Counter | supervisor.Watchdog] = list(counters)
+    quota = principal.disk_quota
+    if quota is not None and tenants.disk_images:
+        # The session started: its directory is its image (tenants.session checked it).
+        path = os.path.join(tenants.root, principal.name)
+        watched.append(supervisor.Counter("disk", path, limits.size_text(quota)))
+    elif quota is not None:  # no image: measured while the session runs, and ended past it
+        from nixwarden.tenants import session as tenant_session  # noqa: PLC0415
+
+        measure = tenant_session.disk_usage_probe(tenants, principal)
+        watched.append(supervisor.Watchdog(measure, quota, limits.size_text(quota)))
+
+    def report(reason: str) -> None:
+        session.log(gate.audit_log, "limit", reason, None)
+
+    sys.stdout.flush()
+    return supervisor.run(argv, env, watched, report, principal.name)
 
 
 def refuse_bad_arguments(error: NixwardenError, environ: Mapping[bytes, bytes]) -> GateDenied:
@@ -235,7 +288,8 @@ def _decide_and_prepare(  # noqa: PLR0917
     stdout_fd: int,
     *,
     config_path: str,
-) -> tuple[tuple[str, ...], dict[str, str], int]:
+) -> tuple[tuple[str, ...], dict[str, str], int, int]:
+    """(argv, environment, the session slot's descriptor, its number)"""
     raw = environ.get(b"SSH_ORIGINAL_COMMAND", b"")
     if request.is_line_mode(raw) and gate.line_mode:
         session.mode = "line"
@@ -263,8 +317,8 @@ def _decide_and_prepare(  # noqa: PLR0917
         except BaseException:
             os.close(slot)
             raise
-        return tuple(tenant_argv), env, slot
-    return argv, _exec_env(gate), slot
+        return tuple(tenant_argv), env, slot, slot_number
+    return argv, _exec_env(gate), slot, slot_number
 
 
 def _argv_for(gate: GateSettings, principal: Principal, parsed: request.Request) -> tuple[str, ...]:

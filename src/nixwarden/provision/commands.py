@@ -33,6 +33,7 @@ from nixwarden.provision.execute import Executor, Hook
 from nixwarden.provision.layout import BuilderLayout, ClientLayout
 from nixwarden.provision.system import program, run
 from nixwarden.sshkeys import weak_key_problem
+from nixwarden.tenants import limits
 
 MAX_KEY_FILE = 64 << 10
 CHECK_USER = "nixwarden-check"
@@ -256,12 +257,20 @@ class PrincipalStatus:
     tenant_store: str | None
     sessions: int
     max_sessions: int
+    limits: str  # "memory 8 GiB, cpu 2, …" or "-"
+    limits_not_held: str | None  # why some are not held by the kernel here
 
 
 def status_document(layout: BuilderLayout) -> dict[str, object]:
     world = observe.builder_world(layout)
     if world.config is None:
-        return {"config": layout.config, "initialised": False, "pieces": [], "principals": []}
+        return {
+            "config": layout.config,
+            "initialised": False,
+            "pieces": [],
+            "principals": [],
+            "limits": None,
+        }
     config = builder_plan.parse_config(world.config, layout.config)
     pieces = [
         {"piece": step.describe(), "in_place": execute.is_done(step)}
@@ -296,6 +305,12 @@ def status_document(layout: BuilderLayout) -> dict[str, object]:
                 tenant_store=tenant,
                 sessions=busy,
                 max_sessions=principal.max_sessions,
+                limits=limits.describe(principal),
+                limits_not_held=(
+                    limits.unenforced(config.tenants, principal)
+                    if principal.store == "tenant"
+                    else None
+                ),
             ).__dict__
         )
     return {
@@ -303,6 +318,7 @@ def status_document(layout: BuilderLayout) -> dict[str, object]:
         "initialised": all(piece["in_place"] for piece in pieces),
         "pieces": pieces,
         "principals": principals,
+        "limits": limits.host_mechanism(config.tenants),
     }
 
 
@@ -318,6 +334,8 @@ def status(layout: BuilderLayout, *, out: TextIO, as_json: bool) -> int:
         print("not initialised: run nixwarden builder init", file=out)
     for piece in pieces:
         print(f"  [{'x' if piece['in_place'] else ' '}] {piece['piece']}", file=out)
+    if document["limits"]:
+        print(f"limits: {document['limits']}", file=out)
     principals = document["principals"]
     assert isinstance(principals, list)
     print(f"principals: {len(principals)}", file=out)
@@ -333,6 +351,10 @@ def status(layout: BuilderLayout, *, out: TextIO, as_json: bool) -> int:
         )
         for key in entry["keys"] or ["(no key: cannot log in)"]:
             print(f"      key {key}", file=out)
+        if entry["limits"] != "-":
+            print(f"      limits {entry['limits']}", file=out)
+        if entry["limits_not_held"]:
+            print(f"      limits not held: {entry['limits_not_held']}", file=out)
     return 0
 
 

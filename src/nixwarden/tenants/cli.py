@@ -19,9 +19,9 @@ from nixwarden import config as config_module
 from nixwarden import sessions
 from nixwarden.cliutil import Parser, parser
 from nixwarden.display import escape
-from nixwarden.errors import InvalidInput, Refused, UsageError
+from nixwarden.errors import CommandFailed, InvalidInput, Refused, UsageError
 from nixwarden.nix import commands
-from nixwarden.tenants import directory, host, limits, tree, usage
+from nixwarden.tenants import directory, disk, host, limits, tree, usage
 from nixwarden.tenants import layout as tenant_layout
 from nixwarden.tenants import session as tenant_session
 
@@ -155,21 +155,58 @@ def _create_directory(
             if not (stat.S_ISDIR(info.st_mode) and info.st_uid == 0):
                 _already_there(root_fd, root, name, entry)
                 return False
+        # The image at the directory, while both are root's: the directory under the
+        # mount point stays root's, so the gate refuses whenever the image is not there.
+        if _mount_image(config, principal) and directory.owner_of(root_fd, name).st_uid != 0:
+            _already_there(root_fd, root, name, entry)  # the image held a tenant already
+            return False
         base = directory.open_tenant(root_fd, name)
     finally:
         os.close(root_fd)
+    _fill(config, principal, base, entry.pw_uid, entry.pw_gid)
+    return True
+
+
+def _mount_image(config: config_module.Config, principal: config_module.Principal) -> bool:
+    """The principal's disk image mounted at its directory, when it has one; True when
+    this mounted it."""
+    if not disk.uses_image(config.tenants, principal):
+        return False
+    path = os.path.join(config.tenants.root, principal.name)
+    try:
+        mounted = disk.ensure_mounted(config.tenants, principal, path)
+    except (host.TenantSetupError, CommandFailed) as error:
+        raise Refused(f"disk image of {principal.name}: {error}") from None
+    if mounted:
+        size, _free = disk.filesystem_bytes(path)
+        quota = principal.disk_quota or 0
+        print(
+            f"disk of {principal.name}: {usage.human_bytes(quota)} ext4 image "
+            f"{disk.image_path(config.tenants, principal.name)} "
+            f"({usage.human_bytes(size)} usable) mounted at {path}"
+        )
+    return mounted
+
+
+def _fill(
+    config: config_module.Config,
+    principal: config_module.Principal,
+    base: int,
+    uid: int,
+    gid: int,
+) -> None:
+    """Root's part of a new tenant directory (`base`, root's and private until the end)."""
     try:
         # Still root's and private while it is filled: nobody can interfere.
         tenant_session.ensure_subdirectories(base)
         tenant_session.write_etc(base, tenant_layout.etc_files(tenant_session.policy_of(principal)))
         for relative in (*tenant_session.SUBDIRECTORIES, "etc/nix", *_etc_names(principal)):
-            os.chown(relative, entry.pw_uid, entry.pw_gid, dir_fd=base, follow_symlinks=False)
+            os.chown(relative, uid, gid, dir_fd=base, follow_symlinks=False)
         # Before the directory is the user's: that is what says the tenant is complete.
-        _apply_limits_of(config, principal, entry.pw_uid, entry.pw_gid)
-        os.fchown(base, entry.pw_uid, entry.pw_gid)
+        _apply_limits_of(config, principal, uid, gid)
+        os.fchown(base, uid, gid)
     finally:
         os.close(base)
-    return True
 
 
 def _etc_names(principal: config_module.Principal) -> list[str]:
@@ -233,14 +270,30 @@ def apply_limits(config: config_module.Config, names: list[str]) -> int:
     chosen = names or [
         name
         for name, principal in config.principals.items()
-        if principal.store == "tenant" and limits.has_kernel_limits(principal)
+        if principal.store == "tenant"
+        and (limits.has_kernel_limits(principal) or disk.uses_image(config.tenants, principal))
     ]
     for name in chosen:
         principal = _tenant_principal(config, name)
-        root_fd, base, info = _opened(config, name)
+        root_fd, base, before = _opened(config, name)
         os.close(base)
         os.close(root_fd)
-        _apply_limits_of(config, principal, info.st_uid, info.st_gid)
+        if _mount_image(config, principal):
+            root_fd, base, info = _opened(config, name)
+            os.close(root_fd)
+            if info.st_uid == 0:
+                # A new image over a tenant that had none: a fresh store for its user.
+                if before.st_uid == 0:
+                    os.close(base)
+                    raise Refused(
+                        f"tenant {name}: its directory is root's, so its user is not known; "
+                        f"as root: nixwarden tenant create {name} --user USER"
+                    )
+                _fill(config, principal, base, before.st_uid, before.st_gid)
+                continue
+            os.close(base)
+            before = info
+        _apply_limits_of(config, principal, before.st_uid, before.st_gid)
     return 0
 
 
@@ -483,6 +536,13 @@ def remove_tenant_directory(config: config_module.Config, name: str) -> None:
             now = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
             if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
                 raise Refused(f"tenant {name}: its directory was replaced while it was removed")
+            path = os.path.join(config.tenants.root, name)
+            if disk.is_own_filesystem(path, config.tenants.root) or config.tenants.disk_images:
+                os.close(base)  # an open descriptor would keep the filesystem busy
+                base = -1
+                _release_image(config, name, path)
+                base = directory.open_tenant(root_fd, name)  # what was under the mount
+                tree.remove_contents(base)
             os.rmdir(name, dir_fd=root_fd)
             limits.remove(config.tenants, name)
         finally:
@@ -492,5 +552,13 @@ def remove_tenant_directory(config: config_module.Config, name: str) -> None:
             f"tenant {name} has sessions running; try again when they have ended"
         ) from None
     finally:
-        os.close(base)
+        if base >= 0:
+            os.close(base)
         os.close(root_fd)
+
+
+def _release_image(config: config_module.Config, name: str, path: str) -> None:
+    try:
+        disk.release(config.tenants, name, path)
+    except CommandFailed as error:
+        raise Refused(f"disk image of {name}: {error}") from None

@@ -98,6 +98,60 @@ def unenforceable(settings: TenantSettings, principal: Principal) -> str | None:
             )
 
 
+def unenforced(settings: TenantSettings, principal: Principal) -> str | None:
+    """Why some of the principal's limits, the disk quota included, are not held by the
+    kernel while a session runs (for `audit` and `builder status`), or None."""
+    reasons = []
+    why = unenforceable(settings, principal)
+    if why is not None:
+        reasons.append(why)
+    if principal.disk_quota is not None and not settings.disk_images:
+        reasons.append(
+            "disk_quota is not held by the kernel: without [tenants] disk_images the gate "
+            "measures the usage every 5 s and ends a session past it, which may overshoot"
+        )
+    return "; ".join(reasons) or None
+
+
+def host_mechanism(settings: TenantSettings) -> str:
+    """What this host offers, in one line (`builder status`)."""
+    match detect(settings.cgroup_root):
+        case "cgroup v1":
+            cgroups = f"cgroup v1 at {settings.cgroup_root}: memory, cpu and tasks limits enforced"
+        case "cgroup v2":
+            cgroups = (
+                f"cgroup v2 at {settings.cgroup_root}: not supported, principals with "
+                "memory, cpu or tasks limits are refused (unless best effort)"
+            )
+        case _:
+            cgroups = (
+                f"no cgroup v1 hierarchies at {settings.cgroup_root}: principals with "
+                "memory, cpu or tasks limits are refused (unless best effort)"
+            )
+    disk = (
+        f"disk quotas held by ext4 images in {settings.disk_images}"
+        if settings.disk_images
+        else "disk quotas measured every 5 s by the gate ([tenants] disk_images unset)"
+    )
+    return f"{cgroups}; {disk}"
+
+
+def describe(principal: Principal) -> str:
+    """The principal's limits, as `builder status` lists them ("-" for none)."""
+    parts = []
+    if principal.memory is not None:
+        parts.append(f"memory {size_text(principal.memory)}")
+    if principal.cpu is not None:
+        parts.append(f"cpu {principal.cpu:g}")
+    if principal.tasks is not None:
+        parts.append(f"tasks {principal.tasks}")
+    if principal.disk_quota is not None:
+        parts.append(f"disk {size_text(principal.disk_quota)}")
+    if parts and principal.limits != "enforce":
+        parts.append(principal.limits)
+    return ", ".join(parts) or "-"
+
+
 def slot_path(settings: TenantSettings, controller: str, principal: str, slot: int) -> str:
     return os.path.join(
         settings.cgroup_root, controller, settings.cgroup_name, principal, f"slot{slot}"
@@ -222,6 +276,33 @@ def _same_limit(name: str, actual: str, wanted: str) -> bool:
         # The kernel rounds the memory limit down to whole pages.
         return int(actual) == int(wanted) // PAGE * PAGE
     return actual == wanted
+
+
+def counters(
+    settings: TenantSettings, principal: Principal, slot: int
+) -> list[tuple[str, str, str]]:
+    """(kind, file, the limit as people read it) of each counter that grows when slot
+    `slot` hits one of the principal's limits (gate.supervisor watches them). CPU has
+    none: at its cap a session waits, nothing fails."""
+    found = []
+    if principal.memory is not None:
+        path = os.path.join(
+            slot_path(settings, "memory", principal.name, slot), "memory.oom_control"
+        )
+        found.append(("memory", path, size_text(principal.memory)))
+    if principal.tasks is not None:
+        path = os.path.join(slot_path(settings, "pids", principal.name, slot), "pids.events")
+        found.append(("tasks", path, str(principal.tasks)))
+    return found
+
+
+def size_text(count: int) -> str:
+    """Bytes as a limit is usually written: 128 MiB, 8 GiB, 1.5 GiB."""
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if count >= 1 << shift:
+            value = count / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{count} B"
 
 
 def usage(settings: TenantSettings, principal: str, slot: int) -> dict[str, int]:

@@ -21,7 +21,7 @@ from nixwarden.tenants.host import TenantRefused, TenantSetupError
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's (tenant) start-up path
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from nixwarden.config import Principal, TenantSettings
     from nixwarden.tenants.usage import TenantUsage
@@ -55,8 +55,19 @@ def prepare(
     lock (sessions.principal_lock) open and inheritable: the session holds it."""
     layout = tenant_layout.TenantLayout(settings.root, principal.name)
     policy = policy_of(principal)
+    image = bool(settings.disk_images) and principal.disk_quota is not None
+    if image:
+        from nixwarden.tenants import disk  # noqa: PLC0415 - only with a disk image
+
+        if not disk.is_own_filesystem(layout.base, settings.root):
+            raise TenantSetupError(
+                f"the disk image of {principal.name} is not mounted at its directory; "
+                f"as root: nixwarden tenant limits apply {principal.name}"
+            )
     base = open_own_directory(settings.root, principal.name, config_path)
     try:
+        if image and disk.check(settings, principal, base) is None:
+            image = False  # larger than the quota, and the policy accepts best effort
         ensure_subdirectories(base)
         write_etc(base, tenant_layout.etc_files(policy))
         touch(base, "last-use")
@@ -73,7 +84,8 @@ def prepare(
         program = host.resolve_keeping_name(nix_argv[0])
         sandbox = host.tenant_sandbox(layout, policy, [program])
         clean = alone and tmp_used
-        if clean or principal.disk_quota is not None:
+        measure_disk = principal.disk_quota is not None and not image
+        if clean or measure_disk:
             from nixwarden.tenants import usage  # noqa: PLC0415 - only with work to do
 
             probe_sandbox = sandbox
@@ -84,17 +96,18 @@ def prepare(
                     layout,
                     probe_sandbox,
                     settings.bwrap,
-                    disk=principal.disk_quota is not None,
+                    disk=measure_disk,
                     clean_tmp=clean,
                 )
             except usage.UsageUnknown as error:
-                doing = (
-                    "check the disk quota" if principal.disk_quota else "clean the tenant's /tmp"
-                )
+                doing = "check the disk quota" if measure_disk else "clean the tenant's /tmp"
                 raise TenantRefused(
                     f"cannot {doing}: {error}; as root, see: nixwarden tenant list"
                 ) from None
-            check_quota(measured, principal)
+            if measure_disk:
+                check_quota(measured, principal)
+        if image:
+            check_free_space(layout.base, principal)
         if alone:
             sessions.share(lock)
     except BaseException:
@@ -260,6 +273,42 @@ def check_quota(usage: TenantUsage, principal: Principal) -> None:
             f"tenant store is over its disk quota ({human_bytes(used)} used of "
             f"{human_bytes(principal.disk_quota)}); "
             f"free space with: nixwarden tenant gc {principal.name}"
+        )
+
+
+def disk_usage_probe(settings: TenantSettings, principal: Principal) -> Callable[[], int | None]:
+    """What the supervisor's watchdog calls while a session runs, for a disk quota without
+    a filesystem image: the tenant directory's usage in bytes, measured by the probe in
+    the tenant's sandbox (tenants.usage, bounded), or None when it could not be."""
+    from nixwarden.tenants import usage  # noqa: PLC0415
+
+    layout = tenant_layout.TenantLayout(settings.root, principal.name)
+    sandbox = host.tenant_sandbox(layout, policy_of(principal), [usage.interpreter()])
+
+    def measure() -> int | None:
+        try:
+            return usage.measure(layout, sandbox, settings.bwrap, disk=True).disk_bytes
+        except usage.UsageUnknown:
+            return None
+
+    return measure
+
+
+def check_free_space(path: str, principal: Principal) -> None:
+    """With a disk image the kernel holds the quota; a session is still refused when the
+    tenant's filesystem is full (what the supervisor reports as the quota hit)."""
+    from nixwarden.tenants import disk  # noqa: PLC0415
+    from nixwarden.tenants.usage import human_bytes  # noqa: PLC0415
+
+    size, free = disk.filesystem_bytes(path)
+    if disk.is_full(path):
+        what = (
+            f"{human_bytes(size - free)} used of {human_bytes(size)}, its disk quota"
+            if disk.disk_full(free, size)
+            else "out of inodes: too many files for its disk quota"
+        )
+        raise TenantRefused(
+            f"tenant store is full ({what}); free space with: nixwarden tenant gc {principal.name}"
         )
 
 
