@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print the restrict,command=… authorized_keys line for a principal's key",
     ),
     "tenant": ("nixwarden.tenants.cli", "list, garbage-collect and remove tenant stores"),
-    "nar": ("nixwarden.trust.cli", "dump, hash, list and restore Nix archives"),
+    "nar": ("nixwarden.trust.narcli", "dump, hash, list and restore Nix archives"),
     "key": ("nixwarden.trust.cli", "generate Nix signing keys; show one as an OpenSSH key"),
     "sign": ("nixwarden.trust.cli", "sign store paths"),
     "verify": ("nixwarden.ca.cli", "verify store paths' signatures: trusted or certified keys"),

@@ -21,7 +21,7 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from nixwarden import display
 from nixwarden.errors import FormatError
@@ -38,10 +38,12 @@ from nixwarden.trust.nardump import (
     MAX_TARGET,
     MAX_TOKEN,
     TreeError,
-    Write,
     dump,
     dump_bytes,
 )
+
+if TYPE_CHECKING:
+    from nixwarden.trust.nardump import Write
 
 # Writing a tree lives in `nardump` (see there); this module re-exports it.
 __all__ = [
@@ -94,9 +96,7 @@ class NarDigest:
 
 def hash_path(path: str | os.PathLike[str]) -> NarDigest:
     """The NAR hash and size of the tree at `path`, as `nix-store -q --hash` reports them."""
-    hasher = hashlib.sha256()
-    size = dump(path, hasher.update)
-    return NarDigest(Hash(HashAlgorithm.SHA256, hasher.digest()), size)
+    return NarDigest.sha256(*nardump.sha256(path))
 
 
 # --- parsing ---------------------------------------------------------------------------

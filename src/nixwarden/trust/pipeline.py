@@ -13,16 +13,18 @@ hand-over and at `close`; the thread never outlives the `with` block.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Self
 
 # `threading`, `queue` and `hashlib` are imported by the classes that use them, so that
-# `nar dump`, which runs in one thread and hashes nothing, does not wait for them.
+# `nar dump`, which runs in one thread and hashes nothing, does not wait for them; nor
+# is `typing` (nor `re`, which it imports) loaded for annotations.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import queue
+    from collections.abc import Callable
     from types import TracebackType
+    from typing import Any, Self
 
-Consume = Callable[[memoryview], object]
+    Consume = Callable[[memoryview], object]
 
 
 class _Stopping:
