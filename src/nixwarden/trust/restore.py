@@ -248,8 +248,20 @@ def _unpack(
     background = False
     with pipeline.FileWriter() as writer:
         try:
-            for event in nar.parse(stream, hasher=hasher):
+            for event in nar.parse(stream, hasher=hasher, files=True):
                 match event:
+                    case nar.File(path, executable, data):
+                        fd = os.open(
+                            path[-1] if path else _ROOT,
+                            _FILE_FLAGS,
+                            0o777 if executable else 0o666,  # the umask trims these, as for Nix
+                            dir_fd=current,
+                        )
+                        try:
+                            if data and (written := os.write(fd, data)) < len(data):
+                                _write_rest(fd, memoryview(data)[written:])
+                        finally:
+                            os.close(fd)
                     case nar.FileChunk(data):
                         if background:
                             writer.write(file_fd, data)
