@@ -16,17 +16,14 @@ archive or a whole file in memory; contents move in chunks of at most `CHUNK` by
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
 from nixwarden import display
 from nixwarden.errors import FormatError
 from nixwarden.trust import nardump, pipeline
-from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.nardump import (
     BLOCK,
     CASE_HACK_SUFFIX,
@@ -42,8 +39,21 @@ from nixwarden.trust.nardump import (
     dump_bytes,
 )
 
+# Not imported when the module is: `nar restore` and `nar ls` need neither hashes nor
+# typing (with re), which cost more than a small archive takes to unpack.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Protocol
+
+    from nixwarden.trust.hashes import Hash
     from nixwarden.trust.nardump import Write
+
+    class Readable(Protocol):
+        def read(self, size: int = -1, /) -> bytes: ...
+
+    class Updatable(Protocol):
+        def update(self, data: bytes, /) -> None: ...
+
 
 # Writing a tree lives in `nardump` (see there); this module re-exports it.
 __all__ = [
@@ -92,6 +102,8 @@ class NarDigest:
 
     @classmethod
     def sha256(cls, digest: bytes, size: int) -> NarDigest:
+        from nixwarden.trust.hashes import Hash, HashAlgorithm  # noqa: PLC0415 - see the top
+
         return cls(Hash(HashAlgorithm.SHA256, digest), size)
 
 
@@ -147,14 +159,6 @@ class File:
 
 
 Event = DirectoryStart | DirectoryEnd | FileStart | FileChunk | FileEnd | Symlink | File
-
-
-class Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-class Updatable(Protocol):
-    def update(self, data: bytes, /) -> None: ...
 
 
 # Fixed runs of tokens, matched in one comparison when they are already buffered.
@@ -541,6 +545,8 @@ class CountingHasher:
     """A SHA-256 that also counts what it saw: the NAR hash and size in one pass."""
 
     def __init__(self) -> None:
+        import hashlib  # noqa: PLC0415 - see the top of the module
+
         self.hasher = hashlib.sha256()
         self.size = 0
 
@@ -549,7 +555,7 @@ class CountingHasher:
         self.size += len(data)
 
     def digest(self) -> NarDigest:
-        return NarDigest(Hash(HashAlgorithm.SHA256, self.hasher.digest()), self.size)
+        return NarDigest.sha256(self.hasher.digest(), self.size)
 
 
 # --- listing ---------------------------------------------------------------------------
