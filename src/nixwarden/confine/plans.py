@@ -29,7 +29,7 @@ owned by the effective uid and nobody else may read or write it, checked on the 
 descriptor (`O_NOFOLLOW`): the trust Python gives its own `.pyc` files, which is what
 `marshal` needs. `NIXWARDEN_CONFINE_CACHE=off` turns the cache off.
 
-Imports nothing but `posix`, `sys`, `marshal`, `zlib` and `nix.probes`: on a cache hit,
+Imports nothing but `posix`, `sys`, `marshal` and `nix.probes`: on a cache hit,
 this module and `launch` are all of `confine run` that runs. Not `os`: its import
 alone (`_collections_abc`) costs more than checking a plan; `environment` reads the
 variables from `posix` as `os.environ` would.
@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import marshal
 import posix
-import stat
 import sys
-import zlib
 
 from nixwarden import __version__
 from nixwarden.nix import probes
@@ -61,6 +59,7 @@ ENVIRONMENT = ("PATH", "NIXWARDEN_STORE_DB", "NIX_REMOTE", "NIX_STATE_DIR", "NIX
 MAX_PLAN_BYTES = 64 << 20
 MAX_PLANS = 256  # beyond this many, storing a plan removes the least recently stored
 _PRIVATE = 0o077  # no permission bits for group or others
+_MERSENNE_61 = (1 << 61) - 1
 
 
 def environment() -> dict[str, str]:
@@ -104,9 +103,11 @@ def key(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[object, ...]:
 
 def file_name(wanted: tuple[object, ...]) -> str:
     """Where the plan for `wanted` lives; the file repeats the key, so a collision of
-    these 64 bits costs a recomputation, never a wrong plan."""
+    these 61 bits costs a recomputation, never a wrong plan. (The key's bytes as a
+    number modulo the prime 2**61 - 1: one C operation, where `zlib` would cost a
+    shared library's loading on every cached run.)"""
     data = repr(wanted).encode("utf-8", "surrogatepass")
-    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}.plan"
+    return f"{int.from_bytes(data, 'little') % _MERSENNE_61:016x}.plan"
 
 
 def _private(info: posix.stat_result) -> bool:
@@ -145,7 +146,7 @@ def _read(where: str, name: str) -> tuple[bytes | None, str]:
         posix.close(directory_fd)
     try:
         info = posix.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not _private(info):
+        if info.st_mode & probes.S_IFMT != probes.S_IFREG or not _private(info):
             return None, f"{name} is not a private file"
         if info.st_size > MAX_PLAN_BYTES:
             return None, f"{name} is too large"

@@ -6,15 +6,14 @@ was computed from gets the same answer. Code that computes such a result asks th
 `ask`, which appends `(question, path, answer)` to a `Seen` list; `first_change` asks
 every recorded question again and names the first one whose answer differs.
 
-Imports nothing but `posix` and `stat` (not `os`, whose import alone costs more than
-checking a plan): `confine run` checks a cached plan with it before anything else is
+Imports nothing but `posix` (not `os`, whose import alone costs more than checking a
+plan; nor `stat`): `confine run` checks a cached plan with it before anything else is
 imported. Only `realpath` needs `os.path`, and imports it when asked.
 """
 
 from __future__ import annotations
 
 import posix
-import stat
 
 TYPE_CHECKING = False  # not typing's: this module is on `confine run`'s start-up path
 if TYPE_CHECKING:
@@ -29,6 +28,9 @@ Seen = list[tuple[str, str, Answer]]  # (question, path, answer), in the order a
 SETTLE_NS = 2_000_000_000
 
 
+# stat.S_ISREG and S_ISLNK without the `stat` module: (mode & S_IFMT) == S_IFREG, …
+S_IFMT, S_IFREG, S_IFLNK = 0o170000, 0o100000, 0o120000
+
 # The questions `os.path` answers, asked as `genericpath` asks them, without `os`.
 
 
@@ -42,7 +44,7 @@ def _lexists(path: str) -> bool:
 
 def _islink(path: str) -> bool:
     try:
-        return stat.S_ISLNK(posix.lstat(path).st_mode)
+        return posix.lstat(path).st_mode & S_IFMT == S_IFLNK
     except (OSError, ValueError):
         return False
 
@@ -55,7 +57,7 @@ def _realpath(path: str) -> str:
 
 def _executable(path: str) -> bool:
     try:
-        regular = stat.S_ISREG(posix.stat(path).st_mode)
+        regular = posix.stat(path).st_mode & S_IFMT == S_IFREG
     except (OSError, ValueError):
         return False
     return regular and posix.access(path, posix.X_OK)
