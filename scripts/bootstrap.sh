@@ -22,6 +22,9 @@ self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv="$here/.venv"
+# What the venv is installed from: the locked dependencies, pyproject.toml (it names the
+# launchers pip installs into the venv's bin/) and the launchers themselves.
+stamped=("$here/requirements.lock" "$here/pyproject.toml" "$here/bin/nixwarden" "$here/bin/nixwarden-gate")
 # Debian's interpreter, not a per-user one: the gate runs as unprivileged SSH users,
 # who must be able to execute it (a pyenv under /root is not reachable for them).
 python=/usr/bin/python3
@@ -71,8 +74,10 @@ if [[ $mode == check ]]; then
         esac
     done < <(sed -nE 's/^[[:space:]]*# (group|user|directory|daemon): /\1 /p' "$self")
     if [[ ! -x "$venv/bin/nixwarden" ]] \
-        || ! cat "$here/requirements.lock" "$here/pyproject.toml" | cmp -s - "$venv/.lock-stamp"; then
-        problems+=(".venv is not installed from requirements.lock and pyproject.toml")
+        || ! cat "${stamped[@]}" | cmp -s - "$venv/.lock-stamp"; then
+        problems+=(".venv is not installed from requirements.lock, pyproject.toml and bin/")
+    elif [[ $(head -n 1 "$venv/bin/nixwarden") != "#!$venv/bin/python3 -IS" ]]; then
+        problems+=("$venv/bin/nixwarden does not start its interpreter with -IS")
     fi
     for problem in "${problems[@]}"; do
         echo "bootstrap --check: $problem (run make deps as root)" >&2
@@ -128,10 +133,12 @@ stamp="$venv/.lock-stamp"
 if [[ ! -x "$venv/bin/python" ]]; then
     "$python" -m venv "$venv"
 fi
-# pyproject.toml too: it names the launchers pip installs into the venv's bin/.
-if [[ ! -f "$stamp" ]] || ! cat "$here/requirements.lock" "$here/pyproject.toml" | cmp -s - "$stamp"; then
+if [[ ! -f "$stamp" ]] || ! cat "${stamped[@]}" | cmp -s - "$stamp"; then
     echo "bootstrap: installing Python dependencies from requirements.lock" >&2
     "$venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$here/requirements.lock"
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$here"
-    cat "$here/requirements.lock" "$here/pyproject.toml" > "$stamp"
+    # pip writes `#!<venv>/bin/python3`, dropping any flags: the launcher starts lean
+    # (isolated, no `site`) and finds its packages itself (see bin/nixwarden).
+    sed -i "1s|^#!.*|#!$venv/bin/python3 -IS|" "$venv/bin/nixwarden"
+    cat "${stamped[@]}" > "$stamp"
 fi

@@ -37,6 +37,10 @@ trap 'rm -rf "$source"' EXIT
 cp -r "$here/pyproject.toml" "$here/README.md" "$here/src" "$here/bin" "$source/"
 "${pip[@]}" --no-deps --force-reinstall "$source"
 
+# pip writes `#!$prefix/bin/python3`, dropping any flags: the launcher starts lean
+# (isolated, no `site`: about 6 ms less on every command) and finds its packages itself.
+sed -i "1s|^#!.*|#!$prefix/bin/python3 -IS|" "$prefix/bin/nixwarden"
+
 install -d -m 0755 "$bindir"
 ln -sfn "$prefix/bin/nixwarden" "$bindir/nixwarden"
 echo "install: nixwarden $("$prefix/bin/nixwarden" --version | cut -d' ' -f2) in $prefix;" \

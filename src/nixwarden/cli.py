@@ -7,7 +7,7 @@ another, so the gate's start-up on every SSH connection stays small.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: see bin/nixwarden and confine.plans (start-up cost)
 import sys
 
 from nixwarden.errors import EXIT_REFUSED, EXIT_USAGE, NixwardenError
@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print the restrict,command=… authorized_keys line for a principal's key",
     ),
     "tenant": ("nixwarden.tenants.cli", "list, garbage-collect and remove tenant stores"),
-    "nar": ("nixwarden.trust.cli", "dump, hash, list and restore Nix archives"),
+    "nar": ("nixwarden.trust.narcli", "dump, hash, list and restore Nix archives"),
     "key": ("nixwarden.trust.cli", "generate Nix signing keys; show one as an OpenSSH key"),
     "sign": ("nixwarden.trust.cli", "sign store paths"),
     "verify": ("nixwarden.ca.cli", "verify store paths' signatures: trusted or certified keys"),
@@ -64,7 +64,7 @@ def _help() -> str:
 
 
 def _split_debug(argv: list[str]) -> tuple[bool, list[str]]:
-    debug = os.environ.get("NIXWARDEN_DEBUG") == "1"
+    debug = posix.environ.get(b"NIXWARDEN_DEBUG") == b"1"
     rest: list[str] = []
     for index, arg in enumerate(argv):
         if arg == "--":
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # stdout closed early (`| head`): not an error worth a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        posix.dup2(posix.open("/dev/null", posix.O_WRONLY), sys.stdout.fileno())
         return EXIT_REFUSED
     except Exception as error:  # the last line of defence: fail closed, one line
         if debug:

@@ -6,7 +6,9 @@ explicit decision on whether failure raises. Nothing here ever uses a shell.
 
 from __future__ import annotations
 
-import os
+# `posix`, not `os`: `supervise` is on a cached `confine run`'s start-up path, and
+# importing `os` costs about as much as the rest of that path (confine.plans).
+import posix
 
 from nixwarden.errors import CommandFailed
 
@@ -81,9 +83,9 @@ def start_piped(argv: Argv, *, env: Mapping[str, str]) -> subprocess.Popen[bytes
 
 def exec_replace(argv: Argv, env: Mapping[str, str]) -> None:
     """Replace this process with argv (absolute path, no PATH search). Only returns by raising."""
-    if not argv or not os.path.isabs(argv[0]):
+    if not argv or not argv[0].startswith("/"):
         raise CommandFailed(f"refusing to exec a relative program: {argv[:1]!r}")
-    os.execve(argv[0], list(argv), dict(env))
+    posix.execve(argv[0], list(argv), dict(env))
 
 
 def supervise(
@@ -104,7 +106,7 @@ def supervise(
     Ctrl-C means. The child is in a new session, so a terminal's signals reach only us.
     The result is `subprocess`'s returncode: negative when a signal killed the child.
 
-    `confine run` waits here for every confined program, so this uses `os.posix_spawn`
+    `confine run` waits here for every confined program, so this uses `posix.posix_spawn`
     and the C core of `signal`, not `subprocess` and `signal` (with their imports, about
     as long as the rest of a cached `confine run`). The child gets what `subprocess`
     would give it: no descriptors but 0, 1, 2 and `pass_fds`, and the default action
@@ -113,7 +115,7 @@ def supervise(
     With `watch`, it is called with the child's pid every `every` seconds while the child
     runs, and once more when it has ended (the gate's supervisor reads counters there).
     """
-    if not argv or not os.path.isabs(argv[0]):
+    if not argv or not argv[0].startswith("/"):
         raise CommandFailed(f"refusing to run a relative program: {argv[:1]!r}")
     child: list[int] = []
     pending: list[int] = []  # signals that came before the child existed
@@ -124,7 +126,7 @@ def supervise(
             return
         for target in targets(child[0]) or (child[0],):
             try:  # noqa: SIM105 - no contextlib on the start-up path
-                os.kill(target, signum)
+                posix.kill(target, signum)
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -133,7 +135,7 @@ def supervise(
         _inherit_only(pass_fds)
         try:
             child.append(
-                os.posix_spawn(
+                posix.posix_spawn(
                     argv[0],
                     list(argv),
                     dict(env),
@@ -149,8 +151,8 @@ def supervise(
             relay(pending.pop(0), None)
         if watch is not None:
             _watch_until_exit(child[0], watch, every)
-        _, status = os.waitpid(child[0], 0)  # retried after each relayed signal (PEP 475)
-        return os.waitstatus_to_exitcode(status)
+        _, status = posix.waitpid(child[0], 0)  # retried after each relayed signal (PEP 475)
+        return posix.waitstatus_to_exitcode(status)
     finally:
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
@@ -161,7 +163,7 @@ def _watch_until_exit(pid: int, watch: Callable[[int], None], every: float) -> N
     A pidfd becomes readable when the process ends; select retries after a signal."""
     import select  # noqa: PLC0415 - a C module, only for a watched child
 
-    pidfd = os.pidfd_open(pid)
+    pidfd = posix.pidfd_open(pid)
     try:
         while True:
             ended, _, _ = select.select([pidfd], [], [], every)
@@ -169,7 +171,7 @@ def _watch_until_exit(pid: int, watch: Callable[[int], None], every: float) -> N
             if ended:
                 return
     finally:
-        os.close(pidfd)
+        posix.close(pidfd)
 
 
 def _inherit_only(pass_fds: Sequence[int]) -> None:
@@ -180,13 +182,13 @@ def _inherit_only(pass_fds: Sequence[int]) -> None:
     here, before the spawn, by marking each of them close-on-exec.
     """
     try:
-        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+        open_fds = [int(name) for name in posix.listdir("/proc/self/fd")]
     except OSError:  # no /proc: every descriptor there may be
-        open_fds = list(range(3, min(os.sysconf("SC_OPEN_MAX"), 1 << 16)))
+        open_fds = list(range(3, min(posix.sysconf("SC_OPEN_MAX"), 1 << 16)))
     for fd in open_fds:
         if fd > 2:
             try:  # noqa: SIM105 - no contextlib on the start-up path
-                os.set_inheritable(fd, fd in pass_fds)
+                posix.set_inheritable(fd, fd in pass_fds)
             except OSError:
                 pass  # closed meanwhile (the listing's own descriptor), or never open
 
@@ -204,23 +206,23 @@ def kill_all_of(uid: int, *, rounds: int = 3) -> None:
 
     if uid == 0:
         raise ValueError("refusing to kill every process of root")
-    pid = os.fork()
+    pid = posix.fork()
     if pid == 0:  # the child: never returns
         status = 1
         try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(uid)
+            posix.setgroups([])
+            posix.setgid(65534)
+            posix.setuid(uid)
             for _round in range(rounds):
                 try:
-                    os.kill(-1, signal.SIGKILL)
+                    posix.kill(-1, signal.SIGKILL)
                 except ProcessLookupError:
                     break
                 time.sleep(0.01)
             status = 0
         finally:
-            os._exit(status)
-    os.waitpid(pid, 0)
+            posix._exit(status)
+    posix.waitpid(pid, 0)
 
 
 def converse(
@@ -267,7 +269,7 @@ def converse(
                 if left <= 0:
                     raise CommandFailed(f"{_describe(argv)}: no answer after {timeout} s")
                 for key, _events in selector.select(left):
-                    chunk = os.read(key.fd, 4096)
+                    chunk = posix.read(key.fd, 4096)
                     if not chunk:
                         selector.unregister(key.fileobj)
                         open_streams -= 1

@@ -13,9 +13,10 @@ import pytest
 
 from nixwarden.cli import main
 from nixwarden.trust import nar
-from nixwarden.trust.cli import HASH_FORMATS, read_secret_key
+from nixwarden.trust.cli import read_secret_key
 from nixwarden.trust.hashes import HashFormat
 from nixwarden.trust.keys import PublicKey, SecretKey
+from nixwarden.trust.narcli import HASH_FORMATS
 
 
 def test_key_generate_writes_private_secret_once(

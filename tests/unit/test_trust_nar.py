@@ -87,6 +87,32 @@ def test_serialize_parse_serialize_is_identity(tree: Tree) -> None:
     ]
 
 
+def whole_files(stream: list[nar.Event]) -> list[nar.Event]:
+    """`stream` with each `File` event spelled out as FileStart, FileChunk, FileEnd."""
+    out: list[nar.Event] = []
+    for event in stream:
+        match event:
+            case nar.File(path, executable, data):
+                out += [nar.FileStart(path, executable, len(data))]
+                out += [nar.FileChunk(data)] if data else []
+                out += [nar.FileEnd(path)]
+            case _:
+                out.append(event)
+    return out
+
+
+@given(trees)
+@settings(max_examples=200, deadline=None)
+def test_whole_file_events_say_what_the_three_events_say(tree: Tree) -> None:
+    data = serialize(events(tree))
+    plain = [e for e in nar.parse(io.BytesIO(data)) if not isinstance(e, nar.FileChunk)]
+    combined = list(nar.parse(io.BytesIO(data), files=True))
+    assert [e for e in whole_files(combined) if not isinstance(e, nar.FileChunk)] == plain
+    assert serialize(whole_files(combined)) == data
+    if any(isinstance(e, nar.FileStart) for e in plain) and isinstance(tree, dict):
+        assert any(isinstance(e, nar.File) for e in combined)  # small files come whole
+
+
 @given(tree=trees)
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,6 +102,26 @@ def test_large_batches_fan_out_to_threads_with_the_same_answers(
     assert [failure.path for failure in failed.value.failures] == expected
     good = [item for item, signer in zip(items, signers, strict=True) if signer is ALICE]
     assert verify_paths(good, TRUSTED) == (Verified(("alice-1",)),) * len(good)
+
+
+def test_a_slowed_thread_holds_up_only_its_own_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads take small chunks as they go: while one thread is stalled (on a busy
+    machine, by another process), the others check the rest of the batch."""
+    monkeypatch.setattr(verify, "_cores", lambda: 2)
+    checked_by: dict[int, list[bytes]] = {}
+    stalled = threading.Event()
+
+    class Recording:
+        def check(self, fingerprint: bytes, signatures: Sequence[Signature]) -> Verified:
+            checked_by.setdefault(threading.get_ident(), []).append(fingerprint)
+            if not stalled.is_set():
+                stalled.set()
+                time.sleep(0.5)  # the first path's thread stalls; the other goes on
+            return Verified(())
+
+    items = [_item(index, None) for index in range(600)]
+    assert verify_paths(items, Recording()) == (Verified(()),) * 600
+    assert sorted(len(paths) for paths in checked_by.values()) == [verify.CHUNK, 600 - verify.CHUNK]
 
 
 def test_an_unexpected_error_in_a_worker_thread_propagates(

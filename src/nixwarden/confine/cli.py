@@ -8,7 +8,7 @@ argparse costs more than the query. See docs/confine.md.
 
 from __future__ import annotations
 
-import os
+import posix  # not os, which costs more to import than a cached run (confine.plans)
 import sys
 
 from nixwarden.errors import UsageError
@@ -160,7 +160,7 @@ def _bin_sh(args: argparse.Namespace, seen: Seen | None = None) -> BinSh | None:
 
 
 def _debug(message: str) -> None:
-    if os.environ.get("NIXWARDEN_DEBUG") == "1":
+    if posix.environ.get(b"NIXWARDEN_DEBUG") == b"1":
         print(f"nixwarden: debug: {message}", file=sys.stderr)
 
 
@@ -171,7 +171,7 @@ def _run(argv: list[str]) -> int:
     from nixwarden.confine import plans  # noqa: PLC0415
 
     started_ns = time.time_ns()  # before any question to the file system
-    bwrap_argv, print_only, why = plans.load(argv, os.environ)
+    bwrap_argv, print_only, why = plans.load(argv, plans.environment())
     if bwrap_argv is None:
         _debug(f"confine run: no cached plan used: {why}")
         return _run_fresh(argv, started_ns)
@@ -193,7 +193,7 @@ def _perform(bwrap_argv: list[str], print_only: bool) -> int:
     # teardown (a millisecond or two), as dying of the program's signal does (die_of).
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(status)
+    posix._exit(status)
 
 
 def _run_fresh(argv: list[str], started_ns: int) -> int:
@@ -242,12 +242,13 @@ def _run_fresh(argv: list[str], started_ns: int) -> int:
         db=args.db,
     )
     run.validate(request)
-    prepared = run.prepare(request, os.environ, seen)
+    environ = plans.environment()  # what the cached run will look its plan up by
+    prepared = run.prepare(request, environ, seen)
     bwrap_argv = run.bwrap_argv(prepared.spec, prepared.command)
     if prepared.cacheable:
         why = plans.store(
             argv,
-            os.environ,
+            environ,
             bwrap_argv,
             print_only=args.print_argv,
             seen=seen,

@@ -9,12 +9,13 @@ program died of a signal, die of the same signal, so our caller sees what a call
 the bare program would see. The cost is one waiting Python process.
 
 A cached `confine run` imports this and `plans` and little else: no json, no
-dataclasses, no `signal` (its C core `_signal` has the same calls without the enums).
+dataclasses, no `signal` (its C core `_signal` has the same calls without the enums),
+no `os` (`posix` has the same calls without `os`'s costly import).
 """
 
 from __future__ import annotations
 
-import os
+import posix
 
 from nixwarden import process
 
@@ -97,7 +98,7 @@ def program_pids(child: int | None, pid_namespace: bool) -> list[int]:
 def execute(argv: Sequence[str]) -> int:
     """Run the bubblewrap command line `argv` and wait; return the program's exit status,
     or die of the signal that killed it."""
-    read_end, write_end = os.pipe()
+    read_end, write_end = posix.pipe()
     still_open = {read_end, write_end}
     argv = [argv[0], "--info-fd", str(write_end), *argv[1:]]
     pid_namespace = "--unshare-pid" in argv
@@ -106,13 +107,13 @@ def execute(argv: Sequence[str]) -> int:
     def close(fd: int) -> None:
         if fd in still_open:
             still_open.discard(fd)
-            os.close(fd)
+            posix.close(fd)
 
     def started(_pid: int) -> None:
         close(write_end)  # bubblewrap has its own copy; ours would keep the pipe open
         data = b""
         try:
-            while len(data) < MAX_INFO and (chunk := os.read(read_end, 4096)):
+            while len(data) < MAX_INFO and (chunk := posix.read(read_end, 4096)):
                 data += chunk
         except OSError:
             pass
@@ -153,4 +154,4 @@ def die_of(signum: int) -> None:
     if signum != _signal.SIGKILL:  # its disposition cannot (and need not) be reset
         _signal.signal(signum, _signal.SIG_DFL)
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [signum])
-    os.kill(os.getpid(), signum)
+    posix.kill(posix.getpid(), signum)

@@ -29,17 +29,17 @@ owned by the effective uid and nobody else may read or write it, checked on the 
 descriptor (`O_NOFOLLOW`): the trust Python gives its own `.pyc` files, which is what
 `marshal` needs. `NIXWARDEN_CONFINE_CACHE=off` turns the cache off.
 
-Imports nothing but `os`, `sys`, `marshal`, `zlib` and `nix.probes`: on a cache hit,
-this module and `launch` are all of `confine run` that runs.
+Imports nothing but `posix`, `sys`, `marshal` and `nix.probes`: on a cache hit,
+this module and `launch` are all of `confine run` that runs. Not `os`: its import
+alone (`_collections_abc`) costs more than checking a plan; `environment` reads the
+variables from `posix` as `os.environ` would.
 """
 
 from __future__ import annotations
 
 import marshal
-import os
-import stat
+import posix
 import sys
-import zlib
 
 from nixwarden import __version__
 from nixwarden.nix import probes
@@ -59,6 +59,16 @@ ENVIRONMENT = ("PATH", "NIXWARDEN_STORE_DB", "NIX_REMOTE", "NIX_STATE_DIR", "NIX
 MAX_PLAN_BYTES = 64 << 20
 MAX_PLANS = 256  # beyond this many, storing a plan removes the least recently stored
 _PRIVATE = 0o077  # no permission bits for group or others
+_MERSENNE_61 = (1 << 61) - 1
+
+
+def environment() -> dict[str, str]:
+    """The environment as `os.environ` decodes it (file system encoding, surrogateescape)."""
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    return {
+        name.decode(encoding, errors): value.decode(encoding, errors)
+        for name, value in posix.environ.items()
+    }
 
 
 def directory(environ: Mapping[str, str]) -> str | None:
@@ -70,8 +80,13 @@ def directory(environ: Mapping[str, str]) -> str | None:
         home = environ.get("HOME", "")
         if not home.startswith("/"):
             return None
-        base = os.path.join(home, ".cache")
-    return os.path.join(base, "nixwarden", "confine")
+        base = _join(home, ".cache")
+    return _join(base, "nixwarden/confine")
+
+
+def _join(directory: str, name: str) -> str:
+    """`os.path.join` of a directory and a relative name."""
+    return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
 
 def key(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[object, ...]:
@@ -79,8 +94,8 @@ def key(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[object, ...]:
     return (
         FORMAT,
         __version__,
-        os.geteuid(),
-        os.getcwd(),
+        posix.geteuid(),
+        posix.getcwd(),
         tuple(environ.get(name) for name in ENVIRONMENT),
         tuple(argv),
     )
@@ -88,26 +103,30 @@ def key(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[object, ...]:
 
 def file_name(wanted: tuple[object, ...]) -> str:
     """Where the plan for `wanted` lives; the file repeats the key, so a collision of
-    these 64 bits costs a recomputation, never a wrong plan."""
+    these 61 bits costs a recomputation, never a wrong plan. (The key's bytes as a
+    number modulo the prime 2**61 - 1: one C operation, where `zlib` would cost a
+    shared library's loading on every cached run.)"""
     data = repr(wanted).encode("utf-8", "surrogatepass")
-    return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}.plan"
+    return f"{int.from_bytes(data, 'little') % _MERSENNE_61:016x}.plan"
 
 
-def _private(info: os.stat_result) -> bool:
-    return info.st_uid == os.geteuid() and not info.st_mode & _PRIVATE
+def _private(info: posix.stat_result) -> bool:
+    return info.st_uid == posix.geteuid() and not info.st_mode & _PRIVATE
 
 
 def _open_directory(path: str) -> tuple[int | None, str]:
     """(a descriptor of the cache directory, "") or (None, why it is not used)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = posix.open(
+            path, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        )
     except FileNotFoundError:
         return None, f"no cache directory {path} yet"
     except OSError as error:
         return None, f"{path}: {error.strerror}"
-    if _private(os.fstat(fd)):
+    if _private(posix.fstat(fd)):
         return fd, ""
-    os.close(fd)
+    posix.close(fd)
     return None, f"{path} is not a private directory of this user"
 
 
@@ -116,29 +135,29 @@ def _read(where: str, name: str) -> tuple[bytes | None, str]:
     if directory_fd is None:
         return None, why
     try:
-        fd = os.open(
+        fd = posix.open(
             name,
-            os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+            posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC | posix.O_NONBLOCK,
             dir_fd=directory_fd,
         )
     except OSError:
         return None, "none for this command line"
     finally:
-        os.close(directory_fd)
+        posix.close(directory_fd)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or not _private(info):
+        info = posix.fstat(fd)
+        if info.st_mode & probes.S_IFMT != probes.S_IFREG or not _private(info):
             return None, f"{name} is not a private file"
         if info.st_size > MAX_PLAN_BYTES:
             return None, f"{name} is too large"
         chunks = []
         remaining = info.st_size + 1  # one more: to see that it did not grow meanwhile
-        while remaining > 0 and (chunk := os.read(fd, remaining)):
+        while remaining > 0 and (chunk := posix.read(fd, remaining)):
             chunks.append(chunk)
             remaining -= len(chunk)
         return b"".join(chunks), ""
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _valid_seen(seen: object) -> TypeGuard[Seen]:
@@ -221,6 +240,8 @@ def store(
         return f"{unsettled} changed too recently to tell a later change"
     try:
         wanted = key(argv, environ)
+        import os  # noqa: PLC0415 - storing a plan follows its (much longer) computation
+
         os.makedirs(where, mode=0o700, exist_ok=True)
     except OSError as error:
         return f"{where}: {error.strerror}"
@@ -241,50 +262,50 @@ def store(
     except OSError as error:
         return f"{where}/{name}: {error.strerror}"
     finally:
-        os.close(directory_fd)
+        posix.close(directory_fd)
     return ""
 
 
 def _write(directory_fd: int, name: str, data: bytes) -> None:
     """`name` holds `data` (mode 0600), replaced in one rename; readers see old or new."""
-    temporary = f".{name}.{os.getpid()}"
-    fd = os.open(
+    temporary = f".{name}.{posix.getpid()}"
+    fd = posix.open(
         temporary,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC,
         0o600,
         dir_fd=directory_fd,
     )
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
-        os.close(fd)
+            view = view[posix.write(fd, view) :]
+        posix.close(fd)
         fd = -1
-        os.replace(temporary, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+        posix.replace(temporary, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
     except BaseException:
         if fd >= 0:
-            os.close(fd)
+            posix.close(fd)
         try:  # noqa: SIM105 - no contextlib on the start-up path
-            os.unlink(temporary, dir_fd=directory_fd)
+            posix.unlink(temporary, dir_fd=directory_fd)
         except OSError:
             pass
         raise
 
 
 def _prune(directory_fd: int, keep: str) -> None:
-    names = [name for name in os.listdir(directory_fd) if name.endswith(".plan")]
+    names = [name for name in posix.listdir(directory_fd) if name.endswith(".plan")]
     if len(names) <= MAX_PLANS:
         return
     aged = []
     for name in names:
         try:
-            aged.append((os.stat(name, dir_fd=directory_fd).st_mtime_ns, name))
+            aged.append((posix.stat(name, dir_fd=directory_fd).st_mtime_ns, name))
         except OSError:
             continue
     aged.sort()
     for _, name in aged[: len(aged) - MAX_PLANS]:
         if name != keep:
             try:  # noqa: SIM105 - no contextlib on the start-up path
-                os.unlink(name, dir_fd=directory_fd)
+                posix.unlink(name, dir_fd=directory_fd)
             except OSError:
                 pass

@@ -6,13 +6,14 @@ was computed from gets the same answer. Code that computes such a result asks th
 `ask`, which appends `(question, path, answer)` to a `Seen` list; `first_change` asks
 every recorded question again and names the first one whose answer differs.
 
-Imports nothing but `os`: `confine run` checks a cached plan with it before
-anything else is imported.
+Imports nothing but `posix` (not `os`, whose import alone costs more than checking a
+plan; nor `stat`): `confine run` checks a cached plan with it before anything else is
+imported. Only `realpath` needs `os.path`, and imports it when asked.
 """
 
 from __future__ import annotations
 
-import os
+import posix
 
 TYPE_CHECKING = False  # not typing's: this module is on `confine run`'s start-up path
 if TYPE_CHECKING:
@@ -27,15 +28,46 @@ Seen = list[tuple[str, str, Answer]]  # (question, path, answer), in the order a
 SETTLE_NS = 2_000_000_000
 
 
+# stat.S_ISREG and S_ISLNK without the `stat` module: (mode & S_IFMT) == S_IFREG, …
+S_IFMT, S_IFREG, S_IFLNK = 0o170000, 0o100000, 0o120000
+
+# The questions `os.path` answers, asked as `genericpath` asks them, without `os`.
+
+
+def _lexists(path: str) -> bool:
+    try:
+        posix.lstat(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _islink(path: str) -> bool:
+    try:
+        return posix.lstat(path).st_mode & S_IFMT == S_IFLNK
+    except (OSError, ValueError):
+        return False
+
+
+def _realpath(path: str) -> str:
+    import os.path  # noqa: PLC0415 - only plans that resolved a link ask this
+
+    return os.path.realpath(path)
+
+
 def _executable(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
+    try:
+        regular = posix.stat(path).st_mode & S_IFMT == S_IFREG
+    except (OSError, ValueError):
+        return False
+    return regular and posix.access(path, posix.X_OK)
 
 
 def identity(path: str) -> tuple[int, ...] | None:
     """What `path` (symlinks followed) is, in numbers that change when the file does:
     device, inode, type and mode, size, modification and change times; None if absent."""
     try:
-        info = os.stat(path)
+        info = posix.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     return (
@@ -62,10 +94,10 @@ def database(path: str) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]
 
 
 QUESTIONS: dict[str, Callable[[str], Answer]] = {
-    "lexists": os.path.lexists,
-    "islink": os.path.islink,
-    "readlink": os.readlink,
-    "realpath": os.path.realpath,
+    "lexists": _lexists,
+    "islink": _islink,
+    "readlink": posix.readlink,
+    "realpath": _realpath,
     "executable": _executable,
     "identity": identity,
     "database": database,

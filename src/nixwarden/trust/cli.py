@@ -1,4 +1,4 @@
-"""`nixwarden nar|key|sign|verify|cache`: the trust core on the command line."""
+"""`nixwarden key|sign|verify|cache`: the trust core on the command line (`nar`: narcli)."""
 
 from __future__ import annotations
 
@@ -21,105 +21,19 @@ if TYPE_CHECKING:
     from nixwarden.trust.keys import SecretKey, TrustedKeys
     from nixwarden.trust.verify import KeyPolicy, PathFailure
 
-# Each command imports only what it uses, when it runs: `nar dump` of a large tree
-# should not wait for hashing, dataclasses, Ed25519 or compression libraries to load.
+# Each command imports only what it uses, when it runs.
 
 MAX_KEY_FILE = 64 << 10
-# The values of trust.hashes.HashFormat (a test keeps the two the same), here so that
-# building the parser does not import the hash module.
-HASH_FORMATS = ("nix32", "base16", "base64", "sri")
 
 
 def main(command: str, argv: list[str]) -> int:
     handlers: dict[str, Callable[[list[str]], int]] = {
-        "nar": _nar,
         "key": _key,
         "sign": _sign,
         "verify": verify,
         "cache": _cache,
     }
     return handlers[command](argv)
-
-
-def _stdout(data: bytes | bytearray | memoryview) -> None:
-    sys.stdout.buffer.write(data)
-
-
-# --- nar -------------------------------------------------------------------------------
-
-
-def _nar(argv: list[str]) -> int:
-    top = parser(
-        "nar",
-        "Nix archives (NAR): byte-identical to nix-store --dump, strict when reading.",
-        epilog="Reading commands refuse any malformed archive with exit status 2.",
-    )
-    commands = top.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dumping = commands.add_parser("dump", help="write the NAR of PATH to stdout")
-    dumping.add_argument("path", metavar="PATH")
-    hashing = commands.add_parser("hash", help="print the NAR hash of PATH (sha256:<nix32>)")
-    hashing.add_argument("path", metavar="PATH")
-    hashing.add_argument(
-        "--format",
-        choices=HASH_FORMATS,
-        default=HASH_FORMATS[0],
-        help="how to print the hash (default: nix32, as nix-store -q --hash)",
-    )
-    restoring = commands.add_parser(
-        "restore", help="unpack the NAR on stdin as DIR (must not exist)"
-    )
-    restoring.add_argument("directory", metavar="DIR")
-    commands.add_parser("ls", help="validate the NAR on stdin and list its contents")
-    args = top.parse_args(argv)
-    try:
-        match args.action:
-            case "dump":
-                from nixwarden.trust import nardump  # noqa: PLC0415
-
-                # No second thread: writing to a pipe or file costs little next to
-                # reading the tree, and the kernel's buffer already decouples the two.
-                sys.stdout.buffer.flush()
-                try:
-                    out = sys.stdout.fileno()
-                except (AttributeError, OSError, ValueError):  # not a file (captured)
-                    nardump.dump(args.path, _stdout, threaded=False)
-                    sys.stdout.buffer.flush()
-                else:
-                    nardump.dump_to(args.path, out)
-            case "hash":
-                from nixwarden.trust import nar  # noqa: PLC0415
-                from nixwarden.trust.hashes import HashFormat  # noqa: PLC0415
-
-                digest = nar.hash_path(args.path)
-                print(digest.hash.render(HashFormat(args.format)))
-            case "restore":
-                from nixwarden.trust.restore import unpack  # noqa: PLC0415
-
-                unpack(sys.stdin.buffer, args.directory)
-            case "ls":
-                import shutil  # noqa: PLC0415
-                import tempfile  # noqa: PLC0415
-
-                from nixwarden.trust import nar  # noqa: PLC0415
-
-                # Nothing is printed before the whole archive is validated; the lines
-                # wait in memory up to 8 MiB, beyond that in a temporary file.
-                with tempfile.SpooledTemporaryFile(max_size=8 << 20) as listing:
-                    for line in nar.list_lines(sys.stdin.buffer):
-                        listing.write(line.encode() + b"\n")
-                    listing.seek(0)
-                    shutil.copyfileobj(listing, sys.stdout.buffer)
-    except BrokenPipeError:
-        raise  # the reader went away: not an error worth a message (see nixwarden.cli)
-    except OSError as error:
-        named: str | bytes = (
-            error.filename
-            or getattr(args, "path", None)
-            or getattr(args, "directory", None)
-            or "standard input"
-        )
-        raise from_os_error(named, error) from None
-    return 0
 
 
 # --- keys ------------------------------------------------------------------------------

@@ -16,17 +16,14 @@ archive or a whole file in memory; contents move in chunks of at most `CHUNK` by
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from nixwarden import display
 from nixwarden.errors import FormatError
 from nixwarden.trust import nardump, pipeline
-from nixwarden.trust.hashes import Hash, HashAlgorithm
 from nixwarden.trust.nardump import (
     BLOCK,
     CASE_HACK_SUFFIX,
@@ -38,10 +35,25 @@ from nixwarden.trust.nardump import (
     MAX_TARGET,
     MAX_TOKEN,
     TreeError,
-    Write,
     dump,
     dump_bytes,
 )
+
+# Not imported when the module is: `nar restore` and `nar ls` need neither hashes nor
+# typing (with re), which cost more than a small archive takes to unpack.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from nixwarden.trust.hashes import Hash
+    from nixwarden.trust.nardump import Write
+
+    class Readable(Protocol):
+        def read(self, size: int = -1, /) -> bytes: ...
+
+    class Updatable(Protocol):
+        def update(self, data: bytes, /) -> None: ...
+
 
 # Writing a tree lives in `nardump` (see there); this module re-exports it.
 __all__ = [
@@ -58,6 +70,7 @@ __all__ = [
     "DirectoryEnd",
     "DirectoryStart",
     "Event",
+    "File",
     "FileChunk",
     "FileEnd",
     "FileStart",
@@ -89,14 +102,14 @@ class NarDigest:
 
     @classmethod
     def sha256(cls, digest: bytes, size: int) -> NarDigest:
+        from nixwarden.trust.hashes import Hash, HashAlgorithm  # noqa: PLC0415 - see the top
+
         return cls(Hash(HashAlgorithm.SHA256, digest), size)
 
 
 def hash_path(path: str | os.PathLike[str]) -> NarDigest:
     """The NAR hash and size of the tree at `path`, as `nix-store -q --hash` reports them."""
-    hasher = hashlib.sha256()
-    size = dump(path, hasher.update)
-    return NarDigest(Hash(HashAlgorithm.SHA256, hasher.digest()), size)
+    return NarDigest.sha256(*nardump.sha256(path))
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -135,15 +148,19 @@ class Symlink:
     target: bytes
 
 
-Event = DirectoryStart | DirectoryEnd | FileStart | FileChunk | FileEnd | Symlink
+@dataclass(frozen=True)
+class File:
+    """A whole regular file in one event: what `parse(..., files=True)` gives instead of
+    `FileStart`, `FileChunk`, `FileEnd` for a small file that was read in one piece.
+    `data` is a view of the parser's buffer (no copy; it keeps the buffer alive, so
+    write it out rather than keep it)."""
+
+    path: Path
+    executable: bool
+    data: memoryview
 
 
-class Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-class Updatable(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+Event = DirectoryStart | DirectoryEnd | FileStart | FileChunk | FileEnd | Symlink | File
 
 
 # Fixed runs of tokens, matched in one comparison when they are already buffered.
@@ -234,10 +251,11 @@ class _Reader:
             return True
         return False
 
-    def small_file(self, previous: bytes | None) -> tuple[bytes, bool, bytes] | None:
+    def small_file(self, previous: bytes | None) -> tuple[bytes, bool, int, int] | None:
         """A whole directory entry holding a regular file, if it is already buffered
-        and valid in every respect: (name, executable, contents). Otherwise None, and
-        nothing is consumed: the general path then reads it and names any flaw.
+        and valid in every respect: (name, executable, where its contents start in
+        `buffer`, their size). Otherwise None, and nothing is consumed: the general
+        path then reads it and names any flaw.
 
         Most entries of most archives are small files; this reads one with a handful
         of comparisons instead of a dozen token reads.
@@ -259,9 +277,10 @@ class _Reader:
         if (
             buffer[at + length : padded] != nardump.ZEROS[: padded - at - length]
             or name in (b".", b"..")
-            or b"/" in name
-            or b"\0" in name
-            or CASE_HACK_SUFFIX in name
+            # bytes.find, not `in`: see _has (inlined: this runs for most entries)
+            or name.find(b"/") >= 0
+            or name.find(b"\0") >= 0
+            or name.find(CASE_HACK_SUFFIX) >= 0
             or (previous is not None and name <= previous)
         ):
             return None
@@ -284,7 +303,7 @@ class _Reader:
         if not buffer.startswith(tail, at + size):
             return None
         self.position = at + size + len(tail)
-        return name, executable, buffer[at : at + size]
+        return name, executable, at, size
 
     def contents(self, size: int) -> Iterator[bytes]:
         """`size` bytes of file contents, in chunks of at most `CHUNK` bytes."""
@@ -338,6 +357,12 @@ class _Reader:
         return self.position == len(self.buffer) and self.stream.read(1) == b""
 
 
+def _has(data: bytes, part: bytes) -> bool:
+    """`part in data`, which for bytes first tries `part` as an integer and formats and
+    clears a TypeError inside CPython: thousands of instructions, three per file name."""
+    return data.find(part) >= 0
+
+
 def _token(data: bytes) -> str:
     return repr(data.decode("ascii", "backslashreplace"))
 
@@ -347,11 +372,11 @@ def _check_name(reader: _Reader, name: bytes) -> None:
         raise reader.fail("empty file name")
     if name in (b".", b".."):
         raise reader.fail(f"file name {_token(name)} is not allowed")
-    if b"/" in name:
+    if _has(name, b"/"):
         raise reader.fail("file name contains '/'")
-    if b"\0" in name:
+    if _has(name, b"\0"):
         raise reader.fail("file name contains NUL")
-    if CASE_HACK_SUFFIX in name:
+    if _has(name, CASE_HACK_SUFFIX):
         raise reader.fail("file name contains Nix's case-hack suffix")
 
 
@@ -367,13 +392,15 @@ def parse(
     whole: bool = True,
     hasher: Updatable | None = None,
     max_depth: int = MAX_DEPTH,
+    files: bool = False,
 ) -> Iterator[Event]:
     """Events for the archive read from `stream`, validating as they are read.
 
     With `whole`, bytes after the archive are an error (a NAR file); without, reading
     stops exactly at its end (a NAR inside an export stream). `hasher`, when given,
-    sees exactly the archive's bytes. Raises `FormatError` at the first flaw; a
-    consumer that acts on events must be ready to undo them (see `restore`).
+    sees exactly the archive's bytes. With `files`, a small file read in one piece
+    comes as one `File` event. Raises `FormatError` at the first flaw; a consumer
+    that acts on events must be ready to undo them (see `restore`).
     """
     reader = _Reader(stream, hasher, BLOCK if whole else 0)
     magic = reader.string(MAX_TOKEN, "the magic")
@@ -428,7 +455,7 @@ def parse(
                 target = reader.string(MAX_TARGET, "symlink target")
                 if not target:
                     raise reader.fail("empty symlink target")
-                if b"\0" in target:
+                if _has(target, b"\0"):
                     raise reader.fail("symlink target contains NUL")
                 finished = _finish_node(reader, path)
                 yield Symlink(path, target)
@@ -440,10 +467,14 @@ def parse(
         directory = stack[-1]
         small = reader.small_file(directory.previous)
         if small is not None:
-            name, executable, data = small
+            name, executable, start, size = small
             directory.previous = name
             path = (*directory.path, name)
-            yield FileStart(path, executable, len(data))
+            if files:  # one event instead of three, and no copy: most entries are small files
+                yield File(path, executable, memoryview(reader.buffer)[start : start + size])
+                continue
+            data = reader.buffer[start : start + size]
+            yield FileStart(path, executable, size)
             if data:
                 yield FileChunk(data)
             yield FileEnd(path)
@@ -519,6 +550,8 @@ class CountingHasher:
     """A SHA-256 that also counts what it saw: the NAR hash and size in one pass."""
 
     def __init__(self) -> None:
+        import hashlib  # noqa: PLC0415 - see the top of the module
+
         self.hasher = hashlib.sha256()
         self.size = 0
 
@@ -527,7 +560,7 @@ class CountingHasher:
         self.size += len(data)
 
     def digest(self) -> NarDigest:
-        return NarDigest(Hash(HashAlgorithm.SHA256, self.hasher.digest()), self.size)
+        return NarDigest.sha256(self.hasher.digest(), self.size)
 
 
 # --- listing ---------------------------------------------------------------------------

@@ -13,16 +13,18 @@ hand-over and at `close`; the thread never outlives the `with` block.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Self
 
 # `threading`, `queue` and `hashlib` are imported by the classes that use them, so that
-# `nar dump`, which runs in one thread and hashes nothing, does not wait for them.
+# `nar dump`, which runs in one thread and hashes nothing, does not wait for them; nor
+# is `typing` (nor `re`, which it imports) loaded for annotations.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import queue
+    from collections.abc import Callable
     from types import TracebackType
+    from typing import Any, Self
 
-Consume = Callable[[memoryview], object]
+    Consume = Callable[[memoryview], object]
 
 
 class _Stopping:
@@ -80,6 +82,25 @@ class _Worker(_Stopping):
 
 
 _STOP = object()
+
+
+class _Slots:
+    """A counting semaphore made of a `queue.SimpleQueue` of tokens: its get and put are
+    C calls, where `threading.BoundedSemaphore` runs a Condition in Python on every
+    acquire and release (thousands of times per archive)."""
+
+    def __init__(self, count: int) -> None:
+        import queue  # noqa: PLC0415 - see the top of the module
+
+        self.tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(count):
+            self.tokens.put(None)
+
+    def acquire(self) -> None:
+        self.tokens.get()  # waits, without the GIL, until a token is free
+
+    def release(self) -> None:
+        self.tokens.put(None)
 
 
 class BlockSink(_Stopping):
@@ -179,11 +200,10 @@ class BackgroundHasher(_Worker):
 
     def __init__(self, *, depth: int = 8) -> None:
         import hashlib  # noqa: PLC0415 - see the top of the module
-        import threading  # noqa: PLC0415
 
         self.hasher = hashlib.sha256()
         self.size = 0
-        self.slots = threading.BoundedSemaphore(depth)
+        self.slots = _Slots(depth)
         self.small = bytearray()
         super().__init__("nixwarden-hash")
 
@@ -228,10 +248,8 @@ class FileWriter(_Worker):
     """
 
     def __init__(self, *, max_files: int = 8, max_chunks: int = 64) -> None:
-        import threading  # noqa: PLC0415 - see the top of the module
-
-        self.files = threading.BoundedSemaphore(max_files)
-        self.chunks = threading.BoundedSemaphore(max_chunks)
+        self.files = _Slots(max_files)
+        self.chunks = _Slots(max_chunks)
         super().__init__("nixwarden-write")
 
     def open(self, name: bytes | str, flags: int, mode: int, *, dir_fd: int) -> int:

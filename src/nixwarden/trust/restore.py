@@ -26,15 +26,17 @@ import contextlib
 import ctypes
 import errno
 import os
-import secrets
 import stat
-from collections.abc import Callable
-from typing import Any
 
 from nixwarden.display import escape
 from nixwarden.errors import EnvironmentFailure, InvalidInput
 from nixwarden.trust import nar, pipeline
 from nixwarden.trust.failures import from_os_error
+
+TYPE_CHECKING = False  # not typing's: `nar restore` is measured against nix-store
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 _ROOT = "root"  # the archive's root inside the scratch directory
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -185,7 +187,7 @@ def _current_umask() -> int:
 def _make_scratch(parent_fd: int, name: str) -> str:
     stem = os.fsencode(name)[:200].decode("utf-8", "surrogateescape")
     while True:
-        scratch = f".{stem}.restore-{secrets.token_hex(6)}"
+        scratch = f".{stem}.restore-{os.urandom(6).hex()}"
         try:
             os.mkdir(scratch, 0o700, dir_fd=parent_fd)
         except FileExistsError:
@@ -246,8 +248,20 @@ def _unpack(
     background = False
     with pipeline.FileWriter() as writer:
         try:
-            for event in nar.parse(stream, hasher=hasher):
+            for event in nar.parse(stream, hasher=hasher, files=True):
                 match event:
+                    case nar.File(path, executable, data):
+                        fd = os.open(
+                            path[-1] if path else _ROOT,
+                            _FILE_FLAGS,
+                            0o777 if executable else 0o666,  # the umask trims these, as for Nix
+                            dir_fd=current,
+                        )
+                        try:
+                            if data and (written := os.write(fd, data)) < len(data):
+                                _write_rest(fd, memoryview(data)[written:])
+                        finally:
+                            os.close(fd)
                     case nar.FileChunk(data):
                         if background:
                             writer.write(file_fd, data)

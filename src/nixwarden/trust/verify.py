@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 # Below this many paths per thread, starting threads costs more than it saves: one
 # Ed25519 verification is ~0.1 ms, so a thread earns its keep after a few dozen.
 MIN_PATHS_PER_THREAD = 64
+# Threads take paths in chunks this small (about a millisecond of work), so that the
+# batch ends at most a chunk after its first thread runs out of work.
+CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -113,22 +116,24 @@ def _check_in_threads(
     results: list[Verified | PathFailure | None],
     workers: int,
 ) -> None:
+    """Every thread, this one included, takes the next chunk of `CHUNK` paths until none
+    is left: a thread that the machine's other work slows down takes fewer chunks,
+    instead of holding up the batch with a fixed share of it."""
     errors: list[BaseException] = []
+    # next() on a shared iterator is atomic under the GIL: each chunk goes to one thread.
+    starts = iter(range(0, len(items), CHUNK))
 
-    def work(start: int, stop: int) -> None:
+    def work() -> None:
         try:
-            _check_slice(items, policy, results, start, stop)
+            for start in starts:
+                _check_slice(items, policy, results, start, min(start + CHUNK, len(items)))
         except BaseException as error:  # re-raised in the caller's thread below
             errors.append(error)
 
-    bounds = [len(items) * index // workers for index in range(workers + 1)]
-    threads = [
-        threading.Thread(target=work, args=(bounds[index], bounds[index + 1]), daemon=True)
-        for index in range(1, workers)
-    ]
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(1, workers)]
     for thread in threads:
         thread.start()
-    work(bounds[0], bounds[1])  # this thread takes the first share
+    work()  # this thread takes chunks too
     for thread in threads:
         thread.join()
     if errors:
