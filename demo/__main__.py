@@ -22,7 +22,7 @@ from testbed.errors import TestbedError
 from testbed.gate_setup import client_store, gated_builder
 
 # Parts that need the gated builder take (demo, builder, client); the others (demo).
-BUILDER_PARTS = ("gate", "tenants")
+BUILDER_PARTS = ("gate", "tenants", "deploy")
 OTHER_PARTS = ("provision", "trust", "ca", "confine", "audit")
 
 
