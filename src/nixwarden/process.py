@@ -94,7 +94,7 @@ def supervise(
     env: Mapping[str, str],
     forward: Sequence[int],
     targets: Callable[[int], Sequence[int]],
-    pass_fds: Sequence[int] = (),
+    pass_fds: Sequence[int] | None = (),
     on_start: Callable[[int], None] | None = None,
     watch: Callable[[int], None] | None = None,
     every: float = 1.0,
@@ -110,7 +110,8 @@ def supervise(
     and the C core of `signal`, not `subprocess` and `signal` (with their imports, about
     as long as the rest of a cached `confine run`). The child gets what `subprocess`
     would give it: no descriptors but 0, 1, 2 and `pass_fds`, and the default action
-    for SIGPIPE and SIGXFSZ, which Python ignores.
+    for SIGPIPE and SIGXFSZ, which Python ignores. With `pass_fds=None` it gets every
+    descriptor exec would hand on (those not close-on-exec), as if we had exec'd it.
 
     With `watch`, it is called with the child's pid every `every` seconds while the child
     runs, and once more when it has ended (the gate's supervisor reads counters there).
@@ -132,7 +133,8 @@ def supervise(
 
     previous = {signum: _signal.signal(signum, relay) for signum in forward}
     try:
-        _inherit_only(pass_fds)
+        if pass_fds is not None:
+            _inherit_only(pass_fds)
         try:
             child.append(
                 posix.posix_spawn(

@@ -143,7 +143,8 @@ def serve(
 
 
 def _has_limits(principal: Principal) -> bool:
-    """Inline, not tenants.limits: nothing more to import for a principal without limits."""
+    """Inline, not tenants.limits: nothing more to import for a principal without limits
+    (and the compiled policy's principals are plain values, without methods)."""
     return (
         principal.memory is not None
         or principal.tasks is not None
@@ -164,7 +165,7 @@ def _supervised(  # noqa: PLR0917
     """The session as the supervisor's child: a limit it hits is told to the client and
     logged (gate.supervisor); principals without limits are exec'd as before."""
     from nixwarden.gate import supervisor  # noqa: PLC0415 - limited principals only
-    from nixwarden.tenants import limits  # noqa: PLC0415
+    from nixwarden.tenants import disk, limits  # noqa: PLC0415
 
     counters = [
         supervisor.Counter(kind, path, limit)
@@ -172,7 +173,7 @@ def _supervised(  # noqa: PLR0917
     ]
     watched: list[supervisor.Counter | supervisor.Watchdog] = list(counters)
     quota = principal.disk_quota
-    if quota is not None and tenants.disk_images:
+    if quota is not None and disk.uses_image(tenants, principal):
         # The session started: its directory is its image (tenants.session checked it).
         path = os.path.join(tenants.root, principal.name)
         watched.append(supervisor.Counter("disk", path, limits.size_text(quota)))

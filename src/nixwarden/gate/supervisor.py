@@ -206,7 +206,7 @@ def run(
         env=env,
         forward=FORWARDED,
         targets=lambda pid: (pid,),
-        pass_fds=_inheritable_fds(),
+        pass_fds=None,  # what exec would hand on: the session slot, the principal's lock
         on_start=started,
         watch=watch,
         every=POLL_SECONDS,
@@ -227,20 +227,6 @@ def _kill(pid: int) -> None:
         os.kill(pid, _signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _inheritable_fds() -> list[int]:
-    """What exec would have handed on (the session slot, the principal's lock): the child
-    holds them too, so they stay held while the session runs, whatever happens to us."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            if fd > 2 and os.get_inheritable(fd):
-                found.append(fd)
-        except OSError:
-            pass  # the listing's own descriptor, closed meanwhile
-    return found
 
 
 def _oom_score_adj() -> int | None:

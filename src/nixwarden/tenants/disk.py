@@ -87,6 +87,13 @@ def is_full(fd_or_path: int | str) -> bool:
 # --- the gate ----------------------------------------------------------------------------
 
 
+def not_mounted(name: str) -> TenantSetupError:
+    return TenantSetupError(
+        f"the disk image of {name} is not mounted at its directory; "
+        f"as root: nixwarden tenant limits apply {name}"
+    )
+
+
 def check(settings: TenantSettings, principal: Principal, base: int) -> tuple[int, int] | None:
     """In the gate: the tenant's directory (descriptor `base`) must be its image, no larger
     than the quota. Returns (size, free) of it. Not mounted: TenantSetupError, whatever
@@ -94,7 +101,6 @@ def check(settings: TenantSettings, principal: Principal, base: int) -> tuple[in
     the quota: None when the policy accepts best effort, else TenantSetupError."""
     quota = principal.disk_quota
     assert quota is not None
-    fix = f"as root: nixwarden tenant limits apply {principal.name}"
     try:
         root = os.stat(settings.root)
         here = os.fstat(base)
@@ -102,9 +108,7 @@ def check(settings: TenantSettings, principal: Principal, base: int) -> tuple[in
     except OSError as error:
         raise TenantSetupError(f"cannot check the disk of {principal.name}: {error}") from None
     if here.st_dev == root.st_dev:
-        raise TenantSetupError(
-            f"the disk image of {principal.name} is not mounted at its directory; {fix}"
-        )
+        raise not_mounted(principal.name)
     if size <= quota:
         return size, free
     if principal.limits == "best-effort":

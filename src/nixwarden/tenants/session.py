@@ -15,7 +15,7 @@ import resource
 import stat
 
 from nixwarden import files, sessions
-from nixwarden.tenants import directory, host
+from nixwarden.tenants import directory, disk, host
 from nixwarden.tenants import layout as tenant_layout
 from nixwarden.tenants.host import TenantRefused, TenantSetupError
 
@@ -55,15 +55,11 @@ def prepare(
     lock (sessions.principal_lock) open and inheritable: the session holds it."""
     layout = tenant_layout.TenantLayout(settings.root, principal.name)
     policy = policy_of(principal)
-    image = bool(settings.disk_images) and principal.disk_quota is not None
-    if image:
-        from nixwarden.tenants import disk  # noqa: PLC0415 - only with a disk image
-
-        if not disk.is_own_filesystem(layout.base, settings.root):
-            raise TenantSetupError(
-                f"the disk image of {principal.name} is not mounted at its directory; "
-                f"as root: nixwarden tenant limits apply {principal.name}"
-            )
+    image = disk.uses_image(settings, principal)
+    # Unmounted, the directory under the mount point is root's, and opening it would be
+    # refused for that; say what is wrong instead (disk.check decides, on the descriptor).
+    if image and not disk.is_own_filesystem(layout.base, settings.root):
+        raise disk.not_mounted(principal.name)
     base = open_own_directory(settings.root, principal.name, config_path)
     try:
         if image and disk.check(settings, principal, base) is None:
@@ -297,7 +293,6 @@ def disk_usage_probe(settings: TenantSettings, principal: Principal) -> Callable
 def check_free_space(path: str, principal: Principal) -> None:
     """With a disk image the kernel holds the quota; a session is still refused when the
     tenant's filesystem is full (what the supervisor reports as the quota hit)."""
-    from nixwarden.tenants import disk  # noqa: PLC0415
     from nixwarden.tenants.usage import human_bytes  # noqa: PLC0415
 
     size, free = disk.filesystem_bytes(path)
