@@ -562,18 +562,15 @@ class Session:
         service = self.service
         staging = self.staging
         assert staging is not None
-        start = time.monotonic()
-        with service.import_lock:
-            lacking = service.store.invalid(batch)
-            ours = tuple(path for path in batch if path in lacking)
-            self.push.added += ours
-            if ours:
-                env = dict(service.env) | {"XDG_CACHE_HOME": staging.cache_home}
-                service.store.import_from(staging.root, ours, env)
-        staging.discard_nars(batch)
-        self.timings["import batches"] = self.timings.get("import batches", 0.0) + (
-            time.monotonic() - start
-        )
+        with self._timed("import batches"):
+            with service.import_lock:
+                lacking = service.store.invalid(batch)
+                ours = tuple(path for path in batch if path in lacking)
+                self.push.added += ours
+                if ours:
+                    env = dict(service.env) | {"XDG_CACHE_HOME": staging.cache_home}
+                    service.store.import_from(staging.root, ours, env)
+            staging.discard_nars(batch)
         self.batches += 1
 
     def _finish(self, status: wire.Status) -> None:
