@@ -16,7 +16,11 @@ archive or a whole file in memory; contents move in chunks of at most `CHUNK` by
 
 from __future__ import annotations
 
+import enum
+import errno
+import io
 import os
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,11 +59,23 @@ if TYPE_CHECKING:
         def update(self, data: bytes, /) -> None: ...
 
 
+# Contents a kernel copy takes straight from the stream's descriptor to a file's: at
+# least this much, or reading them with the next block costs fewer calls.
+DIRECT_MIN = 64 << 10
+# Errors that mean "this pair of descriptors cannot be copied between this way" (a
+# file system without the operation, an output opened O_APPEND, two file systems):
+# nothing was moved, and the next way down is tried.
+_UNSUPPORTED = frozenset(
+    (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.ESPIPE, errno.EBADF)
+)
+
+
 # Writing a tree lives in `nardump` (see there); this module re-exports it.
 __all__ = [
     "BLOCK",
     "CASE_HACK_SUFFIX",
     "CHUNK",
+    "DIRECT_MIN",
     "MAGIC",
     "MAX_DEPTH",
     "MAX_LENGTH",
@@ -73,6 +89,8 @@ __all__ = [
     "File",
     "FileChunk",
     "FileEnd",
+    "FileExtent",
+    "FileRest",
     "FileStart",
     "NarDigest",
     "Path",
@@ -160,7 +178,74 @@ class File:
     data: memoryview
 
 
-Event = DirectoryStart | DirectoryEnd | FileStart | FileChunk | FileEnd | Symlink | File
+@dataclass(frozen=True)
+class FileRest:
+    """The rest of a regular file's contents, `size` bytes not yet read from a pipe:
+    what `parse(..., direct=True)` gives instead of their `FileChunk`s. `move_to(fd)`
+    has the kernel move them from the pipe to `fd` (at its position), with no pass
+    through this process's memory; a consumer that does not call it gets them as
+    `FileChunk`s after all. Valid only until the next event."""
+
+    size: int
+    reader: _Reader = field(repr=False, compare=False)
+
+    def move_to(self, fd: int) -> None:
+        """Move the contents to `fd`; `FormatError` if the archive ends first."""
+        self.reader.move_to(fd)
+
+
+@dataclass(frozen=True)
+class FileExtent:
+    """A whole regular file whose contents the parser did not read: what
+    `parse(..., direct=True)` gives, from a regular file, for a file of at least
+    `DIRECT_MIN` bytes, once its entry is known to be well-formed. Its contents are
+    `size` bytes at `position` in the stream's file, byte `offset` of the archive.
+    `copy_to(fd)` has the kernel copy them to `fd`, from any thread, at any time
+    before the stream is closed: they do not depend on where parsing has got to."""
+
+    path: Path
+    executable: bool
+    size: int
+    position: int
+    offset: int
+    reader: _Reader = field(repr=False, compare=False)
+
+    def copy_to(self, fd: int) -> None:
+        """Copy the contents to `fd`; `FormatError` if the file no longer holds them
+        all (it shrank after they were parsed)."""
+        self.reader.copy(fd, self.position, self.size, self.offset)
+
+
+Event = (
+    DirectoryStart
+    | DirectoryEnd
+    | FileStart
+    | FileChunk
+    | FileRest
+    | FileEnd
+    | Symlink
+    | File
+    | FileExtent
+)
+
+
+class _Copier(enum.Enum):
+    """How file contents go from the stream's descriptor to a file's, most direct first."""
+
+    RANGE = "copy_file_range"  # regular file to a file on the same file system
+    FILE = "sendfile"  # regular file to any file
+    PIPE = "splice"  # pipe to any file
+    NONE = "read and write"
+
+
+_IN_PLACE = (_Copier.RANGE, _Copier.FILE)  # from a regular file: any part, any time
+_MAX_MOVE = 1 << 30  # per call (Linux moves at most 2 GiB - 4 KiB at once anyway)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # Fixed runs of tokens, matched in one comparison when they are already buffered.
@@ -182,13 +267,29 @@ class _Reader:
     a byte past what the grammar needs, so the archive's end is the stream's position.
     """
 
-    def __init__(self, stream: Readable, hasher: Updatable | None, block: int) -> None:
+    def __init__(
+        self, stream: Readable, hasher: Updatable | None, block: int, *, direct: bool = False
+    ) -> None:
         self.stream = stream
         self.hasher = hasher
         self.block = block
         self.buffer = b""
         self.position = 0  # next byte of `buffer` to parse
         self.start = 0  # offset in the archive of `buffer[0]`
+        self.descriptor = -1  # the stream's, when contents may be moved by the kernel
+        self.copier = _Copier.NONE
+        self.pending = 0  # bytes of a `FileRest` not yet moved
+        self.origin = 0  # where in the stream's regular file the archive starts
+        if direct and hasher is None and isinstance(stream, io.FileIO):
+            # Only an unbuffered file: a buffered one may hold bytes its descriptor
+            # is already past. Nothing needs the bytes here, so none are read.
+            self.descriptor = stream.fileno()
+            mode = os.fstat(self.descriptor).st_mode
+            if stat.S_ISREG(mode):
+                self.copier = _Copier.RANGE
+                self.origin = os.lseek(self.descriptor, 0, os.SEEK_CUR)
+            elif stat.S_ISFIFO(mode):
+                self.copier = _Copier.PIPE
 
     @property
     def offset(self) -> int:
@@ -305,26 +406,106 @@ class _Reader:
         self.position = at + size + len(tail)
         return name, executable, at, size
 
-    def contents(self, size: int) -> Iterator[bytes]:
-        """`size` bytes of file contents, in chunks of at most `CHUNK` bytes."""
+    def contents(self, size: int) -> Iterator[FileChunk | FileRest]:
+        """`size` bytes of file contents, in chunks of at most `CHUNK` bytes; with a
+        way to copy in the kernel, what is not buffered comes as one `FileRest`."""
         buffered = min(len(self.buffer) - self.position, size)
         if buffered:
             start = self.position
             self.position += buffered
             size -= buffered
-            yield self.buffer[start : start + buffered]
+            yield FileChunk(self.buffer[start : start + buffered])
         if not size:
             return
         self.start += len(self.buffer)
         self.buffer = b""
         self.position = 0
+        if self.copier is _Copier.PIPE and size >= DIRECT_MIN:
+            self.pending = size
+            yield FileRest(size, self)
+            size, self.pending = self.pending, 0  # what the consumer did not move
         while size:
             data = self._read(min(size, CHUNK))
             if not data:
                 raise self.fail("archive is truncated")
             self.start += len(data)
             size -= len(data)
-            yield data
+            yield FileChunk(data)
+
+    def move_to(self, fd: int) -> None:
+        """Write the `pending` bytes of contents from the stream to `fd`, from the
+        stream's position (which they advance)."""
+        size, self.pending = self.pending, 0
+        self.start += self.copy(fd, None, size, self.start)
+
+    def skip_contents(self, size: int) -> tuple[int, int]:
+        """Pass over `size` bytes of contents of the stream's regular file, reading
+        none that are not buffered: (their position in the file, their offset in the
+        archive). `FormatError` if the file ends first."""
+        offset = self.offset
+        buffered = min(len(self.buffer) - self.position, size)
+        self.position += buffered
+        rest = size - buffered
+        if rest:
+            self.start += len(self.buffer)
+            self.buffer = b""
+            self.position = 0
+            end = os.lseek(self.descriptor, rest, os.SEEK_CUR)
+            available = os.fstat(self.descriptor).st_size - (end - rest)
+            if available < rest:  # what a read would have found
+                self.start += max(available, 0)
+                raise self.fail("archive is truncated")
+            self.start += rest
+        return self.origin + offset, offset
+
+    def copy(self, fd: int, position: int | None, size: int, offset: int) -> int:
+        """Copy `size` bytes of the stream's file to `fd`: from `position`, or (None)
+        from and advancing the stream's own position. Returns `size`; `offset` is
+        where they start in the archive, for the error when it ends first.
+
+        The kernel copies them (copy_file_range or sendfile from a regular file,
+        splice from a pipe). Where it cannot (the call fails with an error that says
+        so, having moved nothing), the next way down is used from then on, down to
+        reading and writing here; an end of the stream is believed only when a read
+        agrees. Positional copies share no state with parsing: another thread may
+        make them (only a way found not to work is shared, and only ever downgraded).
+        """
+        done = 0
+        while done < size:
+            count = min(size - done, _MAX_MOVE)
+            at = None if position is None else position + done
+            copier = self.copier
+            try:
+                match copier:
+                    case _Copier.RANGE:
+                        moved = os.copy_file_range(self.descriptor, fd, count, at)
+                    case _Copier.FILE:
+                        moved = os.sendfile(fd, self.descriptor, at, count)
+                    case _Copier.PIPE:
+                        moved = os.splice(self.descriptor, fd, count)
+                    case _:
+                        moved = self._read_write(fd, count, at)
+            except OSError as error:
+                if copier is _Copier.NONE or error.errno not in _UNSUPPORTED:
+                    raise
+                moved = 0
+            if not moved:
+                if copier is _Copier.NONE:
+                    raise FormatError(f"NAR: archive is truncated (at byte {offset + done})")
+                self.copier = _Copier.FILE if copier is _Copier.RANGE else _Copier.NONE
+                continue
+            done += moved
+        return size
+
+    def _read_write(self, fd: int, count: int, position: int | None) -> int:
+        count = min(count, CHUNK)
+        if position is None:
+            data = self.stream.read(count)
+        else:
+            data = os.pread(self.descriptor, count, position)
+        if data:
+            _write_all(fd, data)
+        return len(data)
 
     def length(self, limit: int, what: str) -> int:
         (value,) = struct.unpack("<Q", self.exact(8))
@@ -393,16 +574,20 @@ def parse(
     hasher: Updatable | None = None,
     max_depth: int = MAX_DEPTH,
     files: bool = False,
+    direct: bool = False,
 ) -> Iterator[Event]:
     """Events for the archive read from `stream`, validating as they are read.
 
     With `whole`, bytes after the archive are an error (a NAR file); without, reading
     stops exactly at its end (a NAR inside an export stream). `hasher`, when given,
     sees exactly the archive's bytes. With `files`, a small file read in one piece
-    comes as one `File` event. Raises `FormatError` at the first flaw; a consumer
-    that acts on events must be ready to undo them (see `restore`).
+    comes as one `File` event. With `direct`, no `hasher`, and an unbuffered
+    `io.FileIO` on a regular file or a pipe as `stream`, the contents of a file
+    beyond what was buffered (at least `DIRECT_MIN` bytes) come as one `FileRest`,
+    for the consumer to have the kernel copy. Raises `FormatError` at the first
+    flaw; a consumer that acts on events must be ready to undo them (see `restore`).
     """
-    reader = _Reader(stream, hasher, BLOCK if whole else 0)
+    reader = _Reader(stream, hasher, BLOCK if whole else 0, direct=direct)
     magic = reader.string(MAX_TOKEN, "the magic")
     if magic != MAGIC:
         raise reader.fail(f"wrong magic {_token(magic)}, not a Nix archive")
@@ -445,9 +630,16 @@ def parse(
                 continue
             if kind == b"regular":
                 size = reader.length(MAX_LENGTH - 1, "file contents")
+                if size >= DIRECT_MIN and reader.copier in _IN_PLACE:
+                    position, offset = reader.skip_contents(size)
+                    reader.padding(size)
+                    finished = _finish_node(reader, path)
+                    yield FileExtent(path, executable, size, position, offset, reader)
+                    if finished:
+                        break
+                    continue
                 yield FileStart(path, executable, size)
-                for chunk in reader.contents(size):
-                    yield FileChunk(chunk)
+                yield from reader.contents(size)
                 reader.padding(size)
                 finished = _finish_node(reader, path)
                 yield FileEnd(path)

@@ -10,6 +10,7 @@ the NAR parser either (dataclasses, typing): only the tree walk and hashlib.
 
 from __future__ import annotations
 
+import io
 import sys
 
 from nixwarden.trust.failures import from_os_error
@@ -17,6 +18,8 @@ from nixwarden.trust.failures import from_os_error
 TYPE_CHECKING = False  # not typing's: see above
 if TYPE_CHECKING:
     import argparse
+
+    from nixwarden.trust.nar import Readable
 
 # The values of trust.hashes.HashFormat (a test keeps the two the same), here so that
 # reading the command line does not import the hash module.
@@ -37,7 +40,7 @@ def main(_command: str, argv: list[str]) -> int:
             case "restore":
                 from nixwarden.trust.restore import unpack  # noqa: PLC0415
 
-                unpack(sys.stdin.buffer, operand)
+                unpack(_unbuffered_stdin(), operand)
             case "ls":
                 _list()
     except BrokenPipeError:
@@ -85,6 +88,15 @@ def _parse(argv: list[str]) -> tuple[str, str, str]:
     args: argparse.Namespace = top.parse_args(argv)
     operand = getattr(args, "path", None) or getattr(args, "directory", None) or ""
     return args.action, operand, getattr(args, "format", HASH_FORMATS[0])
+
+
+def _unbuffered_stdin() -> Readable:
+    """Standard input without Python's buffer, when it is a file descriptor: nothing has
+    read it yet, and unbuffered its descriptor's position is exactly what was consumed,
+    so `restore` can have the kernel copy file contents from it (see `nar.FileRest`)."""
+    buffered = sys.stdin.buffer
+    raw = getattr(buffered, "raw", None)
+    return raw if isinstance(raw, io.FileIO) else buffered
 
 
 def _stdout(data: bytes | bytearray | memoryview) -> None:

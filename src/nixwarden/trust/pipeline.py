@@ -236,20 +236,40 @@ class BackgroundHasher(_Worker):
         self.slots.release()
 
 
-class FileWriter(_Worker):
-    """Writes files' contents and closes them in a second thread.
+# What `FileWriter`'s thread is asked to do with a descriptor.
+_WRITE, _CLOSE, _CREATE, _RELEASE, _SIGNAL = range(5)
 
-    The caller opens each file with `open`, hands over its contents in order (`write`,
-    immutable `bytes` only) and gives it back (`close`). At most `max_files` files are
-    open at once and at most `max_chunks` chunks wait to be written: `open` and
-    `write` block until the thread has caught up. A write error (a full disk, a size
-    limit) is raised by the next call, and by `finish`; every file handed over is
-    closed whatever happens, before `finish` or `__exit__` returns.
+
+class FileWriter(_Worker):
+    """Writes files in a second thread, in either of two ways.
+
+    The caller opens a file with `open`, hands over its contents in order (`write`,
+    immutable `bytes` only) and gives it back (`close`). Or it hands over a whole file
+    with `create`: the thread opens it in a directory the caller has `share`d, has
+    `fill` write it, and closes it; the caller gives the directory back with
+    `release`, and the thread closes it after the files in it.
+
+    At most `max_files` files and `max_directories` shared directories are the
+    thread's at once, at most `max_chunks` chunks wait to be written and `max_created`
+    files to be created:
+    `open`, `share`, `write` and `create` block until the thread has caught up. A
+    write error (a full disk, a size limit, a truncated archive) is raised by the next
+    call, and by `finish`; every file and directory handed over is closed whatever
+    happens, before `finish` or `__exit__` returns.
     """
 
-    def __init__(self, *, max_files: int = 8, max_chunks: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        max_files: int = 8,
+        max_directories: int = 64,
+        max_chunks: int = 64,
+        max_created: int = 4096,
+    ) -> None:
         self.files = _Slots(max_files)
+        self.directories = _Slots(max_directories)
         self.chunks = _Slots(max_chunks)
+        self.created = _Slots(max_created)
         super().__init__("nixwarden-write")
 
     def open(self, name: bytes | str, flags: int, mode: int, *, dir_fd: int) -> int:
@@ -265,31 +285,80 @@ class FileWriter(_Worker):
     def write(self, fd: int, data: bytes) -> None:
         self._check()
         self.chunks.acquire()
-        self.todo.put((fd, data))
+        self.todo.put((_WRITE, fd, data))
 
     def close(self, fd: int) -> None:
-        self.todo.put((fd, None))
+        self.todo.put((_CLOSE, fd, None))
+
+    def share(self) -> None:
+        """Take a slot for a directory the caller will `create` files in."""
+        self._check()
+        self.directories.acquire()
+
+    def create(
+        self,
+        name: bytes | str,
+        flags: int,
+        mode: int,
+        fill: Callable[[int], object],
+        *,
+        dir_fd: int,
+    ) -> None:
+        """Have the thread open `name` in the shared directory `dir_fd`, call
+        `fill(fd)` and close it. An exception `fill` raises is a write error."""
+        self._check()
+        self.created.acquire()
+        self.todo.put((_CREATE, dir_fd, (name, flags, mode, fill)))
+
+    def release(self, dir_fd: int) -> None:
+        """Give back a shared directory: the thread closes it after the files in it."""
+        self.todo.put((_RELEASE, dir_fd, None))
+
+    def drain(self) -> None:
+        """Wait until everything handed over so far is done; raises a write error.
+
+        For a caller about to write to a file or change a directory itself."""
+        import queue  # noqa: PLC0415 - see the top of the module
+
+        done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.todo.put((_SIGNAL, -1, done.put))
+        done.get()
+        self._check()
 
     def finish(self) -> None:
         self._stop()
         self._check()
 
-    def _work(self, item: tuple[int, bytes | None]) -> None:
-        fd, data = item
-        if data is None:
+    def _work(self, item: tuple[int, int, Any]) -> None:
+        operation, fd, data = item
+        if operation == _WRITE:
+            if self.error is None:
+                try:
+                    written = os.write(fd, data)
+                    if written < len(data):
+                        view = memoryview(data)[written:]
+                        while view:
+                            view = view[os.write(fd, view) :]
+                except OSError as error:
+                    self.error = error
+            self.chunks.release()
+        elif operation == _CREATE:
+            if self.error is None:
+                name, flags, mode, fill = data
+                try:
+                    created = os.open(name, flags, mode, dir_fd=fd)
+                    try:
+                        fill(created)
+                    finally:
+                        os.close(created)
+                except BaseException as error:  # handed to the producer
+                    self.error = error
+            self.created.release()
+        elif operation == _SIGNAL:
+            data(fd)
+        else:  # _CLOSE, _RELEASE
             try:
                 os.close(fd)
             except OSError as error:  # e.g. EIO or EDQUOT reported at close
                 self.error = self.error or error
-            self.files.release()
-            return
-        if self.error is None:
-            try:
-                written = os.write(fd, data)
-                if written < len(data):
-                    view = memoryview(data)[written:]
-                    while view:
-                        view = view[os.write(fd, view) :]
-            except OSError as error:
-                self.error = error
-        self.chunks.release()
+            (self.files if operation == _CLOSE else self.directories).release()

@@ -239,16 +239,28 @@ def _unpack(
     stream: nar.Readable, scratch_fd: int, hasher: nar.Updatable | None, final_mode: int | None
 ) -> None:
     current = scratch_fd  # the directory entries are created in
+    shared = False  # whether the writer thread creates files in `current` too
     levels: list[Identity] = []  # identities of the open directories, root first
     file_fd = -1
     new_directory_mode = 0o777 if final_mode is None else 0o700
-    # Large files' contents are written in a second thread while parsing goes on
-    # here: write(2) runs without the GIL. Small files are written here, as handing
-    # them over would cost more than writing them.
+    # A second thread writes what costs more than handing it over, while parsing goes
+    # on here (write(2) and sendfile(2) run without the GIL): large files whose
+    # contents the kernel copies from the archive's file (`FileExtent`), and the
+    # contents of large files read from a pipe. Small files are written here.
     background = False
     with pipeline.FileWriter() as writer:
+
+        def let_go(directory: int) -> None:
+            """Close `directory` (not the scratch one), or have the writer close it."""
+            if directory == scratch_fd:
+                return
+            if shared:
+                writer.release(directory)
+            else:
+                os.close(directory)
+
         try:
-            for event in nar.parse(stream, hasher=hasher, files=True):
+            for event in nar.parse(stream, hasher=hasher, files=True, direct=True):
                 match event:
                     case nar.File(path, executable, data):
                         fd = os.open(
@@ -262,11 +274,27 @@ def _unpack(
                                 _write_rest(fd, memoryview(data)[written:])
                         finally:
                             os.close(fd)
+                    case nar.FileExtent(path, executable):
+                        if not shared and current != scratch_fd:
+                            writer.share()  # the thread closes `current` once done with it
+                        shared = True
+                        writer.create(
+                            path[-1] if path else _ROOT,
+                            _FILE_FLAGS,
+                            0o777 if executable else 0o666,
+                            event.copy_to,
+                            dir_fd=current,
+                        )
                     case nar.FileChunk(data):
                         if background:
                             writer.write(file_fd, data)
                         elif (written := os.write(file_fd, data)) < len(data):
                             _write_rest(file_fd, memoryview(data)[written:])
+                    case nar.FileRest():
+                        # From a pipe straight to the file, after what the writer has.
+                        if background:
+                            writer.drain()
+                        event.move_to(file_fd)
                     case nar.FileStart(path, executable, size):
                         name = path[-1] if path else _ROOT
                         mode = 0o777 if executable else 0o666  # the umask trims these, as for Nix
@@ -289,9 +317,8 @@ def _unpack(
                             # them back (the name is ours: nobody else can write here).
                             os.chmod(name, 0o700, dir_fd=current)
                         child = os.open(name, _DIR_FLAGS, dir_fd=current)
-                        if current != scratch_fd:
-                            os.close(current)
-                        current = child
+                        let_go(current)
+                        current, shared = child, False
                         levels.append(_identity(child))
                     case nar.DirectoryEnd():
                         levels.pop()
@@ -301,10 +328,12 @@ def _unpack(
                             # (The root's mode waits until it is moved into place: moving
                             # a directory needs write permission on it, for its `..`.)
                             if final_mode is not None and levels:
+                                if shared:
+                                    writer.drain()  # the files in it first
                                 os.fchmod(current, final_mode)
                         finally:
-                            os.close(current)
-                            current = above
+                            let_go(current)
+                            current, shared = above, False
                     case nar.Symlink(path, target):
                         name = path[-1] if path else _ROOT
                         os.symlink(target, name, dir_fd=current)
@@ -315,8 +344,7 @@ def _unpack(
                     writer.close(file_fd)
                 else:
                     os.close(file_fd)
-            if current != scratch_fd:
-                os.close(current)
+            let_go(current)
 
 
 def _write_rest(fd: int, view: memoryview) -> None:
