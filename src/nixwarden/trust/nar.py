@@ -59,15 +59,13 @@ if TYPE_CHECKING:
         def update(self, data: bytes, /) -> None: ...
 
 
-# Contents a kernel copy takes straight from the stream's descriptor to a file's: at
-# least this much, or reading them with the next block costs fewer calls.
+# Contents the kernel copies from the archive's file to the new file's (see
+# `FileExtent`): at least this much; smaller ones are read with the next block.
 DIRECT_MIN = 64 << 10
 # Errors that mean "this pair of descriptors cannot be copied between this way" (a
 # file system without the operation, an output opened O_APPEND, two file systems):
 # nothing was moved, and the next way down is tried.
-_UNSUPPORTED = frozenset(
-    (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.ESPIPE, errno.EBADF)
-)
+_UNSUPPORTED = frozenset((errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.EBADF))
 
 
 # Writing a tree lives in `nardump` (see there); this module re-exports it.
@@ -90,7 +88,6 @@ __all__ = [
     "FileChunk",
     "FileEnd",
     "FileExtent",
-    "FileRest",
     "FileStart",
     "NarDigest",
     "Path",
@@ -179,22 +176,6 @@ class File:
 
 
 @dataclass(frozen=True)
-class FileRest:
-    """The rest of a regular file's contents, `size` bytes not yet read from a pipe:
-    what `parse(..., direct=True)` gives instead of their `FileChunk`s. `move_to(fd)`
-    has the kernel move them from the pipe to `fd` (at its position), with no pass
-    through this process's memory; a consumer that does not call it gets them as
-    `FileChunk`s after all. Valid only until the next event."""
-
-    size: int
-    reader: _Reader = field(repr=False, compare=False)
-
-    def move_to(self, fd: int) -> None:
-        """Move the contents to `fd`; `FormatError` if the archive ends first."""
-        self.reader.move_to(fd)
-
-
-@dataclass(frozen=True)
 class FileExtent:
     """A whole regular file whose contents the parser did not read: what
     `parse(..., direct=True)` gives, from a regular file, for a file of at least
@@ -217,15 +198,7 @@ class FileExtent:
 
 
 Event = (
-    DirectoryStart
-    | DirectoryEnd
-    | FileStart
-    | FileChunk
-    | FileRest
-    | FileEnd
-    | Symlink
-    | File
-    | FileExtent
+    DirectoryStart | DirectoryEnd | FileStart | FileChunk | FileEnd | Symlink | File | FileExtent
 )
 
 
@@ -234,11 +207,10 @@ class _Copier(enum.Enum):
 
     RANGE = "copy_file_range"  # regular file to a file on the same file system
     FILE = "sendfile"  # regular file to any file
-    PIPE = "splice"  # pipe to any file
     NONE = "read and write"
 
 
-_IN_PLACE = (_Copier.RANGE, _Copier.FILE)  # from a regular file: any part, any time
+_IN_PLACE = (_Copier.RANGE, _Copier.FILE)  # the kernel copies any part, at any time
 _MAX_MOVE = 1 << 30  # per call (Linux moves at most 2 GiB - 4 KiB at once anyway)
 
 
@@ -276,20 +248,19 @@ class _Reader:
         self.buffer = b""
         self.position = 0  # next byte of `buffer` to parse
         self.start = 0  # offset in the archive of `buffer[0]`
-        self.descriptor = -1  # the stream's, when contents may be moved by the kernel
+        self.descriptor = -1  # the stream's, when it is a regular file (see `FileExtent`)
         self.copier = _Copier.NONE
-        self.pending = 0  # bytes of a `FileRest` not yet moved
         self.origin = 0  # where in the stream's regular file the archive starts
-        if direct and hasher is None and isinstance(stream, io.FileIO):
-            # Only an unbuffered file: a buffered one may hold bytes its descriptor
-            # is already past. Nothing needs the bytes here, so none are read.
+        if (
+            direct
+            and hasher is None
+            # Unbuffered only: a buffered stream's descriptor is past what it gave out.
+            and isinstance(stream, io.FileIO)
+            and stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        ):
             self.descriptor = stream.fileno()
-            mode = os.fstat(self.descriptor).st_mode
-            if stat.S_ISREG(mode):
-                self.copier = _Copier.RANGE
-                self.origin = os.lseek(self.descriptor, 0, os.SEEK_CUR)
-            elif stat.S_ISFIFO(mode):
-                self.copier = _Copier.PIPE
+            self.copier = _Copier.RANGE
+            self.origin = os.lseek(self.descriptor, 0, os.SEEK_CUR)
 
     @property
     def offset(self) -> int:
@@ -406,9 +377,8 @@ class _Reader:
         self.position = at + size + len(tail)
         return name, executable, at, size
 
-    def contents(self, size: int) -> Iterator[FileChunk | FileRest]:
-        """`size` bytes of file contents, in chunks of at most `CHUNK` bytes; with a
-        way to copy in the kernel, what is not buffered comes as one `FileRest`."""
+    def contents(self, size: int) -> Iterator[FileChunk]:
+        """`size` bytes of file contents, in chunks of at most `CHUNK` bytes."""
         buffered = min(len(self.buffer) - self.position, size)
         if buffered:
             start = self.position
@@ -420,10 +390,6 @@ class _Reader:
         self.start += len(self.buffer)
         self.buffer = b""
         self.position = 0
-        if self.copier is _Copier.PIPE and size >= DIRECT_MIN:
-            self.pending = size
-            yield FileRest(size, self)
-            size, self.pending = self.pending, 0  # what the consumer did not move
         while size:
             data = self._read(min(size, CHUNK))
             if not data:
@@ -431,12 +397,6 @@ class _Reader:
             self.start += len(data)
             size -= len(data)
             yield FileChunk(data)
-
-    def move_to(self, fd: int) -> None:
-        """Write the `pending` bytes of contents from the stream to `fd`, from the
-        stream's position (which they advance)."""
-        size, self.pending = self.pending, 0
-        self.start += self.copy(fd, None, size, self.start)
 
     def skip_contents(self, size: int) -> tuple[int, int]:
         """Pass over `size` bytes of contents of the stream's regular file, reading
@@ -458,22 +418,21 @@ class _Reader:
             self.start += rest
         return self.origin + offset, offset
 
-    def copy(self, fd: int, position: int | None, size: int, offset: int) -> int:
-        """Copy `size` bytes of the stream's file to `fd`: from `position`, or (None)
-        from and advancing the stream's own position. Returns `size`; `offset` is
-        where they start in the archive, for the error when it ends first.
+    def copy(self, fd: int, position: int, size: int, offset: int) -> None:
+        """Copy `size` bytes at `position` of the stream's file to `fd` (at its own
+        position); `offset` is where they start in the archive, for the error when
+        the file ends first. Touches nothing parsing uses: any thread may call it.
 
-        The kernel copies them (copy_file_range or sendfile from a regular file,
-        splice from a pipe). Where it cannot (the call fails with an error that says
-        so, having moved nothing), the next way down is used from then on, down to
-        reading and writing here; an end of the stream is believed only when a read
-        agrees. Positional copies share no state with parsing: another thread may
-        make them (only a way found not to work is shared, and only ever downgraded).
+        The kernel copies them (copy_file_range, else sendfile). Where it cannot (the
+        call fails with an error that says so, having moved nothing: two file
+        systems, an output opened O_APPEND), the next way down is used from then on,
+        down to reading and writing here; an early end of the file is believed only
+        when a read agrees.
         """
         done = 0
         while done < size:
             count = min(size - done, _MAX_MOVE)
-            at = None if position is None else position + done
+            at = position + done
             copier = self.copier
             try:
                 match copier:
@@ -481,10 +440,10 @@ class _Reader:
                         moved = os.copy_file_range(self.descriptor, fd, count, at)
                     case _Copier.FILE:
                         moved = os.sendfile(fd, self.descriptor, at, count)
-                    case _Copier.PIPE:
-                        moved = os.splice(self.descriptor, fd, count)
                     case _:
-                        moved = self._read_write(fd, count, at)
+                        data = os.pread(self.descriptor, min(count, CHUNK), at)
+                        _write_all(fd, data)
+                        moved = len(data)
             except OSError as error:
                 if copier is _Copier.NONE or error.errno not in _UNSUPPORTED:
                     raise
@@ -492,20 +451,10 @@ class _Reader:
             if not moved:
                 if copier is _Copier.NONE:
                     raise FormatError(f"NAR: archive is truncated (at byte {offset + done})")
+                # Only ever down (another thread may have got there first).
                 self.copier = _Copier.FILE if copier is _Copier.RANGE else _Copier.NONE
                 continue
             done += moved
-        return size
-
-    def _read_write(self, fd: int, count: int, position: int | None) -> int:
-        count = min(count, CHUNK)
-        if position is None:
-            data = self.stream.read(count)
-        else:
-            data = os.pread(self.descriptor, count, position)
-        if data:
-            _write_all(fd, data)
-        return len(data)
 
     def length(self, limit: int, what: str) -> int:
         (value,) = struct.unpack("<Q", self.exact(8))
@@ -582,10 +531,11 @@ def parse(
     stops exactly at its end (a NAR inside an export stream). `hasher`, when given,
     sees exactly the archive's bytes. With `files`, a small file read in one piece
     comes as one `File` event. With `direct`, no `hasher`, and an unbuffered
-    `io.FileIO` on a regular file or a pipe as `stream`, the contents of a file
-    beyond what was buffered (at least `DIRECT_MIN` bytes) come as one `FileRest`,
-    for the consumer to have the kernel copy. Raises `FormatError` at the first
-    flaw; a consumer that acts on events must be ready to undo them (see `restore`).
+    `io.FileIO` on a regular file as `stream`, a file of at least `DIRECT_MIN` bytes
+    not wholly buffered comes as one `FileExtent`, its contents unread, for the
+    consumer to have the kernel copy (from a pipe or a socket, `direct` changes
+    nothing). Raises `FormatError` at the first flaw; a consumer that acts on
+    events must be ready to undo them (see `restore`).
     """
     reader = _Reader(stream, hasher, BLOCK if whole else 0, direct=direct)
     magic = reader.string(MAX_TOKEN, "the magic")

@@ -11,6 +11,8 @@ the NAR parser either (dataclasses, typing): only the tree walk and hashlib.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import sys
 
 from nixwarden.trust.failures import from_os_error
@@ -40,7 +42,7 @@ def main(_command: str, argv: list[str]) -> int:
             case "restore":
                 from nixwarden.trust.restore import unpack  # noqa: PLC0415
 
-                unpack(_unbuffered_stdin(), operand)
+                unpack(_restore_input(), operand)
             case "ls":
                 _list()
     except BrokenPipeError:
@@ -90,13 +92,16 @@ def _parse(argv: list[str]) -> tuple[str, str, str]:
     return args.action, operand, getattr(args, "format", HASH_FORMATS[0])
 
 
-def _unbuffered_stdin() -> Readable:
-    """Standard input without Python's buffer, when it is a file descriptor: nothing has
-    read it yet, and unbuffered its descriptor's position is exactly what was consumed,
-    so `restore` can have the kernel copy file contents from it (see `nar.FileRest`)."""
+def _restore_input() -> Readable:
+    """Standard input for `nar restore`: unbuffered when it is a regular file, so that
+    its descriptor's position is exactly what the parser consumed and the kernel can
+    copy large files' contents from it (`nar.FileExtent`); nothing has read it yet.
+    A pipe or socket stays buffered: read raw, it gives a few KiB per call."""
     buffered = sys.stdin.buffer
     raw = getattr(buffered, "raw", None)
-    return raw if isinstance(raw, io.FileIO) else buffered
+    if isinstance(raw, io.FileIO) and stat.S_ISREG(os.fstat(raw.fileno()).st_mode):
+        return raw
+    return buffered
 
 
 def _stdout(data: bytes | bytearray | memoryview) -> None:

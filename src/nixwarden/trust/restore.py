@@ -246,7 +246,7 @@ def _unpack(
     # A second thread writes what costs more than handing it over, while parsing goes
     # on here (write(2) and sendfile(2) run without the GIL): large files whose
     # contents the kernel copies from the archive's file (`FileExtent`), and the
-    # contents of large files read from a pipe. Small files are written here.
+    # contents of large files read from a pipe or socket. Small files are written here.
     background = False
     with pipeline.FileWriter() as writer:
 
@@ -290,11 +290,6 @@ def _unpack(
                             writer.write(file_fd, data)
                         elif (written := os.write(file_fd, data)) < len(data):
                             _write_rest(file_fd, memoryview(data)[written:])
-                    case nar.FileRest():
-                        # From a pipe straight to the file, after what the writer has.
-                        if background:
-                            writer.drain()
-                        event.move_to(file_fd)
                     case nar.FileStart(path, executable, size):
                         name = path[-1] if path else _ROOT
                         mode = 0o777 if executable else 0o666  # the umask trims these, as for Nix
