@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from nixwarden.errors import FormatError
 from nixwarden.trust import pipeline
 
 
@@ -76,3 +77,39 @@ def test_file_writer_reports_a_write_error_and_closes_every_file(tmp_path: Path)
     for fd in (good, read_only):
         with pytest.raises(OSError):
             os.fstat(fd)  # closed by the writer
+
+
+def test_file_writer_creates_whole_files_in_shared_directories(tmp_path: Path) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    with pipeline.FileWriter(max_directories=1) as writer:
+        writer.share()
+        writer.create("a", flags, 0o644, lambda fd: os.write(fd, b"first"), dir_fd=directory)
+        writer.create("b", flags, 0o644, lambda fd: os.write(fd, b"second"), dir_fd=directory)
+        writer.release(directory)  # the thread closes it after creating both
+        writer.share()  # waits until it has
+        writer.finish()
+    assert (tmp_path / "a").read_bytes() == b"first"
+    assert (tmp_path / "b").read_bytes() == b"second"
+
+
+def test_file_writer_raises_what_filling_raised_and_stops_when_cancelled(tmp_path: Path) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+
+        def refuse(fd: int) -> None:
+            raise FormatError("NAR: archive is truncated (at byte 9)")
+
+        with pipeline.FileWriter() as writer:
+            writer.create("refused", flags, 0o644, refuse, dir_fd=directory)
+            with pytest.raises(FormatError, match="truncated"):
+                writer.finish()
+        assert os.listdir(tmp_path) == ["refused"]  # created, then refused: the caller removes it
+        with pipeline.FileWriter() as writer:
+            writer.cancel()
+            writer.create("later", flags, 0o644, lambda fd: None, dir_fd=directory)
+            writer.finish()
+        assert os.listdir(tmp_path) == ["refused"]
+    finally:
+        os.close(directory)

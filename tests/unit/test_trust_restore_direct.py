@@ -176,6 +176,16 @@ def test_the_command_line_restores_and_refuses_a_cut_archive(tmp_path: Path) -> 
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
+def test_an_absurd_file_size_in_a_regular_file_is_a_truncated_archive(tmp_path: Path) -> None:
+    # The size is checked against the file before anything seeks past it.
+    header = TREE[: TREE.index(LARGE) - 8]
+    data = header + (1 << 61).to_bytes(8, "little") + LARGE[:100]
+    with from_file(data) as stream, pytest.raises(FormatError) as failure:
+        restore.unpack(stream, tmp_path / "out")
+    assert str(failure.value) == f"NAR: archive is truncated (at byte {len(data)})"
+    assert os.listdir(tmp_path) == []
+
+
 def _first_extent(stream: io.FileIO) -> nar.FileExtent:
     for event in nar.parse(stream, files=True, direct=True):
         if isinstance(event, nar.FileExtent):

@@ -410,11 +410,13 @@ class _Reader:
             self.start += len(self.buffer)
             self.buffer = b""
             self.position = 0
-            end = os.lseek(self.descriptor, rest, os.SEEK_CUR)
-            available = os.fstat(self.descriptor).st_size - (end - rest)
-            if available < rest:  # what a read would have found
-                self.start += max(available, 0)
+            # Everything before has been read, nothing after: the file's position.
+            here = self.origin + self.start
+            available = os.fstat(self.descriptor).st_size - here
+            if available < rest:  # what a read would have found (checked before seeking
+                self.start += max(available, 0)  # to an absurd offset, which fails)
                 raise self.fail("archive is truncated")
+            os.lseek(self.descriptor, rest, os.SEEK_CUR)
             self.start += rest
         return self.origin + offset, offset
 

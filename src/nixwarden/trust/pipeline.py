@@ -270,6 +270,7 @@ class FileWriter(_Worker):
         self.directories = _Slots(max_directories)
         self.chunks = _Slots(max_chunks)
         self.created = _Slots(max_created)
+        self.cancelled = False
         super().__init__("nixwarden-write")
 
     def open(self, name: bytes | str, flags: int, mode: int, *, dir_fd: int) -> int:
@@ -329,10 +330,15 @@ class FileWriter(_Worker):
         self._stop()
         self._check()
 
+    def cancel(self) -> None:
+        """Write and create nothing more (still closing everything): the caller failed
+        and will remove what was written."""
+        self.cancelled = True
+
     def _work(self, item: tuple[int, int, Any]) -> None:
         operation, fd, data = item
         if operation == _WRITE:
-            if self.error is None:
+            if self.error is None and not self.cancelled:
                 try:
                     written = os.write(fd, data)
                     if written < len(data):
@@ -343,7 +349,7 @@ class FileWriter(_Worker):
                     self.error = error
             self.chunks.release()
         elif operation == _CREATE:
-            if self.error is None:
+            if self.error is None and not self.cancelled:
                 name, flags, mode, fill = data
                 try:
                     created = os.open(name, flags, mode, dir_fd=fd)

@@ -9,9 +9,11 @@ is ever followed.
 
 However deep the archive, the descriptors open stay few: the target's parent, one
 set aside for clean-up, the scratch directory, the directory being filled (and for
-a moment the one above it), the small file being written, and at most eight large
-files the writer thread is filling. Going back up a level reopens `..` and checks it
-is the directory it should be.
+a moment the one above it), the small file being written; and the writer thread's:
+at most eight large files it is filling, at most 64 directories it still has large
+files to create in (`nar.FileExtent`, whose contents the kernel copies from the
+archive's file) and the one file it is creating. Going back up a level reopens `..`
+and checks it is the directory it should be.
 
 Any failure (a malformed archive, a full disk, no descriptors left, a file-size
 limit, a refused `verify`) removes the scratch directory, again with a bounded number
@@ -333,6 +335,9 @@ def _unpack(
                         name = path[-1] if path else _ROOT
                         os.symlink(target, name, dir_fd=current)
             writer.finish()
+        except BaseException:
+            writer.cancel()  # its backlog would only be removed again
+            raise
         finally:
             if file_fd >= 0:
                 if background:
