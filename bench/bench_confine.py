@@ -24,7 +24,7 @@ from pathlib import Path
 
 from demo.framework import NIXWARDEN
 from nixwarden.nix.programs import find_nix_program
-from testbed import confine_store
+from testbed import confine_store, harness
 
 CHAIN = 5000
 WARMUP = 3
@@ -106,6 +106,7 @@ def _shebang(script: str) -> list[str]:
 
 
 def run() -> None:
+    harness.ensure_nix_daemon()  # the test programs are built through it
     env = dict(confine_store.ENV)
     local = {k: v for k, v in env.items() if k != "NIX_REMOTE"}
     print(f"building a {CHAIN}-path synthetic closure and test programs …", flush=True)

@@ -76,8 +76,9 @@ if [[ $mode == check ]]; then
     if [[ ! -x "$venv/bin/nixwarden" ]] \
         || ! cat "${stamped[@]}" | cmp -s - "$venv/.lock-stamp"; then
         problems+=(".venv is not installed from requirements.lock, pyproject.toml and bin/")
-    elif [[ $(head -n 1 "$venv/bin/nixwarden") != "#!$venv/bin/python3 -IS" ]]; then
-        problems+=("$venv/bin/nixwarden does not start its interpreter with -IS")
+    elif [[ $(head -n 1 "$venv/bin/nixwarden") != "#!$venv/bin/python3 -IS" ]] \
+        || ! sed -n 2p "$venv/bin/nixwarden" | grep -q "^# nixwarden's lean launcher"; then
+        problems+=("$venv/bin/nixwarden is not the lean launcher (python3 -IS, paths written in)")
     fi
     for problem in "${problems[@]}"; do
         echo "bootstrap --check: $problem (run make deps as root)" >&2
@@ -137,8 +138,8 @@ if [[ ! -f "$stamp" ]] || ! cat "${stamped[@]}" | cmp -s - "$stamp"; then
     echo "bootstrap: installing Python dependencies from requirements.lock" >&2
     "$venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$here/requirements.lock"
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$here"
-    # pip writes `#!<venv>/bin/python3`, dropping any flags: the launcher starts lean
-    # (isolated, no `site`) and finds its packages itself (see bin/nixwarden).
-    sed -i "1s|^#!.*|#!$venv/bin/python3 -IS|" "$venv/bin/nixwarden"
+    # pip's launcher runs `site` on every command; the lean one starts `-IS` and has the
+    # paths `site` would add written into it (src/nixwarden/launcher.py).
+    "$venv/bin/python3" -I -m nixwarden.launcher "$venv/bin/nixwarden"
     cat "${stamped[@]}" > "$stamp"
 fi

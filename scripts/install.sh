@@ -37,9 +37,9 @@ trap 'rm -rf "$source"' EXIT
 cp -r "$here/pyproject.toml" "$here/README.md" "$here/src" "$here/bin" "$source/"
 "${pip[@]}" --no-deps --force-reinstall "$source"
 
-# pip writes `#!$prefix/bin/python3`, dropping any flags: the launcher starts lean
-# (isolated, no `site`: about 6 ms less on every command) and finds its packages itself.
-sed -i "1s|^#!.*|#!$prefix/bin/python3 -IS|" "$prefix/bin/nixwarden"
+# pip's launcher runs `site` on every command (about 6 ms); the lean one starts `-IS` and
+# has the paths `site` would add written into it (src/nixwarden/launcher.py).
+"$prefix/bin/python3" -I -m nixwarden.launcher "$prefix/bin/nixwarden"
 
 install -d -m 0755 "$bindir"
 ln -sfn "$prefix/bin/nixwarden" "$bindir/nixwarden"

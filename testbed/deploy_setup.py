@@ -297,6 +297,9 @@ class ReceiveHost:
 
     def start(self) -> None:
         self.write_config()
+        # A socket file left by a service stopped before (restart) would satisfy the wait
+        # below before the new one listens: connecting then is refused.
+        self.socket.unlink(missing_ok=True)
         setpriv = harness.which("setpriv")
         assert setpriv is not None
         user = self.service_user

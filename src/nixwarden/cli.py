@@ -2,15 +2,18 @@
 
 Each part owns a module with `main(command: str, argv: list[str]) -> int` that parses
 its own arguments (see `nixwarden.cliutil.parser`). Importing one part never imports
-another, so the gate's start-up on every SSH connection stays small.
+another, so the gate's start-up on every SSH connection stays small. No
+`from __future__ import annotations` here: it imports a module of its own, on every
+command's start-up.
 """
 
-from __future__ import annotations
-
-import posix  # not os: see bin/nixwarden and confine.plans (start-up cost)
+import posix  # not os: see nixwarden.launcher and confine.plans (start-up cost)
 import sys
 
-from nixwarden.errors import EXIT_REFUSED, EXIT_USAGE, NixwardenError
+# Exit codes as nixwarden.errors names them; that module is imported only when an
+# error is raised (its classes cost a cached `confine run` a tenth of its own work).
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
 
 # command -> (module, one-line summary). Keep in the order `--help` shows them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,6 +50,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "client": ("nixwarden.provision.cli", "point this machine's Nix at a gated builder"),
 }
+
+# (command, subcommand) -> the module that serves it first. A `confine run` whose plan is
+# cached is mostly interpreter start-up, so it skips the confine part's parser; on a
+# cache miss confine.plans hands over to it.
+SUBCOMMANDS: dict[tuple[str, str], str] = {("confine", "run"): "nixwarden.confine.plans"}
 
 USAGE = "usage: nixwarden [--debug] COMMAND [ARGS…]   (nixwarden COMMAND --help for details)"
 
@@ -94,23 +102,26 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         # __import__, not importlib.import_module: `importlib` is not loaded at start-up.
-        module = __import__(entry[0], fromlist=["main"])
+        served_by = SUBCOMMANDS.get((command, rest[0]), entry[0]) if rest else entry[0]
+        module = __import__(served_by, fromlist=["main"])
         result: int = module.main(command, rest)
         return result
-    except NixwardenError as error:
-        if debug:
-            raise
-        print(f"nixwarden: {error.prefix}: {error}", file=sys.stderr)
-        return error.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         # stdout closed early (`| head`): not an error worth a traceback.
         posix.dup2(posix.open("/dev/null", posix.O_WRONLY), sys.stdout.fileno())
         return EXIT_REFUSED
-    except Exception as error:  # the last line of defence: fail closed, one line
+    except Exception as error:
         if debug:
             raise
+        # Whatever raised a NixwardenError has imported this module already.
+        from nixwarden.errors import NixwardenError  # noqa: PLC0415
+
+        if isinstance(error, NixwardenError):
+            print(f"nixwarden: {error.prefix}: {error}", file=sys.stderr)
+            return error.exit_code
+        # the last line of defence: fail closed, one line
         print(
             f"nixwarden: error: internal error: {type(error).__name__}: {error} "
             "(run with --debug for a traceback)",

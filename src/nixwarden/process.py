@@ -4,13 +4,9 @@ Every program is started from an argv list with an explicit environment and an
 explicit decision on whether failure raises. Nothing here ever uses a shell.
 """
 
-from __future__ import annotations
-
 # `posix`, not `os`: `supervise` is on a cached `confine run`'s start-up path, and
 # importing `os` costs about as much as the rest of that path (confine.plans).
 import posix
-
-from nixwarden.errors import CommandFailed
 
 TYPE_CHECKING = False  # not typing's: this module is on the gate's start-up path
 if TYPE_CHECKING:
@@ -23,20 +19,28 @@ else:
     import _signal  # signal's C core, loaded at start-up; `signal` imports enum to wrap it
 
 
-def _describe(argv: Argv) -> str:
+def _failed(message: str) -> Exception:
+    """`CommandFailed(message)`. The errors module is imported when a command fails, not
+    with this one: its classes are a tenth of a cached `confine run`'s own work."""
+    from nixwarden.errors import CommandFailed  # noqa: PLC0415
+
+    return CommandFailed(message)
+
+
+def _describe(argv: "Argv") -> str:
     return " ".join(argv[:3]) + (" …" if len(argv) > 3 else "")
 
 
 def run(
-    argv: Argv,
+    argv: "Argv",
     *,
-    env: Mapping[str, str] | None,
+    env: "Mapping[str, str] | None",
     check: bool,
     input: bytes | None = None,
     timeout: float | None = None,
     cwd: str | None = None,
     capture: bool = True,
-) -> subprocess.CompletedProcess[bytes]:
+) -> "subprocess.CompletedProcess[bytes]":
     """Run argv to completion. `env=None` inherits ours, which callers must choose on purpose."""
     import subprocess  # noqa: PLC0415 - kept off the gate's start-up path
 
@@ -52,19 +56,19 @@ def run(
             check=False,
         )
     except FileNotFoundError as error:
-        raise CommandFailed(f"{argv[0]}: not found") from error
+        raise _failed(f"{argv[0]}: not found") from error
     except subprocess.TimeoutExpired as error:
-        raise CommandFailed(f"{_describe(argv)}: timed out after {timeout} s") from error
+        raise _failed(f"{_describe(argv)}: timed out after {timeout} s") from error
     if check and result.returncode != 0:
         detail = (result.stderr or b"").decode("utf-8", "replace").strip().splitlines()
         last = detail[-1] if detail else ""
-        raise CommandFailed(
+        raise _failed(
             f"{_describe(argv)}: exit status {result.returncode}" + (f": {last}" if last else "")
         )
     return result
 
 
-def start_piped(argv: Argv, *, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+def start_piped(argv: "Argv", *, env: "Mapping[str, str]") -> "subprocess.Popen[bytes]":
     """Start argv with pipes on stdin, stdout and stderr; the caller owns the process
     (reads its stderr while it runs, waits for it)."""
     import subprocess  # noqa: PLC0415 - kept off the gate's start-up path
@@ -78,25 +82,25 @@ def start_piped(argv: Argv, *, env: Mapping[str, str]) -> subprocess.Popen[bytes
             stderr=subprocess.PIPE,
         )
     except FileNotFoundError as error:
-        raise CommandFailed(f"{argv[0]}: not found") from error
+        raise _failed(f"{argv[0]}: not found") from error
 
 
-def exec_replace(argv: Argv, env: Mapping[str, str]) -> None:
+def exec_replace(argv: "Argv", env: "Mapping[str, str]") -> None:
     """Replace this process with argv (absolute path, no PATH search). Only returns by raising."""
     if not argv or not argv[0].startswith("/"):
-        raise CommandFailed(f"refusing to exec a relative program: {argv[:1]!r}")
+        raise _failed(f"refusing to exec a relative program: {argv[:1]!r}")
     posix.execve(argv[0], list(argv), dict(env))
 
 
 def supervise(
-    argv: Argv,
+    argv: "Argv",
     *,
-    env: Mapping[str, str],
-    forward: Sequence[int],
-    targets: Callable[[int], Sequence[int]],
-    pass_fds: Sequence[int] | None = (),
-    on_start: Callable[[int], None] | None = None,
-    watch: Callable[[int], None] | None = None,
+    env: "Mapping[str, str]",
+    forward: "Sequence[int]",
+    targets: "Callable[[int], Sequence[int]]",
+    pass_fds: "Sequence[int] | None" = (),
+    on_start: "Callable[[int], None] | None" = None,
+    watch: "Callable[[int], None] | None" = None,
     every: float = 1.0,
 ) -> int:
     """Run argv as a child in its own session and wait for it; return its exit status.
@@ -117,7 +121,7 @@ def supervise(
     runs, and once more when it has ended (the gate's supervisor reads counters there).
     """
     if not argv or not argv[0].startswith("/"):
-        raise CommandFailed(f"refusing to run a relative program: {argv[:1]!r}")
+        raise _failed(f"refusing to run a relative program: {argv[:1]!r}")
     child: list[int] = []
     pending: list[int] = []  # signals that came before the child existed
 
@@ -146,7 +150,7 @@ def supervise(
                 )
             )
         except FileNotFoundError as error:
-            raise CommandFailed(f"{argv[0]}: not found") from error
+            raise _failed(f"{argv[0]}: not found") from error
         if on_start is not None:
             on_start(child[0])
         while pending:
@@ -160,7 +164,7 @@ def supervise(
             _signal.signal(signum, handler)
 
 
-def _watch_until_exit(pid: int, watch: Callable[[int], None], every: float) -> None:
+def _watch_until_exit(pid: int, watch: "Callable[[int], None]", every: float) -> None:
     """Call `watch(pid)` every `every` seconds until the child `pid` ends, then once more.
     A pidfd becomes readable when the process ends; select retries after a signal."""
     import select  # noqa: PLC0415 - a C module, only for a watched child
@@ -176,7 +180,7 @@ def _watch_until_exit(pid: int, watch: Callable[[int], None], every: float) -> N
         posix.close(pidfd)
 
 
-def _inherit_only(pass_fds: Sequence[int]) -> None:
+def _inherit_only(pass_fds: "Sequence[int]") -> None:
     """Let a spawned child inherit descriptors 0, 1, 2 and `pass_fds`, and no others.
 
     Python opens its own descriptors close-on-exec, but one inherited from whoever
@@ -228,11 +232,11 @@ def kill_all_of(uid: int, *, rounds: int = 3) -> None:
 
 
 def converse(
-    argv: Argv,
+    argv: "Argv",
     *,
-    env: Mapping[str, str],
+    env: "Mapping[str, str]",
     send: bytes,
-    enough: Callable[[bytes], bool],
+    enough: "Callable[[bytes], bool]",
     timeout: float,
     limit: int = 1 << 16,
 ) -> tuple[bytes, bytes]:
@@ -254,7 +258,7 @@ def converse(
             stderr=subprocess.PIPE,
         )
     except FileNotFoundError as error:
-        raise CommandFailed(f"{argv[0]}: not found") from error
+        raise _failed(f"{argv[0]}: not found") from error
     assert child.stdin is not None and child.stdout is not None and child.stderr is not None
     output = bytearray()
     errors = bytearray()
@@ -269,7 +273,7 @@ def converse(
             while open_streams and not enough(bytes(output)) and len(output) < limit:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise CommandFailed(f"{_describe(argv)}: no answer after {timeout} s")
+                    raise _failed(f"{_describe(argv)}: no answer after {timeout} s")
                 for key, _events in selector.select(left):
                     chunk = posix.read(key.fd, 4096)
                     if not chunk:

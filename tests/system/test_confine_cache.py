@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from nixwarden import probes
 from nixwarden.confine import binsh
-from nixwarden.nix import probes
 from testbed import confine_store, harness
 from testbed.confine_store import Programs
 

@@ -341,6 +341,9 @@ def test_make_install_gives_every_gate_user_an_interpreter(users: harness.Users)
         assert harness.run([str(bindir / "nixwarden"), "--version"]).stdout.startswith(
             b"nixwarden "
         )
+        lean = (prefix / "bin" / "nixwarden").read_text().splitlines()
+        assert lean[0] == f"#!{prefix}/bin/python3 -IS"  # the lean launcher, not pip's
+        assert lean[1].startswith("# nixwarden's lean launcher")
         site = next(prefix.glob("lib/python3*/site-packages/nixwarden"))
         launcher = prefix / "bin" / "nixwarden-gate"
         python = prefix / "bin" / "python3"

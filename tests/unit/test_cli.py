@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nixwarden import cli
+from nixwarden import cli, errors
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,3 +29,8 @@ def test_debug_flag_is_removed_before_the_command() -> None:
         False,
         ["confine", "run", "--", "--debug"],
     )
+
+
+def test_cli_exit_codes_are_the_error_hierarchys() -> None:
+    # cli names them itself so that importing it does not import the error classes.
+    assert (cli.EXIT_REFUSED, cli.EXIT_USAGE) == (errors.EXIT_REFUSED, errors.EXIT_USAGE)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from nixwarden import probes
 from nixwarden.confine import launch, plans
-from nixwarden.nix import closure, probes
+from nixwarden.nix import closure
 
 ARGV = ["--no-bin-sh", "--", "/nix/store/" + "a" * 32 + "-app/bin/app", "x"]
 BWRAP_ARGV = ["/usr/bin/bwrap", "--unshare-all", "--", "/nix/store/" + "a" * 32 + "-app/bin/app"]

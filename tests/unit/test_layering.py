@@ -29,6 +29,8 @@ LAYERS: dict[str, int] = {
     "cliutil": 1,
     "sshkeys": 1,
     "sessions": 1,
+    # questions to the file system, asked again to tell whether a cached result holds
+    "probes": 0,
     # Nix itself: store paths, nix32, the store database, closures, Nix's commands
     "nix": 2,
     # pure models and formats
@@ -45,6 +47,8 @@ LAYERS: dict[str, int] = {
     "audit": 7,
     "provision": 8,
     "cli": 9,
+    # writes the launcher at install time
+    "launcher": 9,
     "__main__": 10,
 }
 

@@ -17,8 +17,8 @@ from nixwarden.confine.elf import interpreter, parse_loader_list
 from nixwarden.confine.plan import BinSh, HostFile
 from nixwarden.errors import CommandFailed, InvalidInput
 from nixwarden.nix.closure import resolve_root
-from nixwarden.nix.probes import Seen, ask
 from nixwarden.nix.storepath import STORE_DIR, in_store
+from nixwarden.probes import Seen, ask
 
 HOST_BIN_SH = "/bin/sh"
 # What else decides which libraries the loader finds for a host /bin/sh.

@@ -8,7 +8,6 @@ argparse costs more than the query. See docs/confine.md.
 
 from __future__ import annotations
 
-import posix  # not os, which costs more to import than a cached run (confine.plans)
 import sys
 
 from nixwarden.errors import UsageError
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
 
     from nixwarden.cliutil import Parser
     from nixwarden.confine.plan import BinSh
-    from nixwarden.nix.probes import Seen
+    from nixwarden.probes import Seen
 
 CLOSURE_HELP = """\
 Print the closure of the roots (store paths, paths inside them, or symlinks into the
@@ -118,7 +117,9 @@ def _confine(argv: list[str]) -> int:
         return 0 if argv else 2
     match argv[0]:
         case "run":
-            return _run(argv[1:])
+            from nixwarden.confine import plans  # noqa: PLC0415
+
+            return plans.main("confine", argv)
         case "unit":
             return _unit(argv[1:])
         case other:
@@ -159,44 +160,10 @@ def _bin_sh(args: argparse.Namespace, seen: Seen | None = None) -> BinSh | None:
     return binsh.from_host(seen=seen)
 
 
-def _debug(message: str) -> None:
-    if posix.environ.get(b"NIXWARDEN_DEBUG") == b"1":
-        print(f"nixwarden: debug: {message}", file=sys.stderr)
-
-
-def _run(argv: list[str]) -> int:
-    """A cached plan when one is still right (see confine.plans), else a fresh one."""
-    import time  # noqa: PLC0415 - loaded at interpreter start-up anyway
-
-    from nixwarden.confine import plans  # noqa: PLC0415
-
-    started_ns = time.time_ns()  # before any question to the file system
-    bwrap_argv, print_only, why = plans.load(argv, plans.environment())
-    if bwrap_argv is None:
-        _debug(f"confine run: no cached plan used: {why}")
-        return _run_fresh(argv, started_ns)
-    _debug("confine run: cached plan used")
-    return _perform(bwrap_argv, print_only)
-
-
-def _perform(bwrap_argv: list[str], print_only: bool) -> int:
-    if print_only:
-        import shlex  # noqa: PLC0415
-
-        print(shlex.join(bwrap_argv))
-        return 0
-    from nixwarden.confine import launch  # noqa: PLC0415
-
-    sys.stdout.flush()
-    status = launch.execute(bwrap_argv)
-    # The program has ended and nothing of ours needs cleaning up: skip the interpreter's
-    # teardown (a millisecond or two), as dying of the program's signal does (die_of).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    posix._exit(status)
-
-
-def _run_fresh(argv: list[str], started_ns: int) -> int:
+def run_fresh(argv: list[str], started_ns: int) -> int:
+    """`confine run` without a usable stored plan (see `confine.plans.main`): work one
+    out, store it, and perform it. `started_ns`: when, before any question to the file
+    system, the run began."""
     from nixwarden.cliutil import parser  # noqa: PLC0415
     from nixwarden.confine import plans, run  # noqa: PLC0415
     from nixwarden.confine.plan import Mode, parse_bind, parse_setenv  # noqa: PLC0415
@@ -254,10 +221,10 @@ def _run_fresh(argv: list[str], started_ns: int) -> int:
             seen=seen,
             started_ns=started_ns,
         )
-        _debug(f"confine run: plan not stored: {why}" if why else "confine run: plan stored")
+        plans.debug(f"confine run: plan not stored: {why}" if why else "confine run: plan stored")
     else:
-        _debug("confine run: plan not stored: the closure came from nix-store -qR")
-    return _perform(bwrap_argv, args.print_argv)
+        plans.debug("confine run: plan not stored: the closure came from nix-store -qR")
+    return plans.perform(bwrap_argv, print_only=args.print_argv)
 
 
 def _unit(argv: list[str]) -> int:

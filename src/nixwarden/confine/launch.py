@@ -13,8 +13,6 @@ dataclasses, no `signal` (its C core `_signal` has the same calls without the en
 no `os` (`posix` has the same calls without `os`'s costly import).
 """
 
-from __future__ import annotations
-
 import posix
 
 from nixwarden import process
@@ -95,7 +93,7 @@ def program_pids(child: int | None, pid_namespace: bool) -> list[int]:
         return []
 
 
-def execute(argv: Sequence[str]) -> int:
+def execute(argv: "Sequence[str]") -> int:
     """Run the bubblewrap command line `argv` and wait; return the program's exit status,
     or die of the signal that killed it."""
     read_end, write_end = posix.pipe()

@@ -29,27 +29,28 @@ owned by the effective uid and nobody else may read or write it, checked on the 
 descriptor (`O_NOFOLLOW`): the trust Python gives its own `.pyc` files, which is what
 `marshal` needs. `NIXWARDEN_CONFINE_CACHE=off` turns the cache off.
 
-Imports nothing but `posix`, `sys`, `marshal` and `nix.probes`: on a cache hit,
-this module and `launch` are all of `confine run` that runs. Not `os`: its import
-alone (`_collections_abc`) costs more than checking a plan; `environment` reads the
-variables from `posix` as `os.environ` would.
+**Start-up.** `nixwarden confine run` comes here first (`cli.SUBCOMMANDS`), not to the
+confine part's parser: on a cache hit this module, `probes`, `launch` and `process`
+are all of nixwarden that is imported, and the interpreter's own start-up is most of
+what the run costs. So they import nothing but `posix`, `sys`, `marshal` and each
+other, and none of them has `from __future__ import annotations`, which imports a
+module of its own (their annotations that name typing-only types are strings). Not
+`os`: its import alone (`_collections_abc`) costs more than checking a plan;
+`environment` reads the variables from `posix` as `os.environ` would.
 """
-
-from __future__ import annotations
 
 import marshal
 import posix
 import sys
 
-from nixwarden import __version__
-from nixwarden.nix import probes
+from nixwarden import __version__, probes
 
 TYPE_CHECKING = False  # not typing's: this module is on `confine run`'s start-up path
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import TypeGuard
 
-    from nixwarden.nix.probes import Seen
+    from nixwarden.probes import Seen
 
 FORMAT = 1
 CACHE_ENV = "NIXWARDEN_CONFINE_CACHE"  # "off": plans are neither read nor stored
@@ -71,7 +72,7 @@ def environment() -> dict[str, str]:
     }
 
 
-def directory(environ: Mapping[str, str]) -> str | None:
+def directory(environ: "Mapping[str, str]") -> str | None:
     """The cache directory, or None when the cache is off or there is nowhere to put it."""
     if environ.get(CACHE_ENV) == "off":
         return None
@@ -89,7 +90,7 @@ def _join(directory: str, name: str) -> str:
     return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
 
-def key(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[object, ...]:
+def key(argv: "Sequence[str]", environ: "Mapping[str, str]") -> tuple[object, ...]:
     """Everything a plan is looked up by (raises OSError when there is no working dir)."""
     return (
         FORMAT,
@@ -160,7 +161,7 @@ def _read(where: str, name: str) -> tuple[bytes | None, str]:
         posix.close(fd)
 
 
-def _valid_seen(seen: object) -> TypeGuard[Seen]:
+def _valid_seen(seen: object) -> "TypeGuard[Seen]":
     return isinstance(seen, list) and all(
         isinstance(item, tuple)
         and len(item) == 3
@@ -170,7 +171,7 @@ def _valid_seen(seen: object) -> TypeGuard[Seen]:
     )
 
 
-def load(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[list[str] | None, bool, str]:
+def load(argv: "Sequence[str]", environ: "Mapping[str, str]") -> tuple[list[str] | None, bool, str]:
     """(the cached bubblewrap argv, whether to print it rather than run it, "") when a
     plan for this command line is stored and still right; else (None, False, why not)."""
     where = directory(environ)
@@ -204,6 +205,46 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[list[str] | N
     return bwrap_argv, print_only, ""
 
 
+def main(command: str, argv: list[str]) -> int:
+    """`nixwarden confine run ARGS…` (argv: `run`, ARGS…): the stored plan for this
+    command line when one is still right, else a plan worked out afresh (confine.cli)."""
+    import time  # noqa: PLC0415 - built in, loaded at interpreter start-up
+
+    started_ns = time.time_ns()  # before any question to the file system
+    arguments = argv[1:]
+    bwrap_argv, print_only, why = load(arguments, environment())
+    if bwrap_argv is None:
+        debug(f"confine run: no cached plan used: {why}")
+        from nixwarden.confine import cli  # noqa: PLC0415 - only to work a plan out
+
+        return cli.run_fresh(arguments, started_ns)
+    debug("confine run: cached plan used")
+    return perform(bwrap_argv, print_only=print_only)
+
+
+def debug(message: str) -> None:
+    if posix.environ.get(b"NIXWARDEN_DEBUG") == b"1":
+        print(f"nixwarden: debug: {message}", file=sys.stderr)
+
+
+def perform(bwrap_argv: list[str], *, print_only: bool) -> int:
+    """Print the plan's command line, or run it and end with the program's status."""
+    if print_only:
+        import shlex  # noqa: PLC0415
+
+        print(shlex.join(bwrap_argv))
+        return 0
+    from nixwarden.confine import launch  # noqa: PLC0415
+
+    sys.stdout.flush()
+    status = launch.execute(bwrap_argv)
+    # The program has ended and nothing of ours needs cleaning up: skip the interpreter's
+    # teardown (a millisecond or two), as dying of the program's signal does (die_of).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    posix._exit(status)
+
+
 def _code_files() -> list[str]:
     """The source of every nixwarden module loaded: the code that computed the plan."""
     found = {
@@ -215,12 +256,12 @@ def _code_files() -> list[str]:
 
 
 def store(
-    argv: Sequence[str],
-    environ: Mapping[str, str],
-    bwrap_argv: Sequence[str],
+    argv: "Sequence[str]",
+    environ: "Mapping[str, str]",
+    bwrap_argv: "Sequence[str]",
     *,
     print_only: bool,
-    seen: Seen,
+    seen: "Seen",
     started_ns: int,
     settle_ns: int = probes.SETTLE_NS,
 ) -> str:

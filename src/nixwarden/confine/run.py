@@ -15,8 +15,8 @@ from nixwarden.confine.launch import BWRAP
 from nixwarden.confine.plan import BIN_SH, Bind, BinSh, Mode, RunSpec, sandbox
 from nixwarden.errors import InvalidInput, UsageError
 from nixwarden.nix.closure import Source, closure, database_path, resolve_root
-from nixwarden.nix.probes import Seen, ask
 from nixwarden.nix.storepath import STORE_DIR, in_store, references_in
+from nixwarden.probes import Seen, ask
 
 
 @dataclass(frozen=True)

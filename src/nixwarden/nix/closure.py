@@ -12,14 +12,14 @@ import os
 
 from nixwarden.errors import CommandFailed, InvalidInput
 from nixwarden.nix import db as store_db
-from nixwarden.nix.probes import ask
 from nixwarden.nix.storepath import STORE_DIR, BadStorePath, Root, in_store, parse_root
+from nixwarden.probes import ask
 
 TYPE_CHECKING = False  # not typing's: `nixwarden closure` starts here
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from nixwarden.nix.probes import Seen
+    from nixwarden.probes import Seen
 
 MAX_LINKS = 40
 # Where to look for the store database instead of Nix's default (it may still fall back).

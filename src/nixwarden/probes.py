@@ -11,8 +11,6 @@ plan; nor `stat`): `confine run` checks a cached plan with it before anything el
 imported. Only `realpath` needs `os.path`, and imports it when asked.
 """
 
-from __future__ import annotations
-
 import posix
 
 TYPE_CHECKING = False  # not typing's: this module is on `confine run`'s start-up path
@@ -93,7 +91,7 @@ def database(path: str) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]
     return identity(path), wal
 
 
-QUESTIONS: dict[str, Callable[[str], Answer]] = {
+QUESTIONS: "dict[str, Callable[[str], Answer]]" = {
     "lexists": _lexists,
     "islink": _islink,
     "readlink": posix.readlink,
