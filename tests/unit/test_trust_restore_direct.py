@@ -118,6 +118,15 @@ def test_large_files_restore_byte_identical_from_any_stream(tmp_path: Path, kind
     assert os.listdir(tmp_path) == ["out"]
 
 
+def test_an_archive_that_is_one_large_file_restores_from_a_regular_file(tmp_path: Path) -> None:
+    data = archive(regular(LARGE, executable=True))
+    with from_file(data) as stream:
+        restore.unpack(stream, tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == LARGE
+    assert os.access(tmp_path / "out", os.X_OK)
+    assert os.listdir(tmp_path) == ["out"]
+
+
 def _kinds_of_events(stream: io.FileIO) -> set[str]:
     seen = set()
     for event in nar.parse(stream, files=True, direct=True):
