@@ -23,13 +23,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nixwarden.trust.narcli  # noqa: F401 - imported before a child runs out of descriptors
 from nixwarden.errors import FormatError
 from nixwarden.trust import nar, restore
 from tests.corpus.make_corpus import directory, entry, regular, symlink
 from tests.corpus.make_corpus import nar as archive
 from tests.unit.test_trust_nar import Tree, serialize, trees
 from tests.unit.test_trust_nar import events as tree_events
-from tests.unit.test_trust_restore import _run_in_child
+from tests.unit.test_trust_restore import (
+    _assert_one_line_failure,
+    _only_descriptors,
+    _run_in_child,
+)
 
 # Larger than the parser's block, so most of it is never in the parser's buffer;
 # not a multiple of 8, so padding follows it.
@@ -193,6 +198,22 @@ def test_an_absurd_file_size_in_a_regular_file_is_a_truncated_archive(tmp_path: 
         restore.unpack(stream, tmp_path / "out")
     assert str(failure.value) == f"NAR: archive is truncated (at byte {len(data)})"
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("free", range(8))
+def test_running_out_of_descriptors_while_the_kernel_copies_leaves_nothing(
+    tmp_path: Path, free: int
+) -> None:
+    # The writer thread creates the large files: its EMFILE ends the restore the same way.
+    target = tmp_path / "out"
+    status, err = _run_in_child(["nar", "restore", str(target)], TREE, _only_descriptors(free))
+    if status == 0:
+        assert nar.dump_bytes(target) == TREE
+        assert os.listdir(tmp_path) == ["out"]
+    else:
+        _assert_one_line_failure(status, err)
+        assert "Too many open files" in err
+        assert os.listdir(tmp_path) == []
 
 
 def _first_extent(stream: io.FileIO) -> nar.FileExtent:
