@@ -31,9 +31,11 @@ from tests.corpus.make_corpus import nar as archive
 from tests.unit.test_trust_nar import Tree, serialize, trees
 from tests.unit.test_trust_nar import events as tree_events
 from tests.unit.test_trust_restore import (
+    _as_nobody,
     _assert_one_line_failure,
     _only_descriptors,
     _run_in_child,
+    nobody_dir,  # noqa: F401 - a fixture
 )
 
 # Larger than the parser's block, so most of it is never in the parser's buffer;
@@ -313,3 +315,35 @@ def test_every_way_of_giving_contents_round_trips(tree: Tree, block: int, direct
         for opener in (from_file, from_pipe):
             with opener(data) as stream:
                 assert _contents_by_path(stream) == _expected(tree)
+
+
+# Large files handed to the writer thread in `d`, then a subdirectory (whose way down
+# gives up the descriptor they were handed over through), then `d` is complete.
+CLOSED_LATER = archive(
+    directory(
+        entry(
+            b"d",
+            directory(
+                *(entry(b"a-large-%d" % index, regular(LARGE)) for index in range(8)),
+                entry(b"b-dir", directory(entry(b"f", regular(b"f\n")))),
+                entry(b"c-small", regular(b"c\n")),
+            ),
+        )
+    )
+)
+
+
+@pytest.mark.parametrize("umask", [0o277, 0o577])
+def test_a_directory_is_closed_to_its_owner_only_after_its_large_files_exist(
+    nobody_dir: Path,  # noqa: F811 - the fixture
+    umask: int,
+) -> None:
+    # Under a umask that takes the owner's bits, a complete directory gets its final
+    # mode, which keeps even its owner (not root) out. The writer thread must have
+    # created every large file in it by then, including those handed over before the
+    # way down into b-dir.
+    target = nobody_dir / "out"
+    status, err = _run_in_child(["nar", "restore", str(target)], CLOSED_LATER, _as_nobody(umask))
+    assert (status, err) == (0, "")
+    assert nar.dump_bytes(target) == CLOSED_LATER  # root reads whatever the modes are
+    assert os.stat(target / "d").st_mode & 0o777 == 0o777 & ~umask

@@ -242,6 +242,9 @@ def _unpack(
 ) -> None:
     current = scratch_fd  # the directory entries are created in
     shared = False  # whether the writer thread creates files in `current` too
+    # Whether the writer thread may still have files to create: in `current` through a
+    # descriptor given up on the way down into a subdirectory, as well as through this one.
+    handed_over = False
     levels: list[Identity] = []  # identities of the open directories, root first
     file_fd = -1
     new_directory_mode = 0o777 if final_mode is None else 0o700
@@ -279,7 +282,7 @@ def _unpack(
                     case nar.FileExtent(path, executable):
                         if not shared and current != scratch_fd:
                             writer.share()  # the thread closes `current` once done with it
-                        shared = True
+                        shared = handed_over = True
                         writer.create(
                             path[-1] if path else _ROOT,
                             _FILE_FLAGS,
@@ -325,8 +328,9 @@ def _unpack(
                             # (The root's mode waits until it is moved into place: moving
                             # a directory needs write permission on it, for its `..`.)
                             if final_mode is not None and levels:
-                                if shared:
-                                    writer.drain()  # the files in it first
+                                if handed_over:  # the files in it first
+                                    writer.drain()
+                                    handed_over = False
                                 os.fchmod(current, final_mode)
                         finally:
                             let_go(current)
