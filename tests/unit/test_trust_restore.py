@@ -91,17 +91,24 @@ def test_a_deep_archive_restores_with_few_descriptors(tmp_path: Path) -> None:
 def test_running_out_of_descriptors_is_one_line_and_leaves_nothing(
     tmp_path: Path, free: int
 ) -> None:
-    data = (CORPUS / "nar_deep_fd_exhaustion.nar").read_bytes()
-    target = tmp_path / "out"
+    restore_with_few_descriptors(
+        tmp_path, (CORPUS / "nar_deep_fd_exhaustion.nar").read_bytes(), free
+    )
+
+
+def restore_with_few_descriptors(directory: Path, data: bytes, free: int) -> None:
+    """`nar restore` of `data` with `free` descriptors to spare: the whole tree, or a
+    one-line failure (exit 1: the machine's limit, not the input) and nothing at all."""
+    target = directory / "out"
     status, err = _run_in_child(["nar", "restore", str(target)], data, _only_descriptors(free))
     if status == 0:
         assert nar.dump_bytes(target) == data
-        assert os.listdir(tmp_path) == ["out"]
+        assert os.listdir(directory) == ["out"]
     else:
         _assert_one_line_failure(status, err)
         assert "Too many open files" in err
-        assert status == 1  # the machine's limit, not the input
-        assert os.listdir(tmp_path) == []
+        assert status == 1
+        assert os.listdir(directory) == []
 
 
 def test_a_file_over_the_size_limit_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:

@@ -32,10 +32,9 @@ from tests.unit.test_trust_nar import Tree, serialize, trees
 from tests.unit.test_trust_nar import events as tree_events
 from tests.unit.test_trust_restore import (
     _as_nobody,
-    _assert_one_line_failure,
-    _only_descriptors,
     _run_in_child,
     nobody_dir,  # noqa: F401 - a fixture
+    restore_with_few_descriptors,
 )
 
 # Larger than the parser's block, so most of it is never in the parser's buffer;
@@ -207,15 +206,7 @@ def test_running_out_of_descriptors_while_the_kernel_copies_leaves_nothing(
     tmp_path: Path, free: int
 ) -> None:
     # The writer thread creates the large files: its EMFILE ends the restore the same way.
-    target = tmp_path / "out"
-    status, err = _run_in_child(["nar", "restore", str(target)], TREE, _only_descriptors(free))
-    if status == 0:
-        assert nar.dump_bytes(target) == TREE
-        assert os.listdir(tmp_path) == ["out"]
-    else:
-        _assert_one_line_failure(status, err)
-        assert "Too many open files" in err
-        assert os.listdir(tmp_path) == []
+    restore_with_few_descriptors(tmp_path, TREE, free)
 
 
 def _first_extent(stream: io.FileIO) -> nar.FileExtent:
