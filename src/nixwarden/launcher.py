@@ -19,10 +19,9 @@ each `pip install`. `bootstrap.sh --check` says when the launcher is not a lean 
 """
 
 import json
-import os
 import sys
 
-from nixwarden import process
+from nixwarden import files, process
 from nixwarden.errors import UsageError
 
 _PATHS = "import json, sys; print(json.dumps([sys.prefix, sys.path]))"
@@ -61,18 +60,8 @@ def write(target: str, python: str) -> None:
     if not python.startswith("/"):
         raise UsageError(f"nixwarden.launcher: {python!r} is not an absolute path")
     prefix, paths = site_paths(python)
-    temporary = f"{target}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "x", encoding="utf-8") as handle:
-            handle.write(text(python, prefix, paths))
-        os.chmod(temporary, 0o755)  # noqa: S103 - a program everyone runs; root's to change
-        os.replace(temporary, target)
-    except BaseException:
-        try:  # noqa: SIM105 - contextlib for one call is more to read
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
+    # 0755: a program everyone runs, root's to change.
+    files.write_atomic(target, text(python, prefix, paths).encode(), mode=0o755, replace=True)
 
 
 def main(argv: list[str]) -> int:

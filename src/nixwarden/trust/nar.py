@@ -214,12 +214,6 @@ _IN_PLACE = (_Copier.RANGE, _Copier.FILE)  # the kernel copies any part, at any 
 _MAX_MOVE = 1 << 30  # per call (Linux moves at most 2 GiB - 4 KiB at once anyway)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 # Fixed runs of tokens, matched in one comparison when they are already buffered.
 _NODE_START = nardump.OPEN + nardump.string(b"type")
 _KIND_REGULAR = nardump.string(b"regular") + nardump.CONTENTS
@@ -444,7 +438,7 @@ class _Reader:
                         moved = os.sendfile(fd, self.descriptor, at, count)
                     case _:
                         data = os.pread(self.descriptor, min(count, CHUNK), at)
-                        _write_all(fd, data)
+                        pipeline.write_all(fd, data)
                         moved = len(data)
             except OSError as error:
                 if copier is _Copier.NONE or error.errno not in _UNSUPPORTED:

@@ -131,9 +131,7 @@ def dump_to(path: str | os.PathLike[str], out: int) -> int:
     """
 
     def write(data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(out, view) :]
+        pipeline.write_all(out, data)
 
     with pipeline.BlockSink(write, block=BLOCK, threaded=False) as sink:
         sink.put(HEADER)

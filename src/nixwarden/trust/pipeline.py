@@ -27,6 +27,15 @@ if TYPE_CHECKING:
     Consume = Callable[[memoryview], object]
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """write(2) all of `data` to `fd`: one call, unless the kernel takes less."""
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
 class _Stopping:
     """`with` calls `_stop` when the block ends, whatever happened in it."""
 
@@ -340,11 +349,7 @@ class FileWriter(_Worker):
         if operation == _WRITE:
             if self.error is None and not self.cancelled:
                 try:
-                    written = os.write(fd, data)
-                    if written < len(data):
-                        view = memoryview(data)[written:]
-                        while view:
-                            view = view[os.write(fd, view) :]
+                    write_all(fd, data)
                 except OSError as error:
                     self.error = error
             self.chunks.release()

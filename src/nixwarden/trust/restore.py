@@ -275,8 +275,8 @@ def _unpack(
                             dir_fd=current,
                         )
                         try:
-                            if data and (written := os.write(fd, data)) < len(data):
-                                _write_rest(fd, memoryview(data)[written:])
+                            if data:
+                                pipeline.write_all(fd, data)
                         finally:
                             os.close(fd)
                     case nar.FileExtent(path, executable):
@@ -293,8 +293,8 @@ def _unpack(
                     case nar.FileChunk(data):
                         if background:
                             writer.write(file_fd, data)
-                        elif (written := os.write(file_fd, data)) < len(data):
-                            _write_rest(file_fd, memoryview(data)[written:])
+                        else:
+                            pipeline.write_all(file_fd, data)
                     case nar.FileStart(path, executable, size):
                         name = path[-1] if path else _ROOT
                         mode = 0o777 if executable else 0o666  # the umask trims these, as for Nix
@@ -349,11 +349,6 @@ def _unpack(
                 else:
                     os.close(file_fd)
             let_go(current)
-
-
-def _write_rest(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _remove_tree(parent_fd: int, name: str) -> None:
